@@ -1,0 +1,3 @@
+from snapbuild.cli import main
+
+main()

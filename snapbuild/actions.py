@@ -1,0 +1,143 @@
+"""The small actions a Plan is made of. Any builder applies them to any Guest (snapbuild.provision)."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteFile:
+    path: str
+    content: bytes
+    mode: int = 0o644
+    owner: str = "root:root"
+    origin: str = ""          # where the content came from (template name), for render/plan
+
+    def describe(self) -> str:
+        return f"write {self.path} (mode {self.mode:04o}, {self.owner}{', from ' + self.origin if self.origin else ''})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoveFiles:
+    paths: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "remove " + " ".join(self.paths)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AptKey:
+    """A repository signing key: shipped with the recipe (`content`) or fetched and checked by fingerprint."""
+
+    path: str                      # /etc/apt/keyrings/NAME.asc
+    content: bytes | None = None
+    url: str | None = None
+    fingerprint: str | None = None
+
+    def describe(self) -> str:
+        if self.content is not None:
+            return f"install signing key {self.path}"
+        return f"fetch signing key {self.url} -> {self.path}, require fingerprint {self.fingerprint}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AptSource:
+    name: str
+    path: str                      # /etc/apt/sources.list.d/NAME.sources
+    deb822: str
+    key: AptKey | None
+
+    def describe(self) -> str:
+        return f"apt source {self.name} -> {self.path}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AptUpdate:
+    def describe(self) -> str:
+        return "apt-get update"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstallPackages:
+    packages: tuple[str, ...]      # "name" or "name=version"
+    hold: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        text = "apt-get install " + " ".join(self.packages)
+        return text + (f"; apt-mark hold {' '.join(self.hold)}" if self.hold else "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunCommand:
+    argv: tuple[str, ...]
+    timeout: float | None = None
+    only_kind: str | None = None    # "vm" or "chroot": run only on that kind of guest
+
+    def describe(self) -> str:
+        where = f" (on {self.only_kind} guests only)" if self.only_kind else ""
+        return "run " + shlex.join(self.argv) + where
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunScript:
+    name: str
+    content: bytes
+    interpreter: str = "/bin/bash"
+    timeout: float | None = None
+
+    def describe(self) -> str:
+        return f"script {self.name} ({self.interpreter}, {len(self.content)} bytes)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service:
+    name: str
+    enabled: bool = True
+    start: bool = False           # start now (VM guests only; a chroot has no init)
+
+    def describe(self) -> str:
+        return f"{'enable' if self.enabled else 'disable'} service {self.name}" + (" and start it" if self.start else "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApplySysctl:
+    path: str
+
+    def describe(self) -> str:
+        return f"apply sysctl settings from {self.path} (VM guests; a chroot applies them at first boot)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadModules:
+    modules: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "modprobe " + " ".join(self.modules) + " (VM guests; persisted for boot)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwapOff:
+    def describe(self) -> str:
+        return "swap off: swapoff -a, swap entries removed from /etc/fstab, swap.target masked"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrePull:
+    namespace: str
+    images: tuple[str, ...]
+    list_command: tuple[str, ...] = ()
+    hosts_dir: str = "/etc/containerd/certs.d"
+    parallel: int = 4
+
+    def describe(self) -> str:
+        parts = [f"pre-pull into containerd namespace {self.namespace} through {self.hosts_dir} ({self.parallel} at once)"]
+        if self.images:
+            parts.append("images: " + ", ".join(self.images))
+        if self.list_command:
+            parts.append("plus every image listed by: " + shlex.join(self.list_command))
+        return "; ".join(parts)
+
+
+Action = (WriteFile | RemoveFiles | AptSource | AptUpdate | InstallPackages | RunCommand | RunScript | Service
+          | ApplySysctl | LoadModules | SwapOff | PrePull)

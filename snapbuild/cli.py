@@ -1,0 +1,240 @@
+"""The command line: parse, build settings, call one function, map errors to exit codes.
+
+Nothing heavy is imported at module level: `snapbuild --help` must stay fast and never load
+openstacksdk or paramiko.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from snapbuild import __version__
+from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError
+
+if TYPE_CHECKING:
+    from snapbuild.config import Config
+    from snapbuild.plan import Plan
+    from snapbuild.recipes import Library
+
+log = logging.getLogger("snapbuild")
+
+
+@dataclass
+class Session:
+    """What the global options decided; passed to every command."""
+
+    config_file: str | None
+    recipes_dirs: tuple[str, ...]
+    os_cloud: str | None
+    os_region: str | None
+    verbose: bool
+    _config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from snapbuild.config import load_config
+
+            self._config = load_config(self.config_file)
+        return self._config
+
+    @property
+    def library(self) -> Library:
+        from snapbuild.paths import data_dir
+        from snapbuild.recipes import Library
+
+        folders = [Path(d).expanduser().resolve() for d in self.recipes_dirs]
+        for folder in folders:
+            if not folder.is_dir():
+                from snapbuild.errors import UserError
+
+                raise UserError(f"--recipes-dir {folder} is not a directory")
+        return Library([*folders, *self.config.recipes_path, data_dir("recipes")])
+
+    def plan(self, recipe: str, *, distro: str | None, mirrors: str | None, sets: tuple[str, ...]) -> Plan:
+        from snapbuild.plan import plan_from_names
+        from snapbuild.recipes import parse_set
+
+        return plan_from_names(library=self.library, recipe_name=recipe, distro_name=distro or self.config.distro,
+                               profile_name=mirrors or self.config.mirrors or "cloudinative",
+                               config_variables=self.config.variables, set_values=parse_set(sets),
+                               config_path=self.config.path)
+
+
+pass_session = click.make_pass_decorator(Session)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--os-cloud", envvar="OS_CLOUD", help="Cloud name from clouds.yaml (env OS_CLOUD).")
+@click.option("--os-region-name", envvar="OS_REGION_NAME", help="Region (env OS_REGION_NAME); always passed on.")
+@click.option("--config", "config_file", metavar="FILE",
+              help="Config file (default: ./snapbuild.yaml, then ~/.config/snapbuild/snapbuild.yaml).")
+@click.option("--recipes-dir", multiple=True, metavar="DIR",
+              help="Extra recipes folder (repeatable); wins over shipped recipes and profiles of the same name.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")
+@click.version_option(__version__, prog_name="snapbuild")
+@click.pass_context
+def cli(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, config_file: str | None,
+        recipes_dir: tuple[str, ...], verbose: bool) -> None:
+    """Build ready-to-boot OpenStack images (Docker CE, Kubernetes) through mirrors."""
+    ctx.obj = Session(config_file=config_file, recipes_dirs=recipes_dir, os_cloud=os_cloud,
+                      os_region=os_region_name, verbose=verbose)
+    _setup_logging(verbose)
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_snapbuild", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._snapbuild = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+# -- recipes, render, plan -------------------------------------------------------------------------------
+
+recipe_options = [
+    click.option("--distro", help="ubuntu-24.04 (default) or debian-12."),
+    click.option("--mirrors", metavar="PROFILE", help="Mirror profile name or path (default: cloudinative)."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a recipe variable (repeatable)."),
+]
+
+
+def with_recipe_options(func: Any) -> Any:
+    for option in reversed(recipe_options):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_session
+def recipes(session: Session, as_json: bool) -> None:
+    """List recipes with their description, distros and variables."""
+    library = session.library
+    items = []
+    for name in library.recipe_names():
+        recipe = library.load(name)
+        items.append({
+            "name": name, "description": recipe.description, "distros": list(recipe.distros),
+            "path": str(recipe.path),
+            "variables": {v.name: {"type": v.type, "default": v.default, "required": v.required,
+                                   "description": v.description} for v in recipe.variables.values()},
+        })
+    if as_json:
+        click.echo(json.dumps({"recipes": items, "profiles": library.profile_names()}, indent=2))
+        return
+    for item in items:
+        click.echo(f"{item['name']:<12} {item['description']}")
+        click.echo(f"{'':<12} distros: {', '.join(item['distros'])}")
+        for vname, var in item["variables"].items():
+            default = "(required)" if var["required"] else f"= {var['default']!r}"
+            click.echo(f"{'':<12} --set {vname} {default}  {var['description']}")
+    click.echo(f"\nmirror profiles: {', '.join(library.profile_names())}")
+
+
+@cli.command()
+@click.argument("recipe")
+@with_recipe_options
+@click.option("-o", "--output", "output_dir", metavar="DIR", help="Write everything into DIR instead of printing.")
+@pass_session
+def render(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
+           output_dir: str | None) -> None:
+    """Show everything a build would use: user-data, files, drop-ins, steps, image properties."""
+    from snapbuild import render as rendering
+
+    plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
+    _warn_plan(plan)
+    if output_dir:
+        written = rendering.write_rendered(plan, Path(output_dir))
+        click.echo(f"wrote {len(written)} files to {output_dir}")
+    else:
+        click.echo(rendering.render_text(plan), nl=False)
+
+
+@cli.command("plan")
+@click.argument("recipe")
+@with_recipe_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_session
+def plan_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
+                 as_json: bool) -> None:
+    """Print the ordered build steps in readable form."""
+    from snapbuild import render as rendering
+
+    plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
+    _warn_plan(plan)
+    if as_json:
+        click.echo(json.dumps(rendering.plan_summary(plan), indent=2))
+    else:
+        click.echo(rendering.steps_text(plan), nl=False)
+
+
+def _warn_plan(plan: Plan) -> None:
+    for line in plan.blocked_without_mirror:
+        click.echo(f"WARNING: blocked without a mirror: {line}", err=True)
+    if plan.blocked_without_mirror:
+        click.echo("WARNING: a build refuses to start with these unless given --allow-blocked; add mirrors to the "
+                   f"profile ({plan.profile.path}) instead", err=True)
+    for host in plan.unreliable_hosts:
+        click.echo(f"WARNING: {host} is unreliable where the image is used", err=True)
+
+
+def refuse_blocked(plan: Plan, allow_blocked: bool) -> None:
+    """A build does not start when it would pull from a blocked host without a mirror, unless told to."""
+    if plan.blocked_without_mirror and not allow_blocked:
+        from snapbuild.errors import UserError
+
+        raise UserError(f"recipe {plan.recipe_name!r} would download from blocked hosts without a mirror: "
+                        + "; ".join(plan.blocked_without_mirror),
+                        hint=f"add mirrors to a copy of profile {plan.profile.name!r} ({plan.profile.path}) "
+                             "and pass --mirrors, or pass --allow-blocked to go ahead anyway")
+
+
+# -- entry point ---------------------------------------------------------------------------------------------
+
+
+def _fail(error: SnapbuildError, verbose: bool) -> NoReturn:
+    if verbose:
+        log.exception("failed")
+    click.echo(f"snapbuild: error: {error.message}", err=True)
+    if error.hint:
+        click.echo(f"snapbuild: hint: {error.hint}", err=True)
+    sys.exit(error.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="snapbuild", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("snapbuild: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+    except SnapbuildError as exc:
+        _fail(exc, verbose)
+    except KeyboardInterrupt:
+        click.echo("snapbuild: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - one line for users, the traceback with --verbose
+        if verbose:
+            raise
+        click.echo(f"snapbuild: internal error: {type(exc).__name__}: {exc} (run with --verbose for details)",
+                   err=True)
+        sys.exit(EXIT_BUILD)
+
+
+if __name__ == "__main__":
+    main()

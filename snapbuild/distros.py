@@ -1,0 +1,62 @@
+"""The distributions snapbuild builds for, and what differs between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snapbuild.errors import UserError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distro:
+    name: str                      # "ubuntu-24.04"
+    id: str                        # "ubuntu" (os-release ID, Glance os_distro)
+    version: str                   # "24.04"
+    codename: str                  # "noble"
+    pretty: str                    # "Ubuntu 24.04"
+    default_user: str              # created by cloud-init on first boot
+    default_groups: tuple[str, ...]  # the distro's own default_user groups (cloud.cfg)
+    archive: str                   # upstream archive URL
+    security: str                  # upstream security archive URL
+    suites: tuple[str, ...]
+    security_suite: str
+    components: tuple[str, ...]
+    keyring: str
+    sources_file: str              # DEB822 sources file of the distro archive
+    resolv_conf_symlink: str | None  # what /etc/resolv.conf points to on a pristine image
+
+
+DISTROS: dict[str, Distro] = {
+    d.name: d
+    for d in (
+        Distro(
+            name="ubuntu-24.04", id="ubuntu", version="24.04", codename="noble", pretty="Ubuntu 24.04",
+            default_user="ubuntu", default_groups=("adm", "cdrom", "dip", "lxd", "sudo"),
+            archive="http://archive.ubuntu.com/ubuntu", security="http://security.ubuntu.com/ubuntu",
+            suites=("noble", "noble-updates", "noble-backports"), security_suite="noble-security",
+            components=("main", "restricted", "universe", "multiverse"),
+            keyring="/usr/share/keyrings/ubuntu-archive-keyring.gpg",
+            sources_file="/etc/apt/sources.list.d/ubuntu.sources",
+            resolv_conf_symlink="../run/systemd/resolve/stub-resolv.conf",
+        ),
+        Distro(
+            name="debian-12", id="debian", version="12", codename="bookworm", pretty="Debian 12",
+            default_user="debian",
+            default_groups=("adm", "audio", "cdrom", "dialout", "dip", "floppy", "netdev", "plugdev", "sudo",
+                            "video"),
+            archive="http://deb.debian.org/debian", security="http://deb.debian.org/debian-security",
+            suites=("bookworm", "bookworm-updates"), security_suite="bookworm-security",
+            components=("main",),
+            keyring="/usr/share/keyrings/debian-archive-keyring.gpg",
+            sources_file="/etc/apt/sources.list.d/debian.sources",
+            resolv_conf_symlink=None,
+        ),
+    )
+}
+
+
+def get_distro(name: str) -> Distro:
+    try:
+        return DISTROS[name]
+    except KeyError:
+        raise UserError(f"unknown distro {name!r}", hint=f"choose one of: {', '.join(DISTROS)}") from None

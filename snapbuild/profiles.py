@@ -1,0 +1,157 @@
+"""Mirror profiles: where each upstream goes, and which hosts are blocked where images are used."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from snapbuild import yamlfile
+from snapbuild.schema import Checker
+
+# Registries whose blobs come from another host: blocking that host blocks the registry.
+REGISTRY_CDNS: Mapping[str, tuple[str, ...]] = {
+    "docker.io": ("registry-1.docker.io", "production.cloudflare.docker.com"),
+}
+# The server each registry name really answers on (containerd hosts.toml `server`).
+REGISTRY_SERVERS: Mapping[str, str] = {"docker.io": "https://registry-1.docker.io"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AptArchive:
+    archive: str | None = None
+    security: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Forward:
+    """A host-side service the guest must reach (local VMs: QEMU guestfwd)."""
+
+    guest_ip: str
+    guest_port: int
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    name: str
+    path: str
+    description: str = ""
+    apt: Mapping[str, AptArchive] = field(default_factory=dict)       # by distro id
+    apt_repositories: Mapping[str, str] = field(default_factory=dict)  # upstream prefix -> mirror prefix
+    registries: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    blocked: tuple[str, ...] = ()
+    unreliable: tuple[str, ...] = ()
+    build_apt_proxy: str | None = None   # used during the build only, removed when sealing
+    forwards: tuple[Forward, ...] = ()
+
+    def archive_for(self, distro_id: str, upstream: str) -> str:
+        entry = self.apt.get(distro_id)
+        return (entry.archive if entry and entry.archive else upstream).rstrip("/")
+
+    def security_for(self, distro_id: str, upstream: str) -> str:
+        entry = self.apt.get(distro_id)
+        return (entry.security if entry and entry.security else upstream).rstrip("/")
+
+    def has_apt_mirror(self, distro_id: str) -> bool:
+        entry = self.apt.get(distro_id)
+        return bool(entry and (entry.archive or entry.security))
+
+    def rewrite_url(self, url: str) -> str:
+        """Map an upstream URL to its mirror (longest matching prefix wins)."""
+        for prefix in sorted(self.apt_repositories, key=len, reverse=True):
+            if url.startswith(prefix):
+                return self.apt_repositories[prefix].rstrip("/") + url[len(prefix.rstrip("/")):]
+        return url
+
+    def registry_mirrors(self, registry: str) -> tuple[str, ...]:
+        return self.registries.get(registry, ())
+
+    def is_blocked(self, host: str) -> bool:
+        host = host.lower()
+        return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in self.blocked)
+
+    def url_blocked(self, url: str) -> bool:
+        return self.is_blocked(urlsplit(url).hostname or "")
+
+    def registry_blocked(self, registry: str) -> bool:
+        """Pulls from `registry` fail here unless a mirror is configured."""
+        if self.registry_mirrors(registry):
+            return False
+        hosts = (registry, *REGISTRY_CDNS.get(registry, ()))
+        return any(self.is_blocked(h) for h in hosts)
+
+
+def load_profile(path: Path) -> Profile:
+    data = yamlfile.load(path)
+    check = Checker(str(path))
+    if data is None:
+        data = {}
+    check.mapping(data, "profile", optional=("description", "apt", "apt_repositories", "registries", "blocked",
+                                             "unreliable", "build_apt_proxy", "forwards"))
+    apt: dict[str, AptArchive] = {}
+    apt_node = data.get("apt", {}) or {}
+    check.mapping(apt_node, "apt", optional=("ubuntu", "debian"), parent=data, parent_key="apt")
+    for distro_id, node in apt_node.items():
+        check.mapping(node, f"apt.{distro_id}", optional=("archive", "security"), parent=apt_node,
+                      parent_key=distro_id)
+        apt[distro_id] = AptArchive(archive=_url(check, node, "archive", f"apt.{distro_id}"),
+                                    security=_url(check, node, "security", f"apt.{distro_id}"))
+    repos = check.string_map(data, "apt_repositories", "profile")
+    for prefix, mirror in repos.items():
+        for value in (prefix, mirror):
+            if not value.startswith(("http://", "https://")):
+                raise check.fail(f"apt_repositories: {value!r} is not an http(s) URL", data.get("apt_repositories"),
+                                 prefix)
+    registries: dict[str, tuple[str, ...]] = {}
+    reg_node = data.get("registries", {}) or {}
+    if not isinstance(reg_node, dict):
+        raise check.fail("registries must be a mapping of registry -> list of mirror URLs", data, "registries")
+    for registry, _mirrors in reg_node.items():
+        mirrors = check.string_list(reg_node, registry, "registries")
+        for mirror in mirrors:
+            if not mirror.startswith(("http://", "https://")):
+                raise check.fail(f"registries.{registry}: mirror {mirror!r} must start with http:// or https://",
+                                 reg_node, registry)
+        registries[registry] = mirrors
+    forwards = []
+    fwd_node = data.get("forwards", []) or []
+    if not isinstance(fwd_node, list):
+        raise check.fail("forwards must be a list of {guest: IP:PORT, host: IP:PORT}", data, "forwards")
+    for index, item in enumerate(fwd_node):
+        check.mapping(item, f"forwards[{index}]", required=("guest", "host"), parent=fwd_node, parent_key=index)
+        g_ip, g_port = _endpoint(check, item, "guest")
+        h_ip, h_port = _endpoint(check, item, "host")
+        if not h_ip.startswith("127."):
+            raise check.fail(f"forwards[{index}].host must be a loopback address (127.x), not {h_ip}", item, "host")
+        forwards.append(Forward(guest_ip=g_ip, guest_port=g_port, host_ip=h_ip, host_port=h_port))
+    proxy = data.get("build_apt_proxy")
+    if proxy is not None and (not isinstance(proxy, str) or not proxy.startswith("http://")):
+        raise check.fail("build_apt_proxy must be an http:// URL", data, "build_apt_proxy")
+    return Profile(
+        name=path.stem, path=str(path), description=check.string(data, "description", "profile", default=""),
+        apt=apt, apt_repositories=repos, registries=registries,
+        blocked=check.string_list(data, "blocked", "profile"),
+        unreliable=check.string_list(data, "unreliable", "profile"),
+        build_apt_proxy=proxy, forwards=tuple(forwards),
+    )
+
+
+def _url(check: Checker, node: dict[str, object], key: str, where: str) -> str | None:
+    if key not in node:
+        return None
+    value = check.string(node, key, where)  # type: ignore[arg-type]
+    if not value.startswith(("http://", "https://")):
+        raise check.fail(f"{where}.{key} must be an http(s) URL, not {value!r}", node, key)
+    return value
+
+
+def _endpoint(check: Checker, node: dict[str, object], key: str) -> tuple[str, int]:
+    value = check.string(node, key, "forward")  # type: ignore[arg-type]
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise check.fail(f"forward {key} must look like IP:PORT, not {value!r}", node, key)
+    return host, int(port)

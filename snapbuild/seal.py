@@ -1,0 +1,136 @@
+"""The one generalisation (sealing) policy, applied through any Guest, and its in-guest check.
+
+The checks live in snapbuild.sealcheck, which runs unchanged offline (`snapbuild inspect`) and inside
+the guest (its source is piped to the guest's python3, which every cloud-init image has).
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import json
+import logging
+import shlex
+from dataclasses import dataclass
+
+from snapbuild import sealcheck
+from snapbuild.errors import BuildError
+from snapbuild.guest.base import Guest
+from snapbuild.pipeline import Reporter
+
+log = logging.getLogger(__name__)
+
+POLICY_STEPS = (
+    "cloud-init clean --logs --seed (plus --machine-id and --configs all where this cloud-init has them)",
+    "machine-id emptied; /var/lib/dbus/machine-id removed unless it is a symlink",
+    "SSH host keys removed",
+    "authorized_keys and shell history removed for root and every user",
+    "resolv.conf back to the distro's symlink (Ubuntu)",
+    "policy-rc.d, apt proxy and temporary apt configuration removed",
+    "apt lists and package caches cleaned",
+    "/tmp and /var/tmp emptied",
+    "logs truncated, rotated logs and the journal removed, random seed removed",
+    "free space trimmed (fstrim)",
+    "VM guests, last: builder user, its sudoers entry and home removed, loggers stopped, power off",
+)
+
+_LOG_CLEAN = (
+    "find /var/log -type f \\( -name '*.gz' -o -name '*.xz' -o -name '*.old' -o -name '*.[0-9]' \\) -delete; "
+    "find /var/log/journal -mindepth 1 -delete 2>/dev/null; "
+    "find /var/log -type f -exec truncate -s 0 {} +; "
+    "rm -f /var/lib/systemd/random-seed /var/lib/urandom/random-seed"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Violation:
+    code: str
+    path: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.path}: {self.detail}"
+
+
+def _sh(guest: Guest, script: str, *, timeout: float = 300) -> None:
+    guest.run(["sh", "-c", script], timeout=timeout)
+
+
+def clean_flags(help_text: str) -> list[str]:
+    """cloud-init clean's flags, probing for the ones older releases lack (Debian 12 has 22.4)."""
+    flags = ["--logs", "--seed"]
+    if "--machine-id" in help_text:
+        flags.append("--machine-id")
+    if "--configs" in help_text:
+        flags += ["--configs", "all"]
+    return flags
+
+
+def seal(guest: Guest, *, reporter: Reporter | None = None, resolv_symlink: str | None = None) -> None:
+    """Generalise the guest. On VM guests, `power_off_sealed` completes it (builder user, loggers)."""
+    say = reporter.line if reporter else log.info
+    if guest.exists("/usr/bin/cloud-init"):
+        help_text = guest.run(["cloud-init", "clean", "--help"], check=False).stdout
+        flags = clean_flags(help_text)
+        say("cloud-init clean " + " ".join(flags))
+        guest.run(["cloud-init", "clean", *flags], timeout=120)
+    say("machine-id, host keys, authorized keys, history")
+    guest.write_file("/etc/machine-id", b"", mode=0o444)
+    _sh(guest, "if [ -e /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then "
+               "rm -f /var/lib/dbus/machine-id; fi; rm -f /etc/ssh/ssh_host_*key*; "
+               "for h in /root /home/*; do rm -f \"$h/.ssh/authorized_keys\" \"$h/.ssh/authorized_keys2\" "
+               + " ".join(f"\"$h/{n}\"" for n in sealcheck.HISTORY_NAMES) + "; done")
+    if resolv_symlink and guest.kind == "vm":
+        _sh(guest, f"[ \"$(readlink /etc/resolv.conf)\" = {shlex.quote(resolv_symlink)} ] || "
+                   f"ln -sfn {shlex.quote(resolv_symlink)} /etc/resolv.conf")
+    say("temporary apt configuration, apt lists and caches")
+    _sh(guest, "rm -f /usr/sbin/policy-rc.d /etc/apt/apt.conf.d/*snapbuild*; apt-get clean; "
+               "rm -rf /var/lib/apt/lists/*; mkdir -p /var/lib/apt/lists/partial")
+    say("temporary files and logs")
+    _sh(guest, "find /tmp /var/tmp -mindepth 1 -maxdepth 1 ! -name 'systemd-private-*' ! -name 'snapbuild-*' "
+               "-exec rm -rf {} +; " + _LOG_CLEAN)
+    if guest.kind == "vm":
+        say("trim free space")
+        guest.run(["fstrim", "-av"], check=False, timeout=600)
+
+
+def check_sealed(guest: Guest, *, builder_user: str = "snapbuild", builder_keys: tuple[str, ...] = (),
+                 live: bool | None = None) -> list[Violation]:
+    """Run the policy checker inside the guest (python3 from the image) and return its violations."""
+    live = guest.kind == "vm" if live is None else live
+    args = json.dumps({"root": "/", "builder_user": builder_user, "builder_keys": list(builder_keys), "live": live})
+    source = pyinspect.getsource(sealcheck).encode()
+    done = guest.run(["python3", "-", args], stdin=source, timeout=120)
+    return [Violation(**item) for item in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def require_sealed(guest: Guest, **kwargs: object) -> None:
+    violations = check_sealed(guest, **kwargs)  # type: ignore[arg-type]
+    if violations:
+        raise BuildError("the sealed guest still violates the policy:\n  " + "\n  ".join(map(str, violations)),
+                         hint="a recipe step may write these after sealing; see the build log")
+
+
+def power_off_script(builder_user: str) -> str:
+    """The last thing a VM guest runs: what the running system keeps writing, then the builder itself."""
+    user = shlex.quote(builder_user)
+    return "\n".join([
+        "set -u",
+        # Stop what writes at shutdown (random seed, utmp/wtmp records, syslog) and move the journal to /run.
+        "systemctl stop systemd-random-seed.service systemd-update-utmp.service rsyslog.service syslog.socket "
+        ">/dev/null 2>&1 || true",
+        "journalctl --relinquish-var >/dev/null 2>&1 || true",
+        _LOG_CLEAN,
+        f"userdel --force --remove {user} >/dev/null 2>&1 || true",
+        f"grep -rl -- {user} /etc/sudoers.d 2>/dev/null | xargs -r rm -f",
+        f"rm -rf /home/{user}",
+        ": > /etc/machine-id",
+        f"if id {user} >/dev/null 2>&1; then echo 'builder user still present' >&2; exit 1; fi",
+        "sync",
+        "systemctl poweroff --no-block",
+    ]) + "\n"
+
+
+def power_off_sealed(guest: Guest, *, builder_user: str) -> None:
+    """Remove the builder user and power off; the connection dropping afterwards is expected."""
+    guest.write_file("/run/snapbuild-final-seal.sh", power_off_script(builder_user).encode(), mode=0o700)
+    guest.run(["sh", "/run/snapbuild-final-seal.sh"], timeout=180)
