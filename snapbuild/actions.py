@@ -97,7 +97,8 @@ class Service:
     start: bool = False           # start now (VM guests only; a chroot has no init)
 
     def describe(self) -> str:
-        return f"{'enable' if self.enabled else 'disable'} service {self.name}" + (" and start it" if self.start else "")
+        verb = "enable" if self.enabled else "disable"
+        return f"{verb} service {self.name}" + (" and start it" if self.start else "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,7 +132,8 @@ class PrePull:
     parallel: int = 4
 
     def describe(self) -> str:
-        parts = [f"pre-pull into containerd namespace {self.namespace} through {self.hosts_dir} ({self.parallel} at once)"]
+        parts = [f"pre-pull into containerd namespace {self.namespace} through {self.hosts_dir} "
+                 f"({self.parallel} at once)"]
         if self.images:
             parts.append("images: " + ", ".join(self.images))
         if self.list_command:

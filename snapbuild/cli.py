@@ -120,7 +120,7 @@ def with_recipe_options(func: Any) -> Any:
 def recipes(session: Session, as_json: bool) -> None:
     """List recipes with their description, distros and variables."""
     library = session.library
-    items = []
+    items: list[dict[str, Any]] = []
     for name in library.recipe_names():
         recipe = library.load(name)
         items.append({
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("snapbuild: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:  # noqa: BLE001 - one line for users, the traceback with --verbose
+    except Exception as exc:
         if verbose:
             raise
         click.echo(f"snapbuild: internal error: {type(exc).__name__}: {exc} (run with --verbose for details)",

@@ -105,7 +105,8 @@ class Ledger:
 
     @property
     def data(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self._data))
+        copied: dict[str, Any] = json.loads(json.dumps(self._data))
+        return copied
 
     def entries(self) -> list[Entry]:
         with self._lock:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from snapbuild import __version__, actions, paths
-from snapbuild.actions import Action
+from snapbuild.actions import Action, PrePull, WriteFile
 from snapbuild.distros import Distro
 from snapbuild.errors import RecipeError, UserError
 from snapbuild.profiles import REGISTRY_SERVERS, Forward, Profile
@@ -63,17 +63,17 @@ class Plan:
         return self.distro.name
 
     @property
-    def files(self) -> tuple[actions.WriteFile, ...]:
+    def files(self) -> tuple[WriteFile, ...]:
         """Every file the plan writes into the image, in order."""
-        return tuple(a for a in self.actions if isinstance(a, actions.WriteFile))
+        return tuple(a for a in self.actions if isinstance(a, WriteFile))
 
     @property
-    def dropins(self) -> tuple[actions.WriteFile, ...]:
+    def dropins(self) -> tuple[WriteFile, ...]:
         return tuple(f for f in self.files if f.path.startswith(DROPIN_DIR + "/"))
 
     @property
-    def prepulls(self) -> tuple[actions.PrePull, ...]:
-        return tuple(a for a in self.actions if isinstance(a, actions.PrePull))
+    def prepulls(self) -> tuple[PrePull, ...]:
+        return tuple(a for a in self.actions if isinstance(a, PrePull))
 
 
 class _MirrorView:

@@ -45,8 +45,8 @@ class _Provisioner:
             self.reporter.line(f"{prefix} {line}")
         return echo
 
-    def run(self, argv: list[str] | tuple[str, ...], *, timeout: float | None = None, env: dict[str, str] | None = None,
-            quiet: bool = False) -> str:
+    def run(self, argv: list[str] | tuple[str, ...], *, timeout: float | None = None,
+            env: dict[str, str] | None = None, quiet: bool = False) -> str:
         done = self.guest.run(list(argv), timeout=timeout or self.step_timeout, env=env,
                               on_output=None if quiet else self.stream())
         return done.stdout
@@ -86,7 +86,8 @@ class _Provisioner:
         if key.fingerprint not in fingerprints:
             self.guest.run(["rm", "-f", key.path])
             raise BuildError(f"signing key from {key.url} has fingerprint(s) {', '.join(fingerprints) or 'none'}, "
-                             f"expected {key.fingerprint}", hint="the key or the mirror is not the one the recipe trusts")
+                             f"expected {key.fingerprint}",
+                             hint="the key or the mirror is not the one the recipe trusts")
 
     def do_AptUpdate(self, a: actions.AptUpdate) -> None:
         self.run(["apt-get", *APT_OPTIONS, "update"], env=APT_ENV, timeout=900)
@@ -149,7 +150,8 @@ class _Provisioner:
             images = list(a.images)
             if a.list_command:
                 listed = self.run(list(a.list_command), quiet=True, timeout=300)
-                images += [normalize_image(line.strip()) for line in listed.splitlines() if IMAGE_REF.fullmatch(line.strip())]
+                images += [normalize_image(line.strip()) for line in listed.splitlines()
+                           if IMAGE_REF.fullmatch(line.strip())]
             images = [i for i in dict.fromkeys(i.strip() for i in images) if i and " " not in i]
             if not images:
                 raise BuildError("pre-pull: the list command printed no images",

@@ -243,7 +243,8 @@ def parse_set(items: Sequence[str]) -> dict[str, str]:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise UserError(f"--set {item!r} is not of the form key=value", hint="example: --set kubernetes_version=1.32.12")
+            raise UserError(f"--set {item!r} is not of the form key=value",
+                            hint="example: --set kubernetes_version=1.32.12")
         out[name] = value
     return out
 

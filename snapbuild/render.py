@@ -45,7 +45,7 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
 
 
 def render_text(plan: Plan) -> str:
-    out = [f"# ===== builder user-data (cloud-config; keys are generated at build time) =====",
+    out = ["# ===== builder user-data (cloud-config; keys are generated at build time) =====",
            builder_userdata(plan).rstrip("\n"), ""]
     out.append("# ===== files written into the image =====")
     for item in plan.files:

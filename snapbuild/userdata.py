@@ -57,4 +57,5 @@ class PlaceholderKey:
     private_openssh = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
                        "(generated at build time; never stored)\n"
                        "-----END OPENSSH PRIVATE KEY-----")
-    public_openssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVuZXJhdGVkLWF0LWJ1aWxkLXRpbWUtcGxhY2Vob2xkZXI snapbuild-render"
+    public_openssh = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVuZXJhdGVkLWF0LWJ1aWxkLXRpbWUtcGxhY2Vob2xkZXI "
+                      "snapbuild-render")
