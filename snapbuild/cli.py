@@ -199,6 +199,25 @@ def refuse_blocked(plan: Plan, allow_blocked: bool) -> None:
                              "and pass --mirrors, or pass --allow-blocked to go ahead anyway")
 
 
+@cli.command("inspect")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_command(image: Path, as_json: bool) -> None:
+    """Check a built image offline against the sealing policy (mounts it read-only; root)."""
+    from snapbuild.inspect import inspect_image
+
+    violations = inspect_image(image)
+    if as_json:
+        click.echo(json.dumps({"image": str(image), "ok": not violations,
+                               "violations": [v.__dict__ for v in violations]}, indent=2))
+    else:
+        for violation in violations:
+            click.echo(f"VIOLATION {violation}")
+        click.echo(f"{image}: {'sealed' if not violations else f'{len(violations)} violation(s)'}")
+    if violations:
+        sys.exit(EXIT_BUILD)
+
+
 # -- entry point ---------------------------------------------------------------------------------------------
 
 
