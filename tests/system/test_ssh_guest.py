@@ -1,0 +1,353 @@
+"""SSHGuest against a real OpenSSH sshd on 127.0.0.1 (root: sshd, a throwaway sudo user, host-side checks)."""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the shared sshd helper
+
+import sshd as sshd_helper
+
+from snapbuild.errors import BuildError, CommandFailed
+from snapbuild.guest.cloudinit_wait import wait_for_cloud_init
+from snapbuild.guest.ssh import Bastion, HostKeyMismatch, SSHGuest
+from snapbuild.sshkeys import KeyPair
+
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.skipif(sshd_helper.sshd_available() is not None, reason=str(sshd_helper.sshd_available())),
+]
+
+CLIENT = KeyPair.generate("snapbuild-test-client")
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    # not pytest's tmp_path: sshd reads authorized_keys as the login user, who must traverse every parent
+    path = Path(tempfile.mkdtemp(prefix="snapbuild-sshd-test-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sshd(workdir: Path) -> Iterator[sshd_helper.LocalSSHD]:
+    with sshd_helper.running_sshd(workdir / "main", authorized={"root": [CLIENT.public_openssh]}) as server:
+        yield server
+
+
+def connect(server: sshd_helper.LocalSSHD, *, user: str = "root", key: KeyPair = CLIENT,
+            within: float = 15.0, **kwargs: object) -> SSHGuest:
+    return SSHGuest.connect(host="127.0.0.1", port=server.port, user=user, key=key,
+                            host_keys=[server.host_key.public_openssh], deadline=time.monotonic() + within,
+                            **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def guest(sshd: sshd_helper.LocalSSHD) -> Iterator[SSHGuest]:
+    with connect(sshd) as g:
+        yield g
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="snapbuild-ssh-scratch-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_until_gone(marker: str, within: float = 20.0) -> bool:
+    """Poll the host's process table (the sshd is local) until no process mentions `marker`."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-f", marker], check=False, capture_output=True).returncode != 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+
+def test_output_streams_line_by_line_while_the_command_runs(guest: SSHGuest) -> None:
+    seen: list[tuple[str, str, float]] = []
+    script = "echo one; echo two >&2; sleep 2; echo three; echo four >&2"
+    start = time.monotonic()
+    done = guest.run(["sh", "-c", script], on_output=lambda s, line: seen.append((s, line, time.monotonic())))
+    end = time.monotonic()
+    assert [(s, line) for s, line, _ in seen] == [("stdout", "one"), ("stderr", "two"),
+                                                 ("stdout", "three"), ("stderr", "four")]
+    first_at = seen[0][2] - start
+    assert first_at < 1.5, f"first line arrived only after {first_at:.1f} s"
+    assert end - seen[1][2] >= 1.5  # both early lines were delivered before the 2 s sleep ended
+    assert done.stdout == "one\nthree\n" and done.stderr == "two\nfour\n"
+
+
+def test_exit_code_is_returned_without_check(guest: SSHGuest) -> None:
+    done = guest.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+
+
+def test_failure_with_check_raises_with_the_last_lines_and_the_exit_code(guest: SSHGuest) -> None:
+    with pytest.raises(CommandFailed) as caught:
+        guest.run(["sh", "-c", "for i in $(seq 1 40); do echo line $i; done; exit 7"])
+    err = caught.value
+    assert err.returncode == 7 and not err.timed_out
+    assert "exited 7" in str(err) and guest.name in str(err)
+    assert "line 40" in err.output_tail and "line 21" in err.output_tail
+    assert "line 20\n" not in err.output_tail + "\n"
+
+
+def test_stdin_reaches_the_command_byte_for_byte(guest: SSHGuest) -> None:
+    data = secrets.token_bytes(3 * 1024 * 1024)  # larger than the SSH window: exercises flow control
+    done = guest.run(["sha256sum"], stdin=data)
+    assert done.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+
+
+def test_stdin_is_closed_when_none_is_given(guest: SSHGuest) -> None:
+    done = guest.run(["cat"], timeout=10)  # would hang until the timeout if stdin stayed open
+    assert done.stdout == ""
+
+
+def test_env_reaches_the_command(guest: SSHGuest) -> None:
+    done = guest.run(["sh", "-c", 'printf "%s|%s" "$GREETING" "$OTHER"'],
+                     env={"GREETING": "hello; 'world' $HOME", "OTHER": ""})
+    assert done.stdout == "hello; 'world' $HOME|"
+
+
+def test_arguments_arrive_unchanged(guest: SSHGuest) -> None:
+    args = ["a b", "it's", '"q"', "$HOME", "`id`", "x;y", "*", "", "new\nline"]
+    done = guest.run(["python3", "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", *args])
+    assert done.stdout.strip() == json.dumps(args)
+
+
+def test_timeout_raises_timed_out_and_leaves_nothing_running(guest: SSHGuest) -> None:
+    marker = f"300.{secrets.randbelow(10**6)}"
+    start = time.monotonic()
+    with pytest.raises(CommandFailed) as caught:
+        guest.run(["sleep", marker], timeout=1)
+    assert caught.value.timed_out
+    assert time.monotonic() - start < 6
+    assert wait_until_gone(f"sleep {marker}")
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(guest: SSHGuest) -> None:
+    guest.kill_after = 1
+    marker = f"301.{secrets.randbelow(10**6)}"
+    with pytest.raises(CommandFailed) as caught:
+        guest.run(["sh", "-c", f"trap '' TERM; sleep {marker}; echo survived"], timeout=1)
+    assert caught.value.timed_out
+    assert "survived" not in caught.value.output_tail.splitlines()
+    assert wait_until_gone(f"sleep {marker}")
+
+
+def test_a_dropped_connection_is_reported_as_lost(sshd: sshd_helper.LocalSSHD) -> None:
+    with connect(sshd) as g:
+        # killing the session's sshd process (the nearest sshd ancestor) drops the connection
+        script = ('p=$$; while [ "$(ps -o comm= -p "$p")" != sshd ]; do p=$(ps -o ppid= -p "$p" | tr -d " "); done; '
+                  'echo before; kill -KILL "$p"; sleep 5')
+        with pytest.raises(BuildError, match="connection was lost") as caught:
+            g.run(["sh", "-c", script], timeout=30)
+        assert not isinstance(caught.value, CommandFailed)
+
+
+# --- files --------------------------------------------------------------------------------------------
+
+
+def test_write_file_then_read_file_roundtrip_with_mode_and_owner(guest: SSHGuest, scratch: Path) -> None:
+    target = scratch / "deep" / "er" / "file.bin"
+    data = bytes(range(256)) * 64 + b"\r\nno newline at end"
+    guest.write_file(str(target), data, mode=0o640, owner="nobody:nogroup")
+    info = target.stat()  # the sshd is local: check on the host directly
+    assert (info.st_mode & 0o7777, info.st_uid, info.st_gid) == (
+        0o640, pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid)
+    assert target.read_bytes() == data
+    assert guest.read_file(str(target)) == data
+    assert guest.exists(str(target))
+
+
+def test_write_file_replaces_a_file_and_leaves_no_temp_files(guest: SSHGuest, scratch: Path) -> None:
+    target = scratch / "config"
+    target.write_text("old\n")
+    guest.write_file(str(target), b"new\n", mode=0o600)
+    assert target.read_text() == "new\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in scratch.iterdir()) == ["config"]
+
+
+def test_read_file_of_a_missing_path_raises_file_not_found(guest: SSHGuest, scratch: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        guest.read_file(str(scratch / "missing"))
+
+
+def test_exists_counts_a_dangling_symlink(guest: SSHGuest, scratch: Path) -> None:
+    (scratch / "dangling").symlink_to(scratch / "nowhere")
+    assert guest.exists(str(scratch / "dangling"))
+    assert not guest.exists(str(scratch / "nowhere"))
+
+
+# --- connecting ---------------------------------------------------------------------------------------
+
+
+def test_a_wrong_pinned_host_key_is_refused_at_once(sshd: sshd_helper.LocalSSHD) -> None:
+    impostor = KeyPair.generate()
+    start = time.monotonic()
+    with pytest.raises(HostKeyMismatch) as caught:
+        SSHGuest.connect(host="127.0.0.1", port=sshd.port, user="root", key=CLIENT,
+                         host_keys=[impostor.public_openssh], deadline=time.monotonic() + 60)
+    assert time.monotonic() - start < 3  # no retries
+    text = str(caught.value)
+    assert "does not match the pinned host key" in text and "man-in-the-middle" in text
+    assert sshd.host_key.fingerprint_sha256 in text and impostor.fingerprint_sha256 in text
+
+
+def test_accepting_any_host_key_is_possible_but_loud(sshd: sshd_helper.LocalSSHD,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="snapbuild.guest.ssh")
+    with SSHGuest.connect(host="127.0.0.1", port=sshd.port, user="root", key=CLIENT, host_keys=[],
+                          accept_any_host_key=True, deadline=time.monotonic() + 15) as g:
+        assert g.run(["true"]).returncode == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("UNVERIFIED HOST KEY" in w and sshd.host_key.fingerprint_sha256 in w for w in warnings)
+
+
+def test_connect_waits_for_an_sshd_that_starts_late(workdir: Path) -> None:
+    late = sshd_helper.prepare_sshd(workdir / f"late-{secrets.token_hex(3)}",
+                                    authorized={"root": [CLIENT.public_openssh]})
+    starter = threading.Timer(2.5, late.start)  # the scenario: the port opens 2.5 s after we begin
+    start = time.monotonic()
+    starter.start()
+    try:
+        with connect(late, within=30) as g:
+            assert g.run(["echo", "up"]).stdout == "up\n"
+        assert time.monotonic() - start >= 2.5
+    finally:
+        starter.join()
+        late.stop()
+
+
+def test_deadline_names_the_last_error_when_the_key_is_refused(sshd: sshd_helper.LocalSSHD) -> None:
+    stranger = KeyPair.generate()  # as if cloud-init never installed the builder key
+    with pytest.raises(BuildError) as caught:
+        connect(sshd, key=stranger, within=3, console=lambda: "cloud-init[1]: ERROR ssh_authkey_fingerprints")
+    text = str(caught.value)
+    assert f"SSH to 127.0.0.1:{sshd.port} not ready after" in text
+    assert "Authentication failed" in text
+    assert "ssh_authkey_fingerprints" in text
+    assert caught.value.hint and "cloud-init" in caught.value.hint
+
+
+def test_connect_through_a_bastion(sshd: sshd_helper.LocalSSHD, workdir: Path) -> None:
+    target_key = KeyPair.generate("target-host")
+    with sshd_helper.running_sshd(workdir / f"target-{secrets.token_hex(3)}", host_key=target_key,
+                                  authorized={"root": [CLIENT.public_openssh]}) as target:
+        bastion = Bastion(user="root", host="127.0.0.1", port=sshd.port, key=CLIENT,
+                          host_keys=(sshd.host_key.public_openssh,))
+        with SSHGuest.connect(host="127.0.0.1", port=target.port, user="root", key=CLIENT,
+                              host_keys=[target_key.public_openssh], bastion=bastion,
+                              deadline=time.monotonic() + 15) as g:
+            assert g.run(["echo", "via bastion"]).stdout == "via bastion\n"
+            # the target sees a client socket that belongs to the bastion's sshd, not to this process
+            client_port = g.run(["sh", "-c", "echo $SSH_CONNECTION"]).stdout.split()[1]
+            owners = subprocess.run(["ss", "-tnpH", "state", "established", f"sport = :{client_port}"],
+                                    capture_output=True, text=True, check=True).stdout
+            assert sshd.pid is not None
+            jump_pids = {sshd.pid, *sshd_helper.descendants(sshd.pid)}
+            assert any(f"pid={pid}," in owners for pid in jump_pids), owners
+            assert f"pid={os.getpid()}," not in owners
+
+
+def test_through_a_bastion_connect_waits_for_a_target_that_starts_late(sshd: sshd_helper.LocalSSHD,
+                                                                        workdir: Path) -> None:
+    late = sshd_helper.prepare_sshd(workdir / f"late-target-{secrets.token_hex(3)}",
+                                    authorized={"root": [CLIENT.public_openssh]})
+    bastion = Bastion(user="root", host="127.0.0.1", port=sshd.port, key=CLIENT,
+                      host_keys=(sshd.host_key.public_openssh,))
+    starter = threading.Timer(2.0, late.start)  # the bastion refuses the channel until then
+    start = time.monotonic()
+    starter.start()
+    try:
+        with connect(late, bastion=bastion, within=30) as g:
+            assert g.run(["echo", "late"]).stdout == "late\n"
+        assert time.monotonic() - start >= 2.0
+    finally:
+        starter.join()
+        late.stop()
+
+
+def test_a_bastion_with_the_wrong_host_key_is_refused(sshd: sshd_helper.LocalSSHD) -> None:
+    bastion = Bastion(user="root", host="127.0.0.1", port=sshd.port, key=CLIENT,
+                      host_keys=(KeyPair.generate().public_openssh,))
+    with pytest.raises(HostKeyMismatch, match="bastion"):
+        SSHGuest.connect(host="127.0.0.1", port=sshd.port, user="root", key=CLIENT,
+                         host_keys=[sshd.host_key.public_openssh], bastion=bastion,
+                         deadline=time.monotonic() + 30)
+
+
+# --- as a non-root user with sudo ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("sudo") is None, reason="sudo not installed (apt-get install sudo)")
+def test_a_non_root_user_runs_everything_as_root_through_sudo(sshd: sshd_helper.LocalSSHD,
+                                                               scratch: Path) -> None:
+    with sshd_helper.throwaway_user() as user:
+        sshd.authorize(user, [CLIENT.public_openssh])
+        with connect(sshd, user=user) as g:
+            assert g.run(["id", "-u"]).stdout == "0\n"
+            assert g.run(["sh", "-c", 'echo "$A"'], env={"A": "through sudo"}).stdout == "through sudo\n"
+            target = scratch / "etc" / "owned-by-root"
+            g.write_file(str(target), b"secret\n", mode=0o600)
+            assert (target.stat().st_uid, target.stat().st_mode & 0o777) == (0, 0o600)
+            assert g.read_file(str(target)) == b"secret\n"
+            assert g.run(["cat"], stdin=b"piped\n").stdout == "piped\n"
+            marker = f"302.{secrets.randbelow(10**6)}"
+            with pytest.raises(CommandFailed) as caught:
+                g.run(["sleep", marker], timeout=1)
+            assert caught.value.timed_out
+            assert wait_until_gone(f"sleep {marker}")
+
+
+# --- cloud-init wait (the host's real cloud-init has never run, so `--wait` never returns) --------------
+
+
+def test_wait_for_cloud_init_fails_at_its_timeout_with_the_reason(guest: SSHGuest) -> None:
+    start = time.monotonic()
+    with pytest.raises(BuildError, match="cloud-init did not finish within 2 s"):
+        wait_for_cloud_init(guest, timeout=2)
+    assert time.monotonic() - start < 10
+    assert wait_until_gone("cloud-init status --wait")
+
+
+# --- speed --------------------------------------------------------------------------------------------
+
+
+def test_connect_to_first_command_result_is_fast(sshd: sshd_helper.LocalSSHD) -> None:
+    """From an sshd that is already accepting, to the first command's result (median of 10)."""
+    times = []
+    for _ in range(10):
+        start = time.monotonic()
+        with connect(sshd) as g:
+            g.run(["true"])
+            times.append(time.monotonic() - start)
+    median = statistics.median(times)
+    print(f"\nconnect + first command: median {median * 1000:.0f} ms, "
+          f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
+    assert median < 1.5  # goal < 1 s; headroom for a loaded CI machine
