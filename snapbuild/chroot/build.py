@@ -1,0 +1,231 @@
+"""The chroot builder: a copy of the base image, attached and mounted on this host, provisioned in a chroot.
+
+    snapbuild chroot RECIPE --base IMG -o OUT.qcow2 [--size 10G] [--attach auto|nbd|loop]
+                            [--compression zstd|zlib|none] [--keep-on-failure]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from snapbuild import __version__, hostrun
+from snapbuild.chroot import attach as attaching
+from snapbuild.chroot import grow, mounts
+from snapbuild.chroot.compact import COMPRESSIONS, Compacted, compact
+from snapbuild.chroot.guest import ChrootGuest
+from snapbuild.chroot.scope import close, undo_scope
+from snapbuild.chroot.workdir import make_workdir
+from snapbuild.errors import BuildError, UserError
+from snapbuild.ledger import Ledger, new_build_id
+from snapbuild.pipeline import BuildContext, Reporter, StepTiming, running_build
+
+log = logging.getLogger(__name__)
+
+HOST_TOOLS = ("qemu-img", "losetup", "partx", "blkid", "sgdisk", "growpart", "e2fsck", "resize2fs", "fstrim",
+              "mount", "umount", "chroot")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChrootJob:
+    """The checked inputs of one chroot build."""
+
+    base: Path
+    base_format: str
+    base_size: int           # virtual size, bytes
+    output: Path
+    size: int                # virtual size of the result, bytes
+    backend: str             # "nbd" or "loop"
+    compression: str
+    recipe: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChrootResult:
+    build_id: str
+    output: Path
+    manifest: Path
+    backend: str
+    compacted: Compacted
+    timings: tuple[StepTiming, ...]
+
+
+def build_chroot(*, plan: Any, base: Path, output: Path, size: str | None, attach: str = "auto",
+                 compression: str = "zstd", keep_on_failure: bool = False, force: bool = False,
+                 reporter: Reporter) -> ChrootResult:
+    job = check_inputs(plan=plan, base=base, output=output, size=size, attach=attach, compression=compression,
+                       force=force)
+    build_id = new_build_id()
+    ctx = BuildContext(build_id=build_id, reporter=reporter, keep_on_failure=keep_on_failure,
+                       ledger=Ledger.create(build_id=build_id, builder="chroot", recipe=job.recipe))
+    with running_build(ctx):
+        with ctx.step("inspect base image"):
+            work_dir = make_workdir(ctx, job.output, build_id)
+            root = find_root_partition(ctx, job, work_dir)
+        with ctx.step("copy base image"):
+            work = copy_and_resize(job, work_dir)
+        with undo_scope(ctx.ledger, keep_on_failure=keep_on_failure, reporter=reporter) as disk:
+            with ctx.step(f"attach ({job.backend})"):
+                attached = attaching.attach(disk, work, work_dir, backend=job.backend)
+            with ctx.step("grow root file system"):
+                grow.grow_root(attached, _partition(attached, root), hostrun.run)
+            with ctx.step("mount"):
+                guest = ChrootGuest(mounts.mount_chroot(disk, attached.partition(root.number), work_dir / "root"),
+                                    ledger=ctx.ledger, name="chroot")
+            with ctx.step("provision"):
+                provision_in(plan, guest, reporter)
+            with ctx.step("seal"):
+                seal_in(guest, reporter)
+            with ctx.step("unmount and detach"):
+                close(disk)
+        capture_from = attached.data_path if attached.backend == "loop-raw" else work
+        with ctx.step(f"compact ({job.compression})"):
+            result = compact(capture_from, work_dir / "result.qcow2", job.compression,
+                             src_format="raw" if attached.backend == "loop-raw" else "qcow2")
+        with ctx.step("check image"):
+            check_image(result.path)
+        with ctx.step("write manifest"):
+            manifest = finish(ctx, job, result, attached.backend)
+    return ChrootResult(build_id=build_id, output=job.output, manifest=manifest, backend=attached.backend,
+                        compacted=Compacted(path=job.output, compression=result.compression,
+                                            before_bytes=result.before_bytes, after_bytes=result.after_bytes,
+                                            seconds=result.seconds),
+                        timings=tuple(ctx.timings))
+
+
+# ---- the steps ---------------------------------------------------------------------------------------------
+
+def check_inputs(*, plan: Any, base: Path, output: Path, size: str | None, attach: str, compression: str,
+                 force: bool) -> ChrootJob:
+    """Everything that can be checked before a single thing is created."""
+    if os.geteuid() != 0:
+        raise UserError("the chroot builder needs root (loop devices, mounts, chroot)",
+                        hint="run it with sudo, or use `snapbuild local`, which needs no root")
+    if compression not in COMPRESSIONS:
+        raise UserError(f"unknown compression {compression!r}", hint="use zstd, zlib or none")
+    backend = attaching.resolve_backend(attach)
+    hostrun.require_tools(*HOST_TOOLS, "qemu-nbd" if backend == "nbd" else "qemu-storage-daemon")
+    base, output = base.absolute(), output.absolute()
+    if not base.is_file():
+        raise UserError(f"base image not found: {base}")
+    if not output.parent.is_dir():
+        raise UserError(f"output directory does not exist: {output.parent}")
+    if output.exists() and not force:
+        raise UserError(f"{output} exists", hint="pass --force to replace it")
+    if output.resolve() == base.resolve():
+        raise UserError("the output would overwrite the base image", hint="choose another -o")
+    info = attaching.image_info(base)
+    fmt = str(info.get("format", ""))
+    if fmt not in ("qcow2", "raw") or info.get("encrypted"):
+        raise UserError(f"{base}: {fmt or 'unknown'} image{' (encrypted)' if info.get('encrypted') else ''}",
+                        hint="the base must be a qcow2 or raw disk image")
+    if fmt == "raw" and not _has_partition_table(base):
+        raise UserError(f"{base} is not a disk image (no MBR or GPT)", hint="pass a cloud image (qcow2 or raw)")
+    base_size = int(info["virtual-size"])
+    wanted = grow.parse_size(size) if size else _plan_disk_size(plan)
+    target = max(base_size, wanted or 0)
+    if wanted and wanted < base_size:
+        raise UserError(f"--size {size} is smaller than the base image ({base_size / 2**30:.1f} GiB)",
+                        hint="the chroot builder grows images, it does not shrink them")
+    free = shutil.disk_usage(output.parent).free
+    if free < base_size:
+        raise UserError(f"not enough space in {output.parent}: {free >> 20} MiB free, the working copy may need "
+                        f"{base_size >> 20} MiB", hint="free some space or write the output elsewhere")
+    return ChrootJob(base=base, base_format=fmt, base_size=base_size, output=output, size=target,
+                     backend=backend, compression=compression, recipe=str(getattr(plan, "recipe_name", "?")))
+
+
+def find_root_partition(ctx: BuildContext, job: ChrootJob, work_dir: Path) -> grow.Partition:
+    """Look at the base through a read-only attach: an LVM or odd layout fails here, before any copy."""
+    with undo_scope(ctx.ledger, reporter=ctx.reporter) as probe_scope:
+        attached = attaching.attach(probe_scope, job.base, work_dir, backend=job.backend, fmt=job.base_format,
+                                    read_only=True)
+        root = grow.choose_root(grow.probe(attached), job.base)
+    ctx.reporter.line(f"root: partition {root.number} ({root.fstype}, label {root.label or '-'}, "
+                      f"{root.size / 2**30:.1f} GiB)")
+    return root
+
+
+def copy_and_resize(job: ChrootJob, work_dir: Path) -> Path:
+    work = work_dir / "work.qcow2"
+    grow.copy_base(job.base, job.base_format, work)
+    if job.size > job.base_size:
+        grow.resize_image(work, job.size)
+    return work
+
+
+def _partition(attached: attaching.Attached, root: grow.Partition) -> grow.Partition:
+    """The base's root partition, as it appears on the attached working copy."""
+    return grow.Partition(number=root.number, device=attached.partition(root.number), fstype=root.fstype,
+                          label=root.label, size=root.size)
+
+
+def provision_in(plan: Any, guest: ChrootGuest, reporter: Reporter) -> None:
+    # The lead's modules; imported late so this one stands alone.
+    from snapbuild.provision import provision  # type: ignore[import-not-found,unused-ignore]
+
+    provision(plan, guest, reporter)
+
+
+def seal_in(guest: ChrootGuest, reporter: Reporter) -> None:
+    from snapbuild.seal import seal  # type: ignore[import-not-found,unused-ignore]
+
+    seal(guest, reporter=reporter)
+
+
+def check_image(path: Path) -> None:
+    from snapbuild.inspect import inspect_image  # type: ignore[import-not-found,unused-ignore]
+
+    violations = inspect_image(path)
+    if violations:
+        raise BuildError("the image breaks the sealing policy:\n" + "\n".join(f"  - {v}" for v in violations))
+
+
+def finish(ctx: BuildContext, job: ChrootJob, result: Compacted, backend: str) -> Path:
+    """Move the image into place and write its manifest beside it."""
+    os.replace(result.path, job.output)
+    manifest = job.output.with_name(job.output.name + ".manifest.json")
+    data: dict[str, Any] = {
+        "build_id": ctx.build_id,
+        "builder": "chroot",
+        "snapbuild_version": __version__,
+        "recipe": job.recipe,
+        "base": {"path": str(job.base), "format": job.base_format, "virtual_size": job.base_size,
+                 "sha256": sha256(job.base)},
+        "output": {"path": str(job.output), "format": "qcow2", "virtual_size": job.size,
+                   "bytes": job.output.stat().st_size, "sha256": sha256(job.output),
+                   "compression": job.compression},
+        "attach": backend,
+        "qemu_img": hostrun.run(["qemu-img", "--version"]).stdout.splitlines()[0],
+        "steps": [{"name": t.name, "seconds": round(t.seconds, 2), "ok": t.ok} for t in ctx.timings],
+    }
+    tmp = manifest.with_name(f".{manifest.name}.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, manifest)
+    ctx.reporter.line(f"{job.output}: {data['output']['bytes'] >> 20} MiB ({job.compression})")
+    return manifest
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _plan_disk_size(plan: Any) -> int | None:
+    gib = getattr(getattr(plan, "image", None), "disk_size_gb", None)
+    return int(gib) << 30 if gib else None
+
+
+def _has_partition_table(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(1024)
+    return head[510:512] == b"\x55\xaa" or head[512:520] == b"EFI PART"

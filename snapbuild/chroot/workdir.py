@@ -1,0 +1,31 @@
+"""The build's working directory beside the output: working image, FUSE export, mountpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from snapbuild import hostrun
+from snapbuild.chroot import mounts
+from snapbuild.chroot.scope import Scope
+from snapbuild.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+
+def make_workdir(scope: Scope, output: Path, build_id: str) -> Path:
+    """Same file system as the output, so the finished image is renamed into place, not copied."""
+    path = output.parent / f".{output.name}.snapbuild-{build_id}"
+    if scope.ledger:
+        scope.ledger.record("tempdir", str(path))
+    path.mkdir(mode=0o700)
+    scope.add_undo(f"remove {path}", remove_workdir, path, forget=("tempdir", str(path)))
+    return path
+
+
+def remove_workdir(path: Path) -> None:
+    """Never recurse into something still mounted there: a bind of /dev would take the host's /dev with it."""
+    left = [*mounts.mounts_under(path), *([str(path)] if mounts.mounted(path) else [])]
+    if left:
+        raise BuildError(f"not removing {path}: still mounted: {', '.join(left)}")
+    hostrun.run(["rm", "-rf", "--one-file-system", "--", str(path)], timeout=600)
