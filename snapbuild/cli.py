@@ -6,9 +6,11 @@ openstacksdk or paramiko.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -89,6 +91,10 @@ def cli(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, co
     _setup_logging(verbose)
 
 
+# Libraries whose DEBUG output is noise, or shows request bodies (user-data) and so is only for --debug-http.
+QUIET_LOGGERS = ("paramiko", "keystoneauth", "openstack", "urllib3", "stevedore", "os_service_types")
+
+
 def _setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_snapbuild", False) for h in root.handlers):
@@ -96,7 +102,36 @@ def _setup_logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler._snapbuild = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for existing in root.handlers:
+        if getattr(existing, "_snapbuild", False):
+            existing.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # The root passes everything on: the build log file (see build_log) keeps the full story.
+    root.setLevel(logging.DEBUG)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@contextlib.contextmanager
+def build_log(kind: str, recipe: str) -> Iterator[Path]:
+    """Every build keeps a full log file; its path is printed when the build fails."""
+    from snapbuild.ledger import now_iso
+    from snapbuild.paths import state_dir
+
+    folder = state_dir() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{now_iso().replace(':', '')}-{kind}-{recipe}.log"
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield path
+    except BaseException:
+        click.echo(f"snapbuild: full log: {path}", err=True)
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 # -- recipes, render, plan -------------------------------------------------------------------------------
@@ -197,6 +232,73 @@ def refuse_blocked(plan: Plan, allow_blocked: bool) -> None:
                         + "; ".join(plan.blocked_without_mirror),
                         hint=f"add mirrors to a copy of profile {plan.profile.name!r} ({plan.profile.path}) "
                              "and pass --mirrors, or pass --allow-blocked to go ahead anyway")
+
+
+def _reporter() -> Any:
+    from snapbuild.pipeline import Reporter
+
+    return Reporter()
+
+
+def build_options(func: Any) -> Any:
+    """Options every builder shares: the recipe's inputs plus failure handling."""
+    for option in reversed([
+        *recipe_options,
+        click.option("--allow-blocked", is_flag=True,
+                     help="Build even if the recipe downloads from hosts the profile marks blocked."),
+        click.option("--keep-on-failure", is_flag=True,
+                     help="Keep temporary resources when the build fails, and print how to remove them."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+    ]):
+        func = option(func)
+    return func
+
+
+@cli.command("chroot")
+@click.argument("recipe")
+@build_options
+@click.option("--base", "base", required=True, type=click.Path(path_type=Path), help="Base cloud image.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="qcow2 file to write.")
+@click.option("--size", help="Virtual disk size of the result (default: the recipe's disk_size_gb).")
+@click.option("--attach", type=click.Choice(["auto", "nbd", "loop"]), default="auto", show_default=True,
+              help="How to attach the image: qemu-nbd, or loop devices (via qemu-storage-daemon).")
+@click.option("--compression", type=click.Choice(["zstd", "zlib", "none"]), default="zstd", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@pass_session
+def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
+                   allow_blocked: bool, keep_on_failure: bool, as_json: bool, base: Path, output: Path,
+                   size: str | None, attach: str, compression: str, force: bool) -> None:
+    """Build on this host: customise a copy of the base in a chroot, seal, compact (root)."""
+    from snapbuild.chroot.build import build_chroot
+
+    plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
+    refuse_blocked(plan, allow_blocked)
+    with build_log("chroot", recipe):
+        result = build_chroot(plan=plan, base=base, output=output, size=size, attach=attach,
+                              compression=compression, keep_on_failure=keep_on_failure, force=force,
+                              reporter=_reporter())
+    summary = {"build_id": result.build_id, "output": str(result.output), "manifest": str(result.manifest),
+               "attach": result.backend, "size_bytes": result.compacted.after_bytes,
+               "uncompressed_bytes": result.compacted.before_bytes}
+    click.echo(json.dumps(summary, indent=2) if as_json else str(result.output))
+
+
+@cli.command("base")
+@click.argument("distro", type=click.Choice(["debian-12"]))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="qcow2 file to write.")
+@click.option("--mirror", default="http://deb.debian.org/debian", show_default=True, help="Debian archive URL.")
+@click.option("--security-mirror", help="Debian security archive URL (default: derived from --mirror).")
+@click.option("--size", default="2G", show_default=True, help="Virtual disk size.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def base_command(distro: str, output: Path, mirror: str, security_mirror: str | None, size: str,
+                 force: bool) -> None:
+    """Build a cloud-init Debian cloud image from a Debian archive (debootstrap; root)."""
+    from snapbuild.local.baseimage import build_base_image
+
+    result = build_base_image(distro=distro, output=output, mirror=mirror, size=size, force=force,
+                              security_mirror=security_mirror)
+    click.echo(f"{result.path} ({result.file_size / 2**20:.0f} MiB, {result.virtual_size / 2**30:.1f} GiB virtual, "
+               f"{result.seconds:.0f} s)")
 
 
 @cli.command("inspect")

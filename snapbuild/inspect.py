@@ -29,49 +29,31 @@ def image_format(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def mounted_root(image: Path, *, writable: bool = False) -> Iterator[Path]:
-    """Mount the image's root filesystem (read-only unless asked) and yield its path; undone on exit.
+def mounted_root(image: Path) -> Iterator[Path]:
+    """Mount the image's root filesystem read-only and yield its path; everything is undone on exit.
 
-    Works without nbd, udev or kernel partition scanning: the image is read as raw (converted to a sparse
-    temporary file when it is qcow2) and the root partition attached by offset.
+    Uses the chroot builder's attach layer (nbd where it exists, else a read-only qemu-storage-daemon
+    export on a loop device), so nothing is converted or copied and the image is never written.
     """
+    from snapbuild.chroot import attach as attaching
+    from snapbuild.chroot import grow
+    from snapbuild.chroot.scope import undo_scope
+
     if os.geteuid() != 0:
         raise UserError("inspecting an image needs root (loop devices and mounts)", hint="run it with sudo")
-    hostrun.require_tools("qemu-img", "sfdisk", "losetup", "blkid", "mount", "umount")
+    hostrun.require_tools("qemu-img", "losetup", "blkid", "mount", "umount", "partx")
     fmt = image_format(image)
-    with contextlib.ExitStack() as stack:
+    with undo_scope(None) as scope:
         work = Path(tempfile.mkdtemp(prefix="snapbuild-inspect-"))
-        stack.callback(shutil.rmtree, work, True)
-        raw = image
-        if fmt != "raw":
-            raw = work / "disk.raw"
-            hostrun.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], timeout=1800)
-        table = json.loads(hostrun.run(["sfdisk", "--json", str(raw)]).stdout)["partitiontable"]
-        sector = int(table.get("sectorsize", 512))
-        candidates = []
-        for part in table.get("partitions", []):
-            device = hostrun.run(["losetup", "--find", "--show", "--read-only", "--offset",
-                                  str(int(part["start"]) * sector), "--sizelimit", str(int(part["size"]) * sector),
-                                  str(raw)]).stdout.strip()
-            stack.callback(hostrun.run, ["losetup", "-d", device], check=False)
-            probe = hostrun.run(["blkid", "-p", "-o", "export", device], check=False).stdout
-            info = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
-            if info.get("TYPE") == "LVM2_member":
-                raise UserError(f"{image}: the root is on LVM, which snapbuild does not handle")
-            if info.get("TYPE") in ("ext4", "ext3", "ext2", "xfs", "btrfs"):
-                candidates.append((info.get("LABEL") == ROOT_LABEL, int(part["size"]), device, info["TYPE"]))
-        if not candidates:
-            raise UserError(f"{image}: no root filesystem found (no ext4/xfs/btrfs partition)",
-                            hint="is this a cloud image?")
-        _, _, device, fstype = max(candidates)
+        scope.add_undo(f"remove {work}", shutil.rmtree, work, True)
+        attached = attaching.attach(scope, image, work, backend=attaching.resolve_backend("auto"), fmt=fmt,
+                                    read_only=True)
+        root = grow.choose_root(grow.probe(attached), image)
         mountpoint = work / "root"
         mountpoint.mkdir()
-        options = "ro,noload" if fstype.startswith("ext") and not writable else ("rw" if writable else "ro")
-        if writable:
-            hostrun.run(["losetup", "-d", device], check=False)
-            raise UserError("writable mounts are not offered by inspect")
-        hostrun.run(["mount", "-o", options, device, str(mountpoint)])
-        stack.callback(_unmount, mountpoint)
+        options = "ro,noload" if root.fstype.startswith("ext") else "ro"
+        hostrun.run(["mount", "-o", options, root.device, str(mountpoint)])
+        scope.add_undo(f"unmount {mountpoint}", _unmount, mountpoint)
         yield mountpoint
 
 
