@@ -301,6 +301,71 @@ def base_command(distro: str, output: Path, mirror: str, security_mirror: str | 
                f"{result.seconds:.0f} s)")
 
 
+@cli.command("fetch-base")
+@click.argument("image", type=click.Choice(["ubuntu-24.04", "debian-12"]))
+@click.option("--url", help="Image URL; its SHA256SUMS/SHA512SUMS is read from the same folder.")
+@click.option("--mirror", metavar="BASE", help="Mirror in the cloud-images layout (default: the distribution's).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also place the verified image here (hard link or copy of the cache entry).")
+@click.option("--connections", default=4, show_default=True, type=click.IntRange(1, 16),
+              help="Parallel Range requests (one stream when the server ignores Range).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def fetch_base_command(image: str, url: str | None, mirror: str | None, output: Path | None, connections: int,
+                       as_json: bool) -> None:
+    """Download a base cloud image: resumable, parallel, verified against the published checksums, cached."""
+    from snapbuild.transfer.fetch import FetchRequest, fetch_base
+    from snapbuild.transfer.ranged import DownloadSettings
+
+    reporter = _reporter()
+    result = fetch_base(FetchRequest(image=image, url=url, mirror=mirror, output=output),
+                        settings=DownloadSettings(connections=connections), on_progress=reporter.line)
+    if as_json:
+        click.echo(json.dumps({"path": str(result.path), "url": result.url, "algorithm": result.algorithm,
+                               "digest": result.digest, "size": result.size, "cached": result.cached,
+                               "received": result.received}, indent=2))
+    else:
+        click.echo(str(result.path))
+
+
+@cli.command("ship", context_settings={"ignore_unknown_options": True})
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("upload_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--via", default="", metavar="USER@RELAY[,USER@RELAY2…]",
+              help="Relays, in order; each is reached through the previous ones (ssh ProxyJump, no keys on relays).")
+@click.option("--to", "to", required=True, metavar="USER@CONTROLLER", help="Where the file must arrive.")
+@click.option("--dest", default="", metavar="DIR", help="Directory on the controller (default: the login's home).")
+@click.option("--identity", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="SSH private key.")
+@click.option("--port", type=int, help="SSH port for hops that do not say host:port.")
+@click.option("--known-hosts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="known_hosts file with every hop's host key (default: ~/.ssh/known_hosts).")
+@click.option("--stage", is_flag=True, help="Also leave a verified copy in DIR on every relay.")
+@click.option("--bwlimit", metavar="RATE", help="rsync --bwlimit, e.g. 20m, to leave the link usable.")
+@click.option("--upload", is_flag=True,
+              help="Then run `snapbuild upload FILE UPLOAD_ARGS…` on the controller (args after `--`).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ship_command(file: Path, upload_args: tuple[str, ...], via: str, to: str, dest: str, identity: Path | None,
+                 port: int | None, known_hosts: Path | None, stage: bool, bwlimit: str | None, upload: bool,
+                 as_json: bool) -> None:
+    """Carry FILE over flaky links to the controller: rsync over an SSH ProxyJump chain, resumed and verified."""
+    from snapbuild.errors import UserError
+    from snapbuild.transfer.ship import ShipRequest, ship
+    from snapbuild.transfer.sshchain import Hop, SSHOptions, parse_hops
+
+    if upload_args and not upload:
+        raise UserError(f"unexpected arguments: {' '.join(upload_args)}", hint="pass them after --upload --")
+    reporter = _reporter()
+    request = ShipRequest(file=file, via=parse_hops(via, default_port=port), to=Hop.parse(to, default_port=port),
+                          dest=dest, stage=stage, upload=tuple(upload_args) if upload else None, bwlimit=bwlimit,
+                          ssh=SSHOptions(identity=identity, known_hosts=known_hosts))
+    result = ship(request, on_progress=reporter.line)
+    if as_json:
+        click.echo(json.dumps({"remote_path": result.remote_path, "sha256": result.sha256, "size": result.size,
+                               "seconds": round(result.seconds, 1),
+                               "hops": [h.__dict__ for h in result.hops]}, indent=2))
+    else:
+        click.echo(f"{result.remote_path} sha256:{result.sha256}")
+
+
 @cli.command("inspect")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
