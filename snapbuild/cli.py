@@ -366,6 +366,28 @@ def ship_command(file: Path, upload_args: tuple[str, ...], via: str, to: str, de
         click.echo(f"{result.remote_path} sha256:{result.sha256}")
 
 
+@cli.command("cleanup")
+@click.option("--host", "host", is_flag=True, help="Finish interrupted local builds on this host from their ledgers.")
+@click.option("--build-id", help="Only this build.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cleanup_command(host: bool, build_id: str | None, dry_run: bool, as_json: bool) -> None:
+    """Remove what interrupted or crashed builds left behind."""
+    from snapbuild.hostcleanup import cleanup_host
+
+    swept = cleanup_host(dry_run=dry_run, build_id=build_id) if host else []
+    if as_json:
+        click.echo(json.dumps({"host": [s.__dict__ for s in swept], "dry_run": dry_run}, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for build in swept:
+        click.echo(f"build {build.build_id} ({build.builder} {build.recipe}, {build.status}):")
+        for action in build.actions:
+            click.echo(f"  {verb} {action}")
+    if not swept:
+        click.echo("nothing left behind on this host")
+
+
 @cli.command("inspect")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -1,7 +1,9 @@
-"""Finish what a crashed chroot build left on this host, from its ledger alone (`snapbuild cleanup --host`).
+"""Finish what a crashed local build (chroot, local VM, base image) left on this host, from its ledger alone
+(`snapbuild cleanup --host`).
 
-Entries are undone newest first, which is the reverse of how they were made: processes in the chroot, the
-mounts from the innermost out, the loop or nbd device, the storage daemon and its FUSE export, the work dir.
+Entries are undone newest first, which is the reverse of how they were made: processes (QEMU, daemons in
+the chroot), the mounts from the innermost out, the loop or nbd device, the storage daemon and its FUSE
+export, partial files, the work dir. Nothing the ledger does not name is touched.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from snapbuild.ledger import Entry, Ledger
 
 log = logging.getLogger(__name__)
 
-HOST_KINDS = ("process", "mount", "loop", "nbd", "tempdir")
+HOST_KINDS = ("process", "mount", "loop", "nbd", "file", "tempdir")
 
 
 def sweep(ledger: Ledger, *, dry_run: bool = False) -> list[str]:
@@ -42,9 +44,16 @@ def sweep(ledger: Ledger, *, dry_run: bool = False) -> list[str]:
 
 def undo_entry(entry: Entry) -> None:
     ref = Path(entry.ref)
-    if entry.kind == "process":
+    if entry.kind == "process" and not entry.ref.isdigit():
+        # Named processes (QEMU VMs): found by the marker in their command line, so a reused pid is never hit.
+        marker = str(entry.info.get("cmdline_marker", entry.ref)).encode().replace(b" ", b"\0")
+        for pid in _processes_with(marker):
+            procs.stop(pid, group=False)
+    elif entry.kind == "process":
         # The start time tells our process from a later one that got the same pid.
         procs.stop(int(entry.ref), group=False, started=entry.info.get("starttime"))
+    elif entry.kind == "file":
+        ref.unlink(missing_ok=True)
     elif entry.kind == "mount" and entry.info.get("fstype") == "fuse":
         # A daemon killed between its start and its ledger entry is found by its mountpoint.
         for pid in _storage_daemons_exporting(ref):
@@ -76,6 +85,18 @@ def undo_entry(entry: Entry) -> None:
     elif entry.kind == "tempdir":
         if ref.exists():
             remove_workdir(ref)
+
+
+def _processes_with(marker: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def _storage_daemons_exporting(mountpoint: Path) -> list[int]:
