@@ -19,6 +19,7 @@ import click
 
 from snapbuild import __version__
 from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError
+from snapbuild.openstack.cli_options import snapshot_options  # click and dataclasses only: --help stays light
 
 if TYPE_CHECKING:
     from snapbuild.config import Config
@@ -252,6 +253,40 @@ def build_options(func: Any) -> Any:
     ]):
         func = option(func)
     return func
+
+
+@cli.command("build")
+@click.argument("recipe")
+@with_recipe_options
+@snapshot_options
+@pass_session
+def build_command(session: Session, /, recipe: str, distro: str | None, mirrors: str | None,
+                  sets: tuple[str, ...], **options: Any) -> None:
+    """Build RECIPE's image on OpenStack from a snapshot of a temporary builder server."""
+    from snapbuild.openstack.cli_options import settings_from_options
+    from snapbuild.openstack.snapshot import build_snapshot
+
+    plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
+    _warn_plan(plan)
+    refuse_blocked(plan, options["allow_blocked"])   # before any cloud is contacted
+    with build_log("build", recipe) as log_path:
+        settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
+        result = build_snapshot(settings, plan, _reporter())
+    log.info("build log: %s", log_path)
+    click.echo(result.to_json() if settings.json else result.image_id)
+
+
+def _shortcut(name: str) -> None:
+    @cli.command(name, help=f"Build the {name} image on OpenStack (same as: snapbuild build {name}).")
+    @with_recipe_options
+    @snapshot_options
+    @click.pass_context
+    def command(ctx: click.Context, /, **kw: Any) -> None:
+        ctx.invoke(build_command, recipe=name, **kw)
+
+
+for _name in ("k8s", "docker-ce"):
+    _shortcut(_name)
 
 
 @cli.command("chroot")

@@ -18,8 +18,11 @@ BUILDER_USER = "snapbuild"
 
 
 class HostKey(Protocol):
-    private_openssh: str
-    public_openssh: str
+    @property
+    def private_openssh(self) -> str: ...
+
+    @property
+    def public_openssh(self) -> str: ...
 
 
 def render_builder_userdata(plan: Plan, *, builder_user: str = BUILDER_USER, builder_public_key: str,

@@ -142,3 +142,21 @@ def test_config_variables_apply_and_set_wins(tmp_path: Path, capsys: pytest.Capt
     assert "kubeadm=1.30.2-1.1" in capsys.readouterr().out
     main(["--config", str(config), "plan", "k8s", "--set", "kubernetes_version=1.31.1"])
     assert "kubeadm=1.31.1-1.1" in capsys.readouterr().out
+
+
+def test_build_refuses_blocked_registry_before_contacting_a_cloud(capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OS_CLOUD", "no-such-cloud")   # would fail differently if it were contacted
+    code, err = run(capsys, "k8s", "--flavor", "m1.large")
+    assert_one_error(code, err, "blocked hosts without a mirror", "registry.k8s.io", "--allow-blocked")
+
+
+def test_build_without_any_cloud_configured(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    for name in ("OS_CLOUD", "OS_AUTH_URL", "OS_CLIENT_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capsys, "build", "base", "--flavor", "m1.small")
+    assert code == 2
+    assert "snapbuild: error: no cloud to build on" in err and "--os-cloud" in err

@@ -1,0 +1,97 @@
+"""The click options of `snapbuild build` (OpenStack snapshot builds) and how they become SnapshotSettings.
+
+Imports only click and the settings dataclass, so `snapbuild --help` stays fast (no openstacksdk, no paramiko).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from snapbuild.openstack.settings import SnapshotSettings
+
+_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--flavor", required=True, help="Flavor (name or id) of the builder server."),
+    click.option("--base-image", metavar="NAME|ID",
+                 help="Base image; default: the most recent active image whose os_distro/os_version match."),
+    click.option("--network", "networks", multiple=True, metavar="NAME|ID",
+                 help="Network for the builder (repeatable); default: Nova's 'auto'."),
+    click.option("--port", metavar="NAME|ID", help="An existing free port instead of --network."),
+    click.option("--floating-network", metavar="NAME|ID|none", default="none", show_default=True,
+                 help="External network for a temporary floating IP; 'none' for no floating IP."),
+    click.option("--security-group", "security_groups", multiple=True, metavar="NAME|ID",
+                 help="Existing security group (repeatable); default: a temporary one allowing SSH."),
+    click.option("--ssh-cidr", default="0.0.0.0/0", show_default=True,
+                 help="Who may reach port 22 through the temporary security group."),
+    click.option("--availability-zone", metavar="AZ"),
+    click.option("--config-drive", is_flag=True, help="Boot the builder with a config drive."),
+    click.option("--volume-size", "volume_size_gb", type=click.IntRange(min=1), metavar="GB",
+                 help="Boot from a Cinder volume of this size; the image is the volume uploaded to Glance."),
+    click.option("--volume-disk-format", default="qcow2", show_default=True,
+                 type=click.Choice(["qcow2", "raw"]), help="Disk format of a volume upload."),
+    click.option("--ssh-user", default="snapbuild", show_default=True,
+                 help="Temporary builder user created by cloud-init (removed before capture)."),
+    click.option("--ssh-port", default=22, show_default=True, type=int),
+    click.option("--ssh-interface", metavar="NETWORK", help="Network whose address SSH uses (no floating IP)."),
+    click.option("--ssh-ip-version", type=click.Choice(["4", "6"]), help="IP version of that address."),
+    click.option("--ssh-bastion", metavar="[USER@]HOST[:PORT]", help="Jump host to reach the builder through."),
+    click.option("--ssh-bastion-key", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="Your private key for the jump host (default: ~/.ssh/id_ed25519, id_ecdsa or id_rsa); "
+                      "its host key must be in ~/.ssh/known_hosts."),
+    click.option("--insecure-accept-any-host-key", "accept_any_host_key", is_flag=True,
+                 help="Do NOT check the builder's SSH host key (it is pinned by default)."),
+    click.option("--image-name", help="Name of the image (default: the recipe's image name and the date)."),
+    click.option("--visibility", default="private", show_default=True,
+                 type=click.Choice(["private", "shared", "community", "public"])),
+    click.option("--share-with", multiple=True, metavar="PROJECT_ID",
+                 help="Add this project as an image member (repeatable; makes the image 'shared')."),
+    click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
+                 help="Image property (repeatable); wins over the recipe's."),
+    click.option("--tag", "tags", multiple=True, help="Tag for the finished image (repeatable)."),
+    click.option("--timeout-boot", default=900.0, show_default=True, type=float, metavar="S"),
+    click.option("--timeout-ssh", default=600.0, show_default=True, type=float, metavar="S"),
+    click.option("--timeout-provision", default=3600.0, show_default=True, type=float, metavar="S",
+                 help="Per provisioning step."),
+    click.option("--timeout-snapshot", default=1800.0, show_default=True, type=float, metavar="S"),
+    click.option("--keep-on-failure", is_flag=True, help="Keep the builder's resources when the build fails."),
+    click.option("--no-provision", is_flag=True,
+                 help="Test/debug mode: boot, stop, snapshot, set properties; no SSH, provisioning or sealing."),
+    click.option("--allow-blocked", is_flag=True, help="Build even if the recipe pulls from blocked hosts."),
+    click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), help="Write manifest.json here."),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+]
+
+
+def snapshot_options(func: Any) -> Any:
+    for option in reversed(_OPTIONS):
+        func = option(func)
+    return func
+
+
+def parse_properties(items: Sequence[str]) -> dict[str, str]:
+    props: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--property")
+        props[key.strip()] = value
+    return props
+
+
+def settings_from_options(*, cloud: str | None, region: str | None, log_path: Path | None = None,
+                          **options: Any) -> SnapshotSettings:
+    """Every option of `snapshot_options` (as click passes them) → SnapshotSettings."""
+    floating = options.pop("floating_network")
+    version = options.pop("ssh_ip_version")
+    as_json = options.pop("as_json")
+    return SnapshotSettings(
+        cloud=cloud, region=region, log_path=log_path, json=as_json,
+        floating_network=None if floating in (None, "", "none") else floating,
+        ssh_ip_version=int(version) if version else None,
+        properties=parse_properties(options.pop("properties")),
+        networks=tuple(options.pop("networks")), security_groups=tuple(options.pop("security_groups")),
+        share_with=tuple(options.pop("share_with")), tags=tuple(options.pop("tags")),
+        **options)

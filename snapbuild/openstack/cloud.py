@@ -1,0 +1,679 @@
+"""The Cloud adapter: OpenStack in snapbuild's words, the one seam over openstacksdk.
+
+Everything here returns values from `model.py` and raises snapbuild's errors with the cloud's own message.
+Reads and deletes are retried on transient faults (faults.py); creates are tried exactly once.
+Waits poll no faster than once a second and always have a deadline (DESIGN rule 3).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from keystoneauth1 import exceptions as ksa_exc
+from openstack import exceptions as sdk_exc
+
+from snapbuild.errors import CloudError, UserError
+from snapbuild.openstack import faults, marks
+from snapbuild.openstack.model import (
+    Address,
+    Flavor,
+    FloatingIP,
+    Image,
+    Marked,
+    Network,
+    QuotaItem,
+    SecurityGroup,
+    Server,
+    ServerSpec,
+    Volume,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIN_POLL = 1.0   # never hammer the API faster than this
+JSON_PATCH = "application/openstack-images-v2.1-json-patch"
+# Glance's own fields: everything else in an image record is a property.
+IMAGE_CORE = frozenset({
+    "id", "name", "status", "visibility", "protected", "checksum", "os_hash_algo", "os_hash_value", "owner",
+    "size", "virtual_size", "min_ram", "min_disk", "created_at", "updated_at", "tags", "self", "file", "schema",
+    "disk_format", "container_format", "direct_url", "locations", "os_hidden", "stores", "member_status",
+})
+# openstacksdk re-sends image calls on 503 five times by default (POST and PATCH included) and keystoneauth
+# can re-send on connection errors: snapbuild decides about retries itself (faults.py), so those are off.
+NO_HIDDEN_RETRIES = {"status_code_retries": 0, "image_status_code_retries": 0, "connect_retries": 0}
+NOVA_TAGS_MICROVERSION = "2.52"
+NOVA_CREATE_IMAGE_MICROVERSION = "2.45"
+
+
+class _Gone(Exception):
+    """A resource answered 404."""
+
+
+class WaitTimeout(CloudError):
+    """A wait reached its deadline (as opposed to the resource failing)."""
+
+
+def close_matches(wanted: str, available: Iterable[str]) -> str:
+    names = sorted({name for name in available if name})
+    near = difflib.get_close_matches(wanted, names, n=5, cutoff=0.4)
+    if near:
+        return "did you mean: " + ", ".join(near)
+    if names:
+        shown = ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
+        return "available: " + shown
+    return "none available to this project"
+
+
+class Cloud:
+    """One cloud connection. `clock`/`sleep` are injectable so tests drive every deadline without real time."""
+
+    def __init__(self, conn: Any, *, name: str = "", clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, poll_interval: float = 2.0) -> None:
+        self._conn = conn
+        self.name = name or "cloud"
+        self._clock = clock
+        self._sleep = sleep
+        self.poll_interval = max(MIN_POLL, poll_interval)
+
+    # ---- connecting -------------------------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, cloud: str | None, region: str | None = None, **kwargs: Any) -> Cloud:
+        """Connect to a clouds.yaml cloud and prove the credentials work (fails fast, before anything is made)."""
+        import openstack
+        import openstack.config
+
+        try:
+            # region passed explicitly: with clouds.yaml, OS_REGION_NAME alone does not select it
+            conn = openstack.connect(cloud=cloud, region_name=region, **NO_HIDDEN_RETRIES)
+        except sdk_exc.ConfigException as exc:
+            try:
+                known = openstack.config.OpenStackConfig().get_cloud_names()
+            except Exception:  # noqa: BLE001 - only for the hint
+                known = []
+            raise UserError(f"cloud {cloud!r} not found in clouds.yaml ({exc})",
+                            hint=close_matches(cloud or "", known)) from None
+        except ksa_exc.auth_plugins.MissingRequiredOptions as exc:
+            raise UserError(f"no cloud to build on: {exc}",
+                            hint="name a clouds.yaml cloud with --os-cloud or OS_CLOUD (or set the OS_* variables)"
+                            ) from None
+        adapter = cls(conn, name=cloud or "default", **kwargs)
+        adapter.authorize()
+        return adapter
+
+    def authorize(self) -> None:
+        try:
+            self._conn.authorize()
+        except (ksa_exc.ClientException, sdk_exc.SDKException) as exc:
+            if _caused_by(exc, ksa_exc.Unauthorized):
+                raise UserError(f"cloud {self.name!r}: authentication failed (401)",
+                                hint="check username, password, project and domain in clouds.yaml") from None
+            if _caused_by(exc, ksa_exc.ConnectionError):
+                raise CloudError(f"cloud {self.name!r}: identity endpoint unreachable: {exc}",
+                                 hint="check auth_url in clouds.yaml and that this host can reach it") from None
+            raise CloudError(f"cloud {self.name!r}: cannot authenticate: {faults.cloud_message(exc)}") from None
+
+    @property
+    def project_id(self) -> str:
+        return str(self._conn.current_project_id)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ---- the two ways of calling ------------------------------------------------------------------------
+
+    def _read(self, what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """An idempotent call (GET): retried on transient faults; 404 → _Gone."""
+        return self._idempotent(what, func, *args, attempts=4, max_delay=60.0, **kwargs)
+
+    def _delete(self, what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A DELETE: retried longer than a read, since it is what cleanup rests on (a service restart
+        in the middle of an undo should not leak the resource)."""
+        return self._idempotent(what, func, *args, attempts=10, max_delay=120.0, **kwargs)
+
+    def _idempotent(self, what: str, func: Callable[..., T], *args: Any, attempts: int, max_delay: float,
+                    **kwargs: Any) -> T:
+        try:
+            for attempt in faults.retrying(self._sleep, attempts=attempts, max_delay=max_delay):
+                with attempt:
+                    return func(*args, **kwargs)
+        except sdk_exc.NotFoundException as exc:
+            raise _Gone(what) from exc
+        except (sdk_exc.SDKException, ksa_exc.ClientException) as exc:
+            raise faults.translate(exc, what) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create(self, what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A call that makes something: tried once, never retried (DESIGN rule 7)."""
+        try:
+            return func(*args, **kwargs)
+        except (sdk_exc.SDKException, ksa_exc.ClientException) as exc:
+            raise faults.translate(exc, what) from exc
+
+    def _raw(self, proxy: Any, method: str, url: str, **kwargs: Any) -> Any:
+        response = getattr(proxy, method)(url, **kwargs)
+        sdk_exc.raise_from_response(response)
+        return response
+
+    def _poll(self, what: str, fetch: Callable[[], T], done: Callable[[T], bool], timeout: float,
+              describe: Callable[[T], str] = str) -> T:
+        deadline = self._clock() + timeout
+        while True:
+            value = fetch()
+            if done(value):
+                return value
+            left = deadline - self._clock()
+            if left <= 0:
+                raise WaitTimeout(f"{what}: timed out after {timeout:.0f} s (last seen: {describe(value)})")
+            self._sleep(max(MIN_POLL, min(self.poll_interval, left)))
+
+    # ---- looking things up ------------------------------------------------------------------------------
+
+    def resolve_flavor(self, name_or_id: str) -> Flavor:
+        compute = self._conn.compute
+        try:
+            found = self._read("find flavor", compute.find_flavor, name_or_id, ignore_missing=False)
+        except _Gone:
+            names = [f.name for f in self._read("list flavors", lambda: list(compute.flavors()))]
+            raise UserError(f"flavor {name_or_id!r} not found", hint=close_matches(name_or_id, names)) from None
+        return Flavor(id=found.id, name=found.name, vcpus=int(found.vcpus or 0), ram_mb=int(found.ram or 0),
+                      disk_gb=int(found.disk or 0))
+
+    def _image_json(self, image_id: str) -> dict[str, Any]:
+        response = self._read(f"image {image_id}", self._raw, self._conn.image, "get",
+                              f"/images/{urllib.parse.quote(image_id, safe='')}")
+        return dict(response.json())
+
+    def _images(self, **query: str) -> list[dict[str, Any]]:
+        def fetch() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            url = "/images?" + urllib.parse.urlencode({"limit": "200", **query})
+            while url:
+                body = self._raw(self._conn.image, "get", url).json()
+                found.extend(body.get("images", []))
+                nxt = body.get("next")
+                url = nxt[len("/v2"):] if nxt and nxt.startswith("/v2") else (nxt or "")
+            return found
+        return self._read("list images", fetch)
+
+    def resolve_image(self, name_or_id: str) -> Image:
+        """By id, else by name (the most recent active one when names repeat)."""
+        try:
+            return _image(self._image_json(name_or_id))
+        except _Gone:
+            pass
+        except CloudError:
+            # Glance answers 400 for a name in an id's place on some versions
+            log.debug("image %r is not an id", name_or_id)
+        candidates = [i for i in self._images(name=name_or_id) if i.get("status") == "active"]
+        if not candidates:
+            names = [i.get("name") or "" for i in self._images(status="active")]
+            raise UserError(f"image {name_or_id!r} not found (or not active)", hint=close_matches(name_or_id, names))
+        if len(candidates) > 1:
+            log.info("%d images named %r: using the most recent", len(candidates), name_or_id)
+        return _image(max(candidates, key=lambda i: str(i.get("created_at", ""))))
+
+    def default_image(self, os_distro: str, os_version: str, properties: Mapping[str, str] | None = None) -> Image:
+        """The most recent active image with the recipe distro's `os_distro` and `os_version` properties."""
+        wanted = {"os_distro": os_distro, "os_version": os_version, **dict(properties or {})}
+        wanted = {k: v for k, v in wanted.items() if v}
+        candidates = [i for i in self._images(status="active")
+                      if all(str(i.get(k, "")) == v for k, v in wanted.items())]
+        if not candidates:
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+            raise UserError(f"no active image with {shown}",
+                            hint="name one with --base-image, or set those properties on your base image")
+        return _image(max(candidates, key=lambda i: str(i.get("created_at", ""))))
+
+    def resolve_network(self, name_or_id: str, *, external: bool | None = None) -> Network:
+        net = self._conn.network
+        try:
+            found = self._read("find network", net.find_network, name_or_id, ignore_missing=False)
+        except _Gone:
+            found = None
+        except CloudError as exc:
+            if isinstance(exc.__cause__, sdk_exc.DuplicateResource):
+                raise UserError(f"network name {name_or_id!r} is ambiguous", hint="pass its id") from None
+            raise
+        if found is None or (external is not None and bool(found.is_router_external) != external):
+            query = {"is_router_external": True} if external else {}
+            names = [n.name for n in self._read("list networks", lambda: list(net.networks(**query)))]
+            kind = "external network" if external else "network"
+            raise UserError(f"{kind} {name_or_id!r} not found", hint=close_matches(name_or_id, names))
+        return Network(id=found.id, name=found.name or found.id, external=bool(found.is_router_external))
+
+    def resolve_security_group(self, name_or_id: str) -> SecurityGroup:
+        net = self._conn.network
+        try:
+            found = self._read("find security group", net.find_security_group, name_or_id,
+                               ignore_missing=False, project_id=self.project_id)
+        except _Gone:
+            found = None
+        except CloudError as exc:
+            if isinstance(exc.__cause__, sdk_exc.DuplicateResource):
+                raise UserError(f"security group name {name_or_id!r} is ambiguous", hint="pass its id") from None
+            raise
+        if found is None:
+            names = [g.name for g in self._read("list security groups", lambda: list(net.security_groups()))]
+            raise UserError(f"security group {name_or_id!r} not found", hint=close_matches(name_or_id, names))
+        return SecurityGroup(id=found.id, name=found.name)
+
+    def resolve_port(self, name_or_id: str) -> str:
+        net = self._conn.network
+        try:
+            found = self._read("find port", net.find_port, name_or_id, ignore_missing=False)
+        except _Gone:
+            names = [p.name for p in self._read("list ports", lambda: list(net.ports()))]
+            raise UserError(f"port {name_or_id!r} not found", hint=close_matches(name_or_id, names)) from None
+        if found.device_id:
+            raise UserError(f"port {name_or_id!r} is in use by {found.device_id}", hint="pass a free port")
+        return str(found.id)
+
+    # ---- quotas -----------------------------------------------------------------------------------------
+
+    def quotas(self) -> dict[str, QuotaItem]:
+        """Compute (instances, cores, ram) and network (floatingip, security_group) limits with usage."""
+        project = self.project_id
+        items: dict[str, QuotaItem] = {}
+        qs = self._read("read compute quota", self._conn.compute.get_quota_set, project, usage=True)
+        usage = qs.usage or {}
+        for key in ("instances", "cores", "ram"):
+            limit = getattr(qs, key, None)
+            if limit is not None:
+                items[key] = QuotaItem(resource=key, limit=int(limit), in_use=int(usage.get(key, 0) or 0))
+        try:
+            nq = self._read("read network quota", self._raw, self._conn.network, "get",
+                            f"/quotas/{project}/details.json").json()["quota"]
+        except (_Gone, CloudError) as exc:
+            log.info("network quota details unavailable (%s); skipping that check", exc)
+            nq = {}
+        for key in ("floatingip", "security_group", "security_group_rule"):
+            if isinstance(nq.get(key), dict):
+                items[key] = QuotaItem(resource=key, limit=int(nq[key].get("limit", -1)),
+                                       in_use=int(nq[key].get("used", 0)) + int(nq[key].get("reserved", 0)))
+        return items
+
+    def check_fits(self, flavor: Flavor, *, floating_ips: int = 0, security_groups: int = 0) -> None:
+        """Raise a UserError naming every quota the build would exceed."""
+        need = {"instances": 1, "cores": flavor.vcpus, "ram": flavor.ram_mb, "floatingip": floating_ips,
+                "security_group": security_groups, "security_group_rule": 1 if security_groups else 0}
+        short = []
+        for key, item in self.quotas().items():
+            free = item.free()
+            if need.get(key, 0) and free is not None and free < need[key]:
+                short.append(f"{key}: need {need[key]}, {free} free ({item.in_use} of {item.limit} used)")
+        if short:
+            raise UserError("the build does not fit the project's quota: " + "; ".join(short),
+                            hint="free resources (snapbuild cleanup), pick a smaller flavor, or ask for more quota")
+
+    # ---- servers ----------------------------------------------------------------------------------------
+
+    def boot(self, spec: ServerSpec) -> Server:
+        compute = self._conn.compute
+        attrs: dict[str, Any] = {"name": spec.name, "flavorRef": spec.flavor_id, "metadata": dict(spec.metadata)}
+        if spec.boot_volume_id:
+            attrs["block_device_mapping_v2"] = [{
+                "boot_index": 0, "uuid": spec.boot_volume_id, "source_type": "volume",
+                "destination_type": "volume", "delete_on_termination": False}]
+        else:
+            attrs["imageRef"] = spec.image_id
+        networks = [{"uuid": n} for n in spec.network_ids] + [{"port": p} for p in spec.port_ids]
+        attrs["networks"] = networks or "auto"
+        if spec.security_group_ids and not spec.port_ids:
+            # ids, not names: Nova answers 409 when two groups share a name
+            attrs["security_groups"] = [{"name": g} for g in spec.security_group_ids]
+        if spec.user_data:
+            attrs["user_data"] = spec.user_data
+        if spec.availability_zone:
+            attrs["availability_zone"] = spec.availability_zone
+        if spec.config_drive:
+            attrs["config_drive"] = True
+        if spec.tags:
+            if not self._supports("compute", NOVA_TAGS_MICROVERSION):
+                raise CloudError(f"compute API too old: server tags need microversion {NOVA_TAGS_MICROVERSION}")
+            attrs["tags"] = list(spec.tags)
+        server = self._create(f"create server {spec.name}", compute.create_server, **attrs)
+        return _server(server)
+
+    def _supports(self, service: str, microversion: str) -> bool:
+        from openstack import utils
+
+        return bool(utils.supports_microversion(getattr(self._conn, service), microversion))
+
+    def get_server(self, server_id: str) -> Server:
+        return _server(self._read(f"server {server_id}", self._conn.compute.get_server, server_id))
+
+    def _server_or_fail(self, server_id: str, what: str) -> Server:
+        try:
+            server = self.get_server(server_id)
+        except _Gone:
+            raise CloudError(f"{what}: server {server_id} disappeared") from None
+        if server.status == "ERROR":
+            raise CloudError(f"server ERROR: {server.fault or 'no fault message from Nova'}")
+        return server
+
+    def wait_active(self, server_id: str, timeout: float) -> Server:
+        return self._poll(f"wait for server {server_id} ACTIVE", lambda: self._server_or_fail(server_id, "boot"),
+                          lambda s: s.status == "ACTIVE", timeout, lambda s: s.status)
+
+    def wait_shutoff(self, server_id: str, timeout: float) -> Server:
+        return self._poll(f"wait for server {server_id} SHUTOFF",
+                          lambda: self._server_or_fail(server_id, "power off"),
+                          lambda s: s.status == "SHUTOFF" and not s.task_state, timeout,
+                          lambda s: f"{s.status}/{s.task_state}")
+
+    def wait_task_idle(self, server_id: str, timeout: float) -> Server:
+        """The server's task state clears after a snapshot; deleting it earlier can lose the image."""
+        return self._poll(f"wait for server {server_id} task state idle",
+                          lambda: self._server_or_fail(server_id, "snapshot"),
+                          lambda s: not s.task_state, timeout, lambda s: f"task_state={s.task_state}")
+
+    def stop(self, server_id: str) -> None:
+        try:
+            self._read(f"stop server {server_id}", self._conn.compute.stop_server, server_id)
+        except CloudError as exc:
+            # 409: already stopped (the guest powered itself off) — that is what we wanted
+            if "409" not in str(exc):
+                raise
+
+    def console_log(self, server_id: str, lines: int = 40) -> str:
+        try:
+            out = self._read("console log", self._conn.compute.get_server_console_output, server_id, length=lines)
+        except (_Gone, CloudError) as exc:
+            return f"(console log unavailable: {exc})"
+        return str((out or {}).get("output") or "")
+
+    def delete_server(self, server_id: str, timeout: float = 300) -> None:
+        """Delete and wait until it is gone (its ports and volumes are only freed then)."""
+        try:
+            self._delete(f"delete server {server_id}", self._conn.compute.delete_server, server_id)
+        except _Gone:
+            return
+
+        def fetch() -> Server | None:
+            try:
+                return self.get_server(server_id)
+            except _Gone:
+                return None
+
+        self._poll(f"wait for server {server_id} deleted", fetch, lambda s: s is None, timeout,
+                   lambda s: s.status if s else "gone")
+
+    # A create that failed mid-air (connection reset, Ctrl-C) may still have made the resource:
+    # these find it by its unique name (or description) so it can be undone.
+
+    def servers_named(self, name: str) -> list[str]:
+        found = self._read("list servers", lambda: list(self._conn.compute.servers(name=f"^{name}$")))
+        return [s.id for s in found if s.name == name]
+
+    def security_groups_named(self, name: str) -> list[str]:
+        found = self._read("list security groups", lambda: list(self._conn.network.security_groups(name=name)))
+        return [g.id for g in found if g.name == name]
+
+    def floating_ips_described(self, description: str) -> list[str]:
+        found = self._read("list floating IPs", lambda: list(self._conn.network.ips(description=description)))
+        return [ip.id for ip in found if ip.description == description]
+
+    def images_named(self, name: str) -> list[str]:
+        return [str(i["id"]) for i in self._images(name=name)]
+
+    def volumes_named(self, name: str) -> list[str]:
+        found = self._read("list volumes", lambda: list(self._conn.block_storage.volumes(name=name)))
+        return [v.id for v in found if v.name == name]
+
+    def server_port(self, server_id: str, network_id: str | None = None) -> str:
+        ports = self._read("list ports", lambda: list(self._conn.network.ports(device_id=server_id)))
+        ports = [p for p in ports if network_id is None or p.network_id == network_id]
+        if not ports:
+            raise CloudError(f"server {server_id} has no port" + (f" on network {network_id}" if network_id else ""))
+        return str(ports[0].id)
+
+    # ---- networking -------------------------------------------------------------------------------------
+
+    def create_security_group(self, name: str, *, ssh_cidr: str, tags: Sequence[str],
+                              description: str = "") -> SecurityGroup:
+        """A temporary group allowing SSH from `ssh_cidr`. The caller registers its undo right after."""
+        net = self._conn.network
+        group = self._create(f"create security group {name}", net.create_security_group, name=name,
+                             description=description or "snapbuild temporary builder group")
+        made = SecurityGroup(id=group.id, name=group.name)
+        try:
+            self._create("tag security group", net.set_tags, group, list(tags))
+            ethertype = "IPv6" if ipaddress.ip_network(ssh_cidr, strict=False).version == 6 else "IPv4"
+            self._create("create SSH rule", net.create_security_group_rule, security_group_id=group.id,
+                         direction="ingress", ethertype=ethertype, protocol="tcp", port_range_min=22,
+                         port_range_max=22, remote_ip_prefix=ssh_cidr)
+        except BaseException:
+            self.delete_security_group(made.id)
+            raise
+        return made
+
+    def delete_security_group(self, group_id: str) -> None:
+        try:
+            self._delete(f"delete security group {group_id}", self._conn.network.delete_security_group, group_id,
+                       ignore_missing=False)
+        except _Gone:
+            pass
+
+    def create_floating_ip(self, *, floating_network_id: str, port_id: str, tags: Sequence[str],
+                           description: str = "") -> FloatingIP:
+        net = self._conn.network
+        ip = self._create("create floating IP", net.create_ip, floating_network_id=floating_network_id,
+                          port_id=port_id, description=description or "snapbuild temporary builder address")
+        made = FloatingIP(id=ip.id, address=ip.floating_ip_address)
+        try:
+            self._create("tag floating IP", net.set_tags, ip, list(tags))
+        except BaseException:
+            self.delete_floating_ip(made.id)
+            raise
+        return made
+
+    def delete_floating_ip(self, ip_id: str) -> None:
+        try:
+            self._delete(f"delete floating IP {ip_id}", self._conn.network.delete_ip, ip_id, ignore_missing=False)
+        except _Gone:
+            pass
+
+    # ---- images -----------------------------------------------------------------------------------------
+
+    def snapshot(self, server_id: str, name: str, metadata: Mapping[str, str]) -> str:
+        """Nova createImage; returns the new image id (needs microversion 2.45 for the id in the body)."""
+        if not self._supports("compute", NOVA_CREATE_IMAGE_MICROVERSION):
+            raise CloudError(f"compute API too old: snapshots need microversion {NOVA_CREATE_IMAGE_MICROVERSION}")
+        compute = self._conn.compute
+        server = self._read(f"server {server_id}", compute.get_server, server_id)
+        return str(self._create(f"snapshot server {server_id}", server.create_image, compute, name, dict(metadata)))
+
+    def get_image(self, image_id: str) -> Image:
+        return _image(self._image_json(image_id))
+
+    def wait_image_active(self, image_id: str, timeout: float) -> Image:
+        """Active with a non-zero size and a checksum; killed/deleted/deactivated or vanished fail at once."""
+
+        def fetch() -> Image:
+            try:
+                image = self.get_image(image_id)
+            except _Gone:
+                raise CloudError(f"image {image_id} was deleted by the cloud (snapshot failed)") from None
+            if image.status in ("killed", "deleted", "deactivated", "pending_delete"):
+                raise CloudError(f"image {image_id} went {image.status}")
+            return image
+
+        return self._poll(f"wait for image {image_id} active", fetch,
+                          lambda i: i.status == "active" and bool(i.size) and bool(i.checksum), timeout,
+                          lambda i: f"{i.status}, size={i.size}")
+
+    def tag_image(self, image_id: str, tags: Iterable[str]) -> None:
+        for tag in tags:
+            self._read(f"tag image {image_id}", self._raw, self._conn.image, "put", f"/images/{image_id}/tags/{tag}")
+
+    def finish_image(self, image_id: str, *, properties: Mapping[str, str], remove: Iterable[str] = (),
+                     tags: Sequence[str] | None = None, visibility: str | None = None,
+                     min_disk: int | None = None, min_ram: int | None = None) -> list[dict[str, Any]]:
+        """Set properties and fields with one JSON-patch on the image id; returns the patch sent.
+
+        The id, not an Image object: multi-store Glance answers 409 "Property stores does not exist"
+        for openstacksdk's object form. Removing a property needs its own `remove` op.
+        """
+        current = self._image_json(image_id)
+        ops: list[dict[str, Any]] = []
+        for key in sorted(set(remove)):
+            if key in current and key not in properties and key not in IMAGE_CORE:
+                ops.append({"op": "remove", "path": f"/{key}"})
+        fields: dict[str, Any] = {}
+        if visibility is not None:
+            fields["visibility"] = visibility
+        if min_disk is not None:
+            fields["min_disk"] = int(min_disk)
+        if min_ram is not None:
+            fields["min_ram"] = int(min_ram)
+        if tags is not None:
+            fields["tags"] = sorted(set(tags))
+        for key, value in sorted({**{k: str(v) for k, v in properties.items()}, **fields}.items()):
+            if key in current and current[key] == value:
+                continue
+            ops.append({"op": "replace" if key in current else "add", "path": f"/{key}", "value": value})
+        if ops:
+            self._create(f"update image {image_id}", self._raw, self._conn.image, "patch", f"/images/{image_id}",
+                         json=ops, headers={"Content-Type": JSON_PATCH})
+        return ops
+
+    def share_image(self, image_id: str, project_ids: Iterable[str]) -> None:
+        for project in project_ids:
+            try:
+                self._create(f"share image with {project}", self._raw, self._conn.image, "post",
+                             f"/images/{image_id}/members", json={"member": project})
+            except CloudError as exc:
+                if "409" not in str(exc):   # already a member
+                    raise
+
+    def delete_image(self, image_id: str) -> None:
+        try:
+            self._delete(f"delete image {image_id}", self._raw, self._conn.image, "delete", f"/images/{image_id}")
+        except _Gone:
+            pass
+
+    # ---- volumes (boot-from-volume builds) --------------------------------------------------------------
+
+    def create_volume(self, *, name: str, size_gb: int, image_id: str, metadata: Mapping[str, str]) -> Volume:
+        vol = self._create(f"create volume {name}", self._conn.block_storage.create_volume, name=name,
+                           size=size_gb, image_id=image_id, metadata=dict(metadata))
+        return Volume(id=vol.id, status=vol.status)
+
+    def get_volume(self, volume_id: str) -> Volume:
+        vol = self._read(f"volume {volume_id}", self._conn.block_storage.get_volume, volume_id)
+        return Volume(id=vol.id, status=vol.status)
+
+    def wait_volume_available(self, volume_id: str, timeout: float) -> Volume:
+        def fetch() -> Volume:
+            try:
+                vol = self.get_volume(volume_id)
+            except _Gone:
+                raise CloudError(f"volume {volume_id} disappeared") from None
+            if vol.status in ("error", "error_deleting", "error_restoring"):
+                raise CloudError(f"volume {volume_id} went {vol.status}")
+            return vol
+
+        return self._poll(f"wait for volume {volume_id} available", fetch, lambda v: v.status == "available",
+                          timeout, lambda v: v.status)
+
+    def upload_volume(self, volume_id: str, *, image_name: str, disk_format: str = "qcow2") -> str:
+        """Cinder's upload-to-image: a real, downloadable image (Nova's snapshot of a volume is a 0-byte pointer)."""
+        result = self._create(f"upload volume {volume_id} to an image",
+                              self._conn.block_storage.upload_volume_to_image, volume_id, image_name,
+                              disk_format=disk_format, container_format="bare")
+        return str(result["image_id"])
+
+    def delete_volume(self, volume_id: str, timeout: float = 300) -> None:
+        bs = self._conn.block_storage
+        try:
+            self._delete(f"delete volume {volume_id}", bs.delete_volume, volume_id, ignore_missing=False)
+        except _Gone:
+            return
+
+        def fetch() -> Volume | None:
+            try:
+                return self.get_volume(volume_id)
+            except _Gone:
+                return None
+
+        self._poll(f"wait for volume {volume_id} deleted", fetch, lambda v: v is None, timeout,
+                   lambda v: v.status if v else "gone")
+
+    # ---- the sweep ---------------------------------------------------------------------------------------
+
+    def find_marked(self, kind: str) -> list[Marked]:
+        """Resources carrying snapbuild's tag, with the marks `snapbuild cleanup` decides on."""
+        found: list[Marked] = []
+        if kind == "server":
+            for s in self._read("list servers", lambda: list(self._conn.compute.servers(tags=marks.TAG))):
+                found.append(_marked(kind, s.id, s.name, marks.from_metadata(s.metadata or {})))
+        elif kind == "floating_ip":
+            for ip in self._read("list floating IPs", lambda: list(self._conn.network.ips(tags=marks.TAG))):
+                found.append(_marked(kind, ip.id, ip.floating_ip_address, marks.from_tags(ip.tags or [])))
+        elif kind == "security_group":
+            groups = self._read("list security groups",
+                                lambda: list(self._conn.network.security_groups(tags=marks.TAG)))
+            for g in groups:
+                found.append(_marked(kind, g.id, g.name, marks.from_tags(g.tags or [])))
+        elif kind == "image":
+            for i in self._images(tag=marks.TAG):
+                found.append(_marked(kind, i["id"], i.get("name") or "", marks.from_metadata(i)))
+        elif kind == "volume":
+            vols = self._read("list volumes", lambda: list(self._conn.block_storage.volumes(details=True)))
+            for v in vols:
+                meta = marks.from_metadata(v.metadata or {})
+                if meta:
+                    found.append(_marked(kind, v.id, v.name or "", meta))
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+        return found
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, kind):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _marked(kind: str, rid: str, name: str, meta: Mapping[str, str]) -> Marked:
+    return Marked(kind=kind, id=rid, name=name or "", build_id=meta.get("build_id"),
+                  installation_id=meta.get("installation_id"), created_at=meta.get("created_at"),
+                  expires_at=meta.get("expires_at"))
+
+
+def _server(server: Any) -> Server:
+    addresses = []
+    for network, entries in (server.addresses or {}).items():
+        for entry in entries or []:
+            addresses.append(Address(network=network, ip=str(entry.get("addr")), version=int(entry.get("version", 4)),
+                                     kind=str(entry.get("OS-EXT-IPS:type", "fixed"))))
+    fault = server.fault or None
+    message = None
+    if isinstance(fault, dict):
+        message = str(fault.get("message") or "") or None
+        if message and fault.get("details") and "Traceback" not in str(fault["details"]):
+            message = f"{message} ({fault['details']})"
+    return Server(id=server.id, name=server.name or "", status=str(server.status or "").upper(),
+                  task_state=server.task_state or None, fault=message, addresses=tuple(addresses))
+
+
+def _image(data: Mapping[str, Any]) -> Image:
+    props = {k: str(v) for k, v in data.items() if k not in IMAGE_CORE and v is not None}
+    checksum = data.get("checksum") or data.get("os_hash_value")
+    return Image(id=str(data["id"]), name=str(data.get("name") or ""), status=str(data.get("status") or ""),
+                 size=data.get("size"), checksum=checksum, visibility=data.get("visibility"),
+                 min_disk=int(data.get("min_disk") or 0), min_ram=int(data.get("min_ram") or 0),
+                 created_at=str(data.get("created_at") or ""), tags=tuple(data.get("tags") or ()),
+                 properties=props)

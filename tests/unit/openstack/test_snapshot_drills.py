@@ -1,0 +1,322 @@
+"""The snapshot build end to end at the HTTP edge: what is created, what is undone, what the image carries."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from httpcloud import FakeClock, HTTPCloud
+
+from snapbuild.errors import BuildError, CloudError, UserError
+from snapbuild.openstack.cloud import Cloud
+from snapbuild.openstack.model import Address, FloatingIP, Server
+from snapbuild.openstack.settings import SnapshotSettings
+from snapbuild.openstack.snapshot import build_snapshot, ssh_address
+from snapbuild.pipeline import Reporter
+
+if TYPE_CHECKING:
+    from snapbuild.plan import Plan
+
+STEPS = ["preflight", "boot builder", "power off (no provisioning)", "capture", "finish image", "remove builder"]
+BUILDER = ["floating_ip", "server", "security_group"]        # reverse order of creation
+
+
+def _settings(**kw: object) -> SnapshotSettings:
+    values: dict[str, Any] = {"flavor": "m1.small", "networks": ("private",), "floating_network": "public",
+                    "no_provision": True, "properties": {"os_admin_user": "admin", "extra": "1"},
+                    "tags": ("marketplace",)}
+    values.update(kw)
+    return SnapshotSettings(**values)
+
+
+def _deleted(api: HTTPCloud) -> list[str]:
+    kinds = {"floatingips": "floating_ip", "servers": "server", "security-groups": "security_group",
+             "images": "image", "volumes": "volume"}
+    out = []
+    for call in api.deletes():
+        match = re.search(r"/(floatingips|servers|security-groups|images|volumes)/", call)
+        assert match, call
+        out.append(kinds[match.group(1)])
+    return out
+
+
+def _ledgers(state: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((state / "builds").glob("*.json"))] \
+        if (state / "builds").is_dir() else []
+
+
+class InterruptAt(Reporter):
+    """Ctrl-C right before (heading) or right after (done) one named step."""
+
+    def __init__(self, when: str, step: str) -> None:
+        super().__init__(io.StringIO())
+        self.when, self.step, self.fired = when, step, False
+
+    def heading(self, text: str) -> None:
+        if self.when == "before" and text == self.step and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        super().heading(text)
+
+    def done(self, text: str, seconds: float, ok: bool = True) -> None:
+        super().done(text, seconds, ok)
+        if self.when == "after" and text == self.step and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+# ---- the good path -------------------------------------------------------------------------------------------
+
+def test_no_provision_build_gives_active_image_with_clean_properties(cloud: Cloud, api: HTTPCloud, plan: Plan,
+                                                                    isolated_state: Path) -> None:
+    out = io.StringIO()
+    result = build_snapshot(_settings(), plan, Reporter(out), cloud=cloud)
+    image = api.images[result.image_id]
+    assert image["status"] == "active" and image["size"] and image["checksum"]
+    for key in ("instance_uuid", "base_image_ref", "owner_project_name", "owner_user_name", "owner_id", "user_id",
+                "boot_roles", "image_location", "image_state", "hw_firmware_type", "snapbuild_expires_at",
+                "snapbuild_installation_id", "snapbuild_host"):
+        assert key not in image, key
+    assert image["owner"] == "admin"                    # the owner field itself is untouched
+    assert image["image_type"] == "image"
+    assert image["os_admin_user"] == "admin"            # --property wins over the recipe
+    assert image["hw_disk_bus"] == "virtio"             # the recipe's
+    assert image["snapbuild_recipe"] == "docker-ce"
+    assert image["snapbuild_base_image_id"] == "base-2"
+    assert image["snapbuild_component_docker_ce"] == plan.components["docker-ce"]
+    assert image["tags"] == ["marketplace"]
+    assert (image["min_disk"], image["min_ram"]) == (plan.image.min_disk_gb, plan.image.min_ram_mb)
+    assert _deleted(api) == BUILDER                     # the builder is gone, the image is not
+    server_post = api.last_json("POST", r"/v2.1/servers$")["server"]
+    assert server_post["tags"] == ["snapbuild"]
+    assert server_post["metadata"]["snapbuild_build_id"] == result.build_id
+    assert server_post["user_data"] and "keypair" not in json.dumps(server_post)
+    assert _ledgers(isolated_state) == []              # a clean build leaves no ledger
+    assert result.image_id in out.getvalue()
+    assert json.loads(result.to_json())["image_id"] == result.image_id
+    assert min(cloud_sleeps(cloud)) >= 1.0
+
+
+def cloud_sleeps(cloud: Cloud) -> list[float]:
+    sleeps: list[float] = cloud._sleep.__self__.sleeps  # type: ignore[attr-defined]
+    return sleeps
+
+
+def test_share_with_makes_the_image_shared_and_adds_members(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
+    result = build_snapshot(_settings(share_with=("proj-a", "proj-b")), plan, Reporter(io.StringIO()), cloud=cloud)
+    assert api.images[result.image_id]["visibility"] == "shared"
+    members = [r.json()["member"] for r in api.m.request_history if r.method == "POST" and r.url.endswith("/members")]
+    assert members == ["proj-a", "proj-b"]
+
+
+# ---- preflight: nothing is created ---------------------------------------------------------------------------
+
+def test_bad_inputs_fail_in_preflight_with_close_matches_and_nothing_created(cloud: Cloud, api: HTTPCloud, plan: Plan,
+                                                                            isolated_state: Path) -> None:
+    with pytest.raises(UserError) as err:
+        build_snapshot(_settings(flavor="m1.smal", networks=("privte",), base_image="ubuntu-24.4"), plan,
+                       Reporter(io.StringIO()), cloud=cloud)
+    assert "flavor 'm1.smal' not found" in err.value.message
+    assert "network 'privte' not found" in err.value.message
+    assert "image 'ubuntu-24.4' not found" in err.value.message
+    assert "m1.small" in (err.value.hint or "") and "private" in (err.value.hint or "")
+    assert err.value.exit_code == 2
+    assert api.calls("POST", r"/v2") == [] and api.deletes() == []
+    assert _ledgers(isolated_state) == []
+
+
+def test_unknown_port_fails_in_preflight_with_close_matches(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
+    with pytest.raises(UserError) as err:
+        build_snapshot(_settings(port="builder-prot", networks=()), plan, Reporter(io.StringIO()), cloud=cloud)
+    assert "port 'builder-prot' not found" in err.value.message
+    assert "builder-port" in (err.value.hint or "")
+    assert api.calls("POST", r"/v2") == []
+
+
+def test_a_given_port_is_used_instead_of_networks_and_a_temporary_group(cloud: Cloud, api: HTTPCloud,
+                                                                       plan: Plan) -> None:
+    build_snapshot(_settings(port="builder-port", networks=(), floating_network=None), plan,
+                   Reporter(io.StringIO()), cloud=cloud)
+    server_post = api.last_json("POST", r"/v2.1/servers$")["server"]
+    assert server_post["networks"] == [{"port": "port-free"}]
+    assert "security_groups" not in server_post
+    assert api.calls("POST", r"/security-groups") == []
+
+
+def test_quota_that_does_not_fit_fails_before_anything_exists(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
+    api.quota["instances"] = (2, 2)
+    with pytest.raises(UserError, match="instances: need 1, 0 free"):
+        build_snapshot(_settings(), plan, Reporter(io.StringIO()), cloud=cloud)
+    assert api.calls("POST", r"/v2") == []
+
+
+def test_blocked_hosts_without_mirror_refuse_unless_allowed(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
+    blocked = dataclasses.replace(plan, blocked_without_mirror=("registry.k8s.io/pause:3.10",))
+    with pytest.raises(UserError, match=r"registry\.k8s\.io/pause"):
+        build_snapshot(_settings(), blocked, Reporter(io.StringIO()), cloud=cloud)
+    assert api.calls("POST", r"/v2") == []
+    result = build_snapshot(_settings(allow_blocked=True), blocked, Reporter(io.StringIO()), cloud=cloud)
+    assert api.images[result.image_id]["status"] == "active"
+
+
+# ---- Ctrl-C before and after every step -----------------------------------------------------------------------
+
+def _expected_after_interrupt(when: str, step: str) -> list[str]:
+    index = STEPS.index(step) + (1 if when == "after" else 0)   # steps completed when the interrupt lands
+    if (when, step) == ("before", "remove builder"):
+        return BUILDER                                        # image finished and handed over
+    if index <= 1:
+        return []
+    if index <= 3:
+        return BUILDER
+    if index <= 5:
+        return ["image", *BUILDER]
+    return BUILDER                                            # image finished and handed over
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", STEPS)
+def test_interrupt_undoes_exactly_what_exists(cloud: Cloud, api: HTTPCloud, plan: Plan, isolated_state: Path,
+                                              when: str, step: str) -> None:
+    reporter = InterruptAt(when, step)
+    with pytest.raises(KeyboardInterrupt):
+        build_snapshot(_settings(), plan, reporter, cloud=cloud)
+    assert reporter.fired
+    assert _deleted(api) == _expected_after_interrupt(when, step)
+    assert [s["status"] for s in api.servers.values()] in ([], ["DELETED"])
+    assert api.floating_ips == {} and set(api.security_groups) == {"sg-default"}
+    assert all(ledger["resources"] == [] for ledger in _ledgers(isolated_state))
+
+
+# ---- failures ---------------------------------------------------------------------------------------------------
+
+def test_server_error_fails_with_fault_console_tail_and_cleans_up(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
+    api.boot_result = "ERROR"
+    out = io.StringIO()
+    with pytest.raises(CloudError, match="server ERROR: No valid host was found"):
+        build_snapshot(_settings(), plan, Reporter(out), cloud=cloud)
+    assert _deleted(api) == ["server", "security_group"]
+    text = out.getvalue()
+    assert "step 'boot builder' failed" in text
+    assert "| cloud-init: boot done" in text
+
+
+def test_killed_snapshot_fails_at_once_and_deletes_partial_image(cloud: Cloud, api: HTTPCloud, plan: Plan,
+                                                                 clock: FakeClock) -> None:
+    api.snapshot_result = "killed"
+    with pytest.raises(CloudError, match="went killed"):
+        build_snapshot(_settings(), plan, Reporter(io.StringIO()), cloud=cloud)
+    assert _deleted(api) == ["image", *BUILDER]
+    assert clock.now - 1000.0 < 60
+
+
+def test_failed_patch_deletes_the_partial_image(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
+    api.fault("PATCH", r"/images/", status=403, body={"message": "Forbidden to publicize"})
+    with pytest.raises(CloudError, match="update image"):
+        build_snapshot(_settings(visibility="public"), plan, Reporter(io.StringIO()), cloud=cloud)
+    assert _deleted(api) == ["image", *BUILDER]
+    assert len(api.calls("PATCH")) == 1
+
+
+def test_server_create_reset_is_not_retried_and_a_half_made_server_is_swept(cloud: Cloud, api: HTTPCloud,
+                                                                            plan: Plan) -> None:
+    api.fault("POST", r"/v2.1/servers$", reset=True, after=True)    # Nova made it, the answer got lost
+    with pytest.raises(CloudError, match="create server"):
+        build_snapshot(_settings(), plan, Reporter(io.StringIO()), cloud=cloud)
+    assert api.calls("POST", r"/v2.1/servers$") == ["POST /v2.1/servers"]
+    assert _deleted(api) == ["server", "security_group"]
+    assert [s["status"] for s in api.servers.values()] == ["DELETED"]
+
+
+def test_keep_on_failure_keeps_everything_and_says_how_to_remove_it(cloud: Cloud, api: HTTPCloud, plan: Plan,
+                                                                    isolated_state: Path) -> None:
+    api.snapshot_result = "killed"
+    out = io.StringIO()
+    with pytest.raises(CloudError):
+        build_snapshot(_settings(keep_on_failure=True), plan, Reporter(out), cloud=cloud)
+    assert api.deletes() == []
+    (ledger,) = _ledgers(isolated_state)
+    assert ledger["status"] == "failed-kept"
+    assert sorted(r["kind"] for r in ledger["resources"]) == ["floating_ip", "image", "security_group", "server"]
+    text = out.getvalue()
+    assert f"snapbuild cleanup --build-id {ledger['build_id']}" in text
+    for resource in ledger["resources"]:
+        assert resource["ref"] in text
+
+
+def test_ssh_that_never_answers_fails_within_its_deadline_and_cleans_up(cloud: Cloud, api: HTTPCloud,
+                                                                        plan: Plan) -> None:
+    with socket.socket() as sock:                      # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api.server_address = "127.0.0.1"
+    start = time.monotonic()
+    with pytest.raises(BuildError) as err:
+        build_snapshot(_settings(no_provision=False, floating_network=None, timeout_ssh=3, ssh_port=port), plan,
+                       Reporter(io.StringIO()), cloud=cloud)
+    assert time.monotonic() - start < 3 + 20          # its deadline, plus boot and cleanup at HTTP speed
+    assert f"127.0.0.1:{port}" in str(err.value)
+    assert _deleted(api) == ["server", "security_group"]
+
+
+# ---- address choice ----------------------------------------------------------------------------------------------
+
+def test_ssh_address_prefers_floating_then_named_network_and_ip_version() -> None:
+    server = Server(id="s", name="s", status="ACTIVE", addresses=(
+        Address(network="v6net", ip="2001:db8::5", version=6, kind="fixed"),
+        Address(network="private", ip="10.0.0.5", version=4, kind="fixed"),
+        Address(network="private", ip="fd00::5", version=6, kind="fixed")))
+    assert ssh_address(server, FloatingIP(id="f", address="203.0.113.9"), network=None, ip_version=None) \
+        == "203.0.113.9"
+    assert ssh_address(server, None, network=None, ip_version=None) == "10.0.0.5"
+    assert ssh_address(server, None, network="private", ip_version=6) == "fd00::5"
+    assert ssh_address(server, None, network="v6net", ip_version=None) == "2001:db8::5"
+    with pytest.raises(BuildError, match="no address"):
+        ssh_address(server, None, network="v6net", ip_version=4)
+
+
+# ---- boot from volume (tested at the HTTP layer only: the test cloud has no Cinder) -------------------------------
+
+def test_volume_build_uploads_the_volume_instead_of_a_zero_byte_snapshot(cloud: Cloud, api: HTTPCloud,
+                                                                          plan: Plan) -> None:
+    result = build_snapshot(_settings(volume_size_gb=10), plan, Reporter(io.StringIO()), cloud=cloud)
+    server_post = api.last_json("POST", r"/v2.1/servers$")["server"]
+    (bdm,) = server_post["block_device_mapping_v2"]
+    assert bdm["source_type"] == "volume" and bdm["delete_on_termination"] is False
+    assert "imageRef" not in server_post or not server_post["imageRef"]
+    assert [u["image_name"] for u in api.uploads] == [result.image_name]
+    assert api.uploads[0]["disk_format"] == "qcow2"
+    assert not any("createImage" in json.dumps(r.json()) for r in api.m.request_history
+                   if r.method == "POST" and r.url.endswith("/action") and r.body)
+    assert api.images[result.image_id]["status"] == "active"
+    assert api.volumes == {}
+    assert _deleted(api) == ["server", "floating_ip", "volume", "security_group"]
+
+
+def test_volume_build_interrupted_after_capture_deletes_volume_and_image(cloud: Cloud, api: HTTPCloud,
+                                                                          plan: Plan) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        build_snapshot(_settings(volume_size_gb=10), plan, InterruptAt("after", "capture"), cloud=cloud)
+    assert api.volumes == {}
+    assert _deleted(api) == ["server", "image", "floating_ip", "volume", "security_group"]
+
+
+# ---- API economy ---------------------------------------------------------------------------------------------------
+
+def test_a_no_provision_build_makes_few_api_calls_and_polls_no_faster_than_1s(cloud: Cloud, api: HTTPCloud,
+                                                                                plan: Plan, clock: FakeClock) -> None:
+    build_snapshot(_settings(), plan, Reporter(io.StringIO()), cloud=cloud)
+    calls = [c for c in api.calls() if not c.startswith(("GET /v3", "POST /v3", "GET /v2.1/ ", "GET / "))]
+    writes = [c for c in calls if not c.startswith("GET")]
+    # creates: group, its tag, its rule, server, floating IP + tag, stop, createImage, image tag, patch;
+    # deletes: floating IP, server, group
+    assert len(writes) == 13, writes
+    assert len(calls) <= 45, calls
+    assert clock.sleeps and min(clock.sleeps) >= 1.0
