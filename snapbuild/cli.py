@@ -322,7 +322,8 @@ def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: s
 @click.argument("distro", type=click.Choice(["debian-12"]))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="qcow2 file to write.")
 @click.option("--mirror", default="http://deb.debian.org/debian", show_default=True, help="Debian archive URL.")
-@click.option("--security-mirror", help="Debian security archive URL (default: derived from --mirror).")
+@click.option("--security-mirror",
+              help="Debian security archive URL (default: deb.debian.org's, only when --mirror is the default).")
 @click.option("--size", default="2G", show_default=True, help="Virtual disk size.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def base_command(distro: str, output: Path, mirror: str, security_mirror: str | None, size: str,
@@ -403,24 +404,56 @@ def ship_command(file: Path, upload_args: tuple[str, ...], via: str, to: str, de
 
 @cli.command("cleanup")
 @click.option("--host", "host", is_flag=True, help="Finish interrupted local builds on this host from their ledgers.")
-@click.option("--build-id", help="Only this build.")
+@click.option("--cloud", "cloud", is_flag=True,
+              help="Remove snapbuild's leftovers in the cloud (the default when --host is not given).")
+@click.option("--older-than", metavar="AGE", help="Also what is older than AGE (30m, 2h, 1d); default: expired only.")
+@click.option("--build-id", help="Only this build (in the cloud: whatever its age, unless it still runs).")
+@click.option("--all-owners", is_flag=True, help="Also other snapbuild installations' leftovers in this project.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def cleanup_command(host: bool, build_id: str | None, dry_run: bool, as_json: bool) -> None:
-    """Remove what interrupted or crashed builds left behind."""
+@pass_session
+def cleanup_command(session: Session, host: bool, cloud: bool, older_than: str | None, build_id: str | None,
+                    all_owners: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove what interrupted or crashed builds left behind: in the cloud (default) and/or on this host."""
     from snapbuild.hostcleanup import cleanup_host
 
+    do_cloud = cloud or not host
+    report = None
+    if do_cloud:
+        from snapbuild.openstack.cleanup import CleanupSettings, cleanup_cloud, parse_duration, table
+        from snapbuild.openstack.cloud import Cloud
+
+        settings = CleanupSettings(older_than=parse_duration(older_than) if older_than else None,
+                                   build_id=build_id, all_owners=all_owners, dry_run=dry_run)
+        adapter = Cloud.connect(session.os_cloud, session.os_region)
+        try:
+            report = cleanup_cloud(adapter, settings)
+        finally:
+            adapter.close()
     swept = cleanup_host(dry_run=dry_run, build_id=build_id) if host else []
     if as_json:
-        click.echo(json.dumps({"host": [s.__dict__ for s in swept], "dry_run": dry_run}, indent=2))
-        return
-    verb = "would remove" if dry_run else "removed"
-    for build in swept:
-        click.echo(f"build {build.build_id} ({build.builder} {build.recipe}, {build.status}):")
-        for action in build.actions:
-            click.echo(f"  {verb} {action}")
-    if not swept:
-        click.echo("nothing left behind on this host")
+        result: dict[str, Any] = {"host": [s.__dict__ for s in swept], "dry_run": dry_run}
+        if report is not None:
+            result["cloud"] = [o.as_dict() for o in report.outcomes]
+            result["cloud_skipped"] = report.skipped
+        click.echo(json.dumps(result, indent=2))
+    else:
+        if report is not None:
+            click.echo(table(report, dry_run=dry_run), nl=False)
+            for reason in report.skipped:
+                log.info("left alone: %s", reason)
+        if host:
+            verb = "would remove" if dry_run else "removed"
+            for build in swept:
+                click.echo(f"build {build.build_id} ({build.builder} {build.recipe}, {build.status}):")
+                for action in build.actions:
+                    click.echo(f"  {verb} {action}")
+            if not swept:
+                click.echo("nothing left behind on this host")
+    if report is not None and report.failed:
+        from snapbuild.errors import EXIT_CLOUD
+
+        sys.exit(EXIT_CLOUD)
 
 
 @cli.command("inspect")

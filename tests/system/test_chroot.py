@@ -29,8 +29,8 @@ from snapbuild.chroot import build, grow, mounts, procs
 from snapbuild.chroot.compact import compact
 from snapbuild.chroot.guest import ChrootGuest, Daemon
 from snapbuild.chroot.scope import undo_scope
-from snapbuild.hostsweep import sweep
 from snapbuild.errors import BuildError, CommandFailed, UserError
+from snapbuild.hostsweep import sweep
 from snapbuild.ledger import all_ledgers
 from snapbuild.pipeline import Reporter
 
