@@ -1,0 +1,171 @@
+"""What the tests expect to find in the cloud, made idempotently through the real APIs (openstacksdk).
+
+Identity (service users, catalog, the `snapbuild` member) right after Keystone is up; then networks `public` and
+`private` with a router, flavors m1.*, image `debian-12`, quotas; finally clouds.yaml and an env file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import openstack
+import yaml
+from openstack.connection import Connection
+
+from testcloud.layout import REGION, Layout
+
+log = logging.getLogger(__name__)
+
+MEMBER = "snapbuild"
+IMAGE_NAME = "debian-12"
+FLAVORS = {"m1.small": (1, 2048, 20), "m1.medium": (2, 4096, 40), "m1.large": (4, 8192, 80)}
+# Subnets inside 127.0.0.0/8 (accepted with DHCP off) so a later real-VM mode can forward SSH on the
+# address Nova reports, without anything leaving loopback.
+PUBLIC_CIDR, PUBLIC_POOL = "127.11.0.0/24", ("127.11.0.10", "127.11.0.250")
+PRIVATE_CIDR = "127.10.0.0/24"
+MEMBER_QUOTA = {"instances": 20, "cores": 80, "ram": 200 * 1024}
+
+CATALOG = (  # service name, type, path under the service's root URL
+    ("glance", "image", ""),
+    ("placement", "placement", ""),
+    ("nova", "compute", "/v2.1"),
+    ("neutron", "network", ""),
+)
+
+
+def connect(lay: Layout, user: str = "admin", project: str = "admin") -> Connection:
+    return openstack.connect(
+        auth_url=lay.auth_url, username=user, password=lay.password, project_name=project,
+        user_domain_name="Default", project_domain_name="Default", region_name=REGION,
+        identity_api_version="3", load_yaml_config=False, load_envvars=False,
+    )
+
+
+def identity(lay: Layout) -> None:
+    conn = connect(lay)
+    ident = conn.identity
+    roles = {name: ident.find_role(name, ignore_missing=True) or ident.create_role(name=name)
+             for name in ("admin", "member", "service")}
+    service_project = _project(conn, "service")
+    for name, kind, path in CATALOG:
+        user = _user(conn, name, service_project.id, lay.password)
+        for role in ("admin", "service"):
+            ident.assign_project_role_to_user(service_project, user, roles[role])
+        service = ident.find_service(name, ignore_missing=True) or ident.create_service(name=name, type=kind)
+        have = {e.interface for e in ident.endpoints(service_id=service.id)}
+        for interface in ("public", "internal", "admin"):
+            if interface not in have:
+                ident.create_endpoint(service_id=service.id, interface=interface, region_id=REGION,
+                                      url=lay.url(name) + path)
+    member_project = _project(conn, MEMBER)
+    member = _user(conn, MEMBER, member_project.id, lay.password)
+    ident.assign_project_role_to_user(member_project, member, roles["member"])
+
+
+def _project(conn: Connection, name: str) -> Any:
+    return (conn.identity.find_project(name, domain_id="default", ignore_missing=True)
+            or conn.identity.create_project(name=name, domain_id="default"))
+
+
+def _user(conn: Connection, name: str, project_id: str, password: str) -> Any:
+    return (conn.identity.find_user(name, domain_id="default", ignore_missing=True)
+            or conn.identity.create_user(name=name, password=password, domain_id="default",
+                                         default_project_id=project_id))
+
+
+def resources(lay: Layout, *, first_time: bool) -> None:
+    """Networks and flavors only the first time; the image and the member's quota on every start (tests and
+    SNAPBUILD_TESTCLOUD_IMAGE change them)."""
+    admin = connect(lay)
+    if first_time:
+        _networks(admin, connect(lay, MEMBER, MEMBER))
+        _flavors(admin)
+    _image(admin, lay)
+    project_id = admin.identity.find_project(MEMBER, domain_id="default", ignore_missing=False).id
+    admin.compute.update_quota_set(project_id, **MEMBER_QUOTA)
+
+
+def _networks(admin: Connection, member: Connection) -> None:
+    public = admin.network.find_network("public", ignore_missing=True) or admin.network.create_network(
+        name="public", is_router_external=True, provider_network_type="flat",
+        provider_physical_network="public")
+    if not list(admin.network.subnets(network_id=public.id)):
+        admin.network.create_subnet(
+            name="public-subnet", network_id=public.id, ip_version=4, cidr=PUBLIC_CIDR, is_dhcp_enabled=False,
+            gateway_ip=PUBLIC_CIDR.replace("0/24", "1"),
+            allocation_pools=[{"start": PUBLIC_POOL[0], "end": PUBLIC_POOL[1]}])
+    # The tenant side is made by the member itself, as a user of a real cloud would.
+    private = member.network.find_network("private", ignore_missing=True) or member.network.create_network(
+        name="private")
+    subnets = list(member.network.subnets(network_id=private.id))
+    subnet = subnets[0] if subnets else member.network.create_subnet(
+        name="private-subnet", network_id=private.id, ip_version=4, cidr=PRIVATE_CIDR, is_dhcp_enabled=False,
+        gateway_ip=PRIVATE_CIDR.replace("0/24", "1"))
+    router = member.network.find_router("router1", ignore_missing=True)
+    if router is None:
+        router = member.network.create_router(name="router1", external_gateway_info={"network_id": public.id})
+        member.network.add_interface_to_router(router, subnet_id=subnet.id)
+
+
+def _flavors(admin: Connection) -> None:
+    for name, (vcpus, ram, disk) in FLAVORS.items():
+        if admin.compute.find_flavor(name, ignore_missing=True) is None:
+            admin.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
+
+
+def _image_file(lay: Layout) -> Path:
+    given = os.environ.get("SNAPBUILD_TESTCLOUD_IMAGE")
+    if given:
+        return Path(given)
+    # A small but real qcow2 until the lead uploads the Debian image the project builds.
+    path = lay.data / "placeholder-debian-12.qcow2"
+    if not path.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1G"], check=True)
+    return path
+
+
+def _image(admin: Connection, lay: Layout) -> None:
+    path = _image_file(lay)
+    digest = hashlib.sha512()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    found = [i for i in admin.image.images(name=IMAGE_NAME)]
+    if any(i.status == "active" and i.hash_value == digest.hexdigest() for i in found):
+        return
+    for stale in found:
+        log.info("replacing image %s (%s)", stale.id, stale.status)
+        admin.image.delete_image(stale, ignore_missing=True)
+    image = admin.image.create_image(
+        name=IMAGE_NAME, filename=str(path), disk_format="qcow2", container_format="bare", visibility="public",
+        os_distro="debian", os_version="12")
+    deadline = time.monotonic() + 300
+    while (image := admin.image.get_image(image.id)).status != "active":
+        if image.status in ("killed", "deleted", "deactivated") or time.monotonic() > deadline:
+            raise RuntimeError(f"image {image.id} is {image.status} after upload")
+        time.sleep(0.5)
+
+
+def clouds_yaml(lay: Layout) -> None:
+    def cloud(user: str, project: str) -> dict[str, Any]:
+        return {
+            "auth": {"auth_url": lay.auth_url, "username": user, "password": lay.password,
+                     "project_name": project, "user_domain_name": "Default", "project_domain_name": "Default"},
+            "region_name": REGION,
+            "identity_api_version": 3,
+            "interface": "public",
+        }
+
+    lay.clouds_yaml.write_text(yaml.safe_dump(
+        {"clouds": {MEMBER: cloud(MEMBER, MEMBER), f"{MEMBER}-admin": cloud("admin", "admin")}}, sort_keys=False))
+    lay.env_file.write_text(
+        f"export OS_CLIENT_CONFIG_FILE={lay.clouds_yaml}\n"
+        f"export OS_CLOUD={MEMBER}\n"
+        f"export SNAPBUILD_ADMIN_CLOUD={MEMBER}-admin\n"
+    )

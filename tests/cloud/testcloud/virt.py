@@ -1,0 +1,196 @@
+"""Nova virt driver of the test cloud (loaded as `snapbuild_testcloud.TestCloudDriver` through a shim in nova/virt/).
+
+Servers are machines kept by a Backend. The `fake` backend (the only one so far) keeps each machine as a
+directory under instances_path: its power state, a console log and the base image it booted from, fetched from
+Glance once per image. So servers go ACTIVE, stop and start, survive a nova-compute restart, show a console log,
+and a snapshot uploads real bytes (the machine's disk) to Glance, as libvirt's driver does, so the image
+becomes `active`. The stock fake driver leaves snapshot images `queued` forever.
+
+A second backend (`qemu`, the next issue) plugs in behind the same Backend protocol: spawn a QEMU process with a
+qcow2 overlay on the cached base image and a config drive, hostfwd SSH on the server's fixed IP (inside
+127.0.0.0/8), report power state from the process, serve the serial log as console, snapshot the overlay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from nova import exception
+from nova.compute import power_state, task_states
+from nova.conf import CONF
+from nova.image import glance
+from nova.virt import fake
+
+LOG = logging.getLogger(__name__)
+
+RUNNING = "running"
+SHUTDOWN = "shutdown"
+
+
+class Backend(Protocol):
+    """What the driver needs from whatever runs a server."""
+
+    def spawn(self, uuid: str, name: str, base_image: Path, network_info: Any, power_on: bool) -> None: ...
+    def power_off(self, uuid: str) -> None: ...
+    def power_on(self, uuid: str) -> None: ...
+    def destroy(self, uuid: str) -> None: ...
+    def state(self, uuid: str) -> str | None: ...  # RUNNING, SHUTDOWN or None when unknown
+    def console_log(self, uuid: str) -> str: ...
+    def root_disk(self, uuid: str) -> Path: ...  # a qcow2 file whose bytes a snapshot uploads
+    def known(self) -> dict[str, str]: ...  # uuid -> name, for rebuilding state after a restart
+
+
+class FakeBackend:
+    """Machines as directories: state + console log; the root disk is the cached base image itself."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dir(self, uuid: str) -> Path:
+        return self.root / uuid / "testcloud"
+
+    def _record(self, uuid: str) -> dict[str, str]:
+        record: dict[str, str] = json.loads((self._dir(uuid) / "machine.json").read_text())
+        return record
+
+    def _save(self, uuid: str, record: dict[str, str]) -> None:
+        tmp = self._dir(uuid) / "machine.json.tmp"
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self._dir(uuid) / "machine.json")
+
+    def _console(self, uuid: str, line: str) -> None:
+        with open(self._dir(uuid) / "console.log", "a") as f:
+            f.write(f"[{time.strftime('%H:%M:%S')}] {line}\n")
+
+    def spawn(self, uuid: str, name: str, base_image: Path, network_info: Any, power_on: bool) -> None:
+        self._dir(uuid).mkdir(parents=True, exist_ok=True)
+        ips = [ip["address"] for vif in (network_info or []) for ip in vif.fixed_ips()]
+        self._save(uuid, {"name": name, "state": RUNNING if power_on else SHUTDOWN, "disk": str(base_image)})
+        self._console(uuid, f"testcloud: machine {name} ({uuid}) created from {base_image.name}")
+        self._console(uuid, f"testcloud: addresses {' '.join(ips) or 'none'}")
+        if power_on:
+            self._console(uuid, f"{name} login: (testcloud fake machine is up)")
+
+    def _set_state(self, uuid: str, state: str) -> None:
+        record = self._record(uuid)
+        record["state"] = state
+        self._save(uuid, record)
+        self._console(uuid, f"testcloud: power {state}")
+
+    def power_off(self, uuid: str) -> None:
+        self._set_state(uuid, SHUTDOWN)
+
+    def power_on(self, uuid: str) -> None:
+        self._set_state(uuid, RUNNING)
+
+    def destroy(self, uuid: str) -> None:
+        shutil.rmtree(self._dir(uuid), ignore_errors=True)
+
+    def state(self, uuid: str) -> str | None:
+        try:
+            return self._record(uuid)["state"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def console_log(self, uuid: str) -> str:
+        return (self._dir(uuid) / "console.log").read_text(errors="replace")
+
+    def root_disk(self, uuid: str) -> Path:
+        return Path(self._record(uuid)["disk"])
+
+    def known(self) -> dict[str, str]:
+        found = {}
+        for record in self.root.glob("*/testcloud/machine.json"):
+            uuid = record.parent.parent.name
+            try:
+                found[uuid] = self._record(uuid)["name"]
+            except (OSError, ValueError, KeyError):
+                continue
+        return found
+
+
+_POWER = {RUNNING: power_state.RUNNING, SHUTDOWN: power_state.SHUTDOWN}
+
+
+class TestCloudDriver(fake.FakeDriverWithoutFakeNodes):  # type: ignore[misc]  # nova is untyped
+    """FakeDriverWithoutFakeNodes (stable node uuid, so nova-compute restarts) with machines that persist."""
+
+    def __init__(self, virtapi: Any, read_only: bool = False) -> None:
+        super().__init__(virtapi, read_only)
+        self._instances_root = Path(CONF.instances_path)
+        self._backend: Backend = FakeBackend(self._instances_root)
+        self._image_api = glance.API()
+
+    def init_host(self, host: str) -> None:
+        super().init_host(host)
+        for uuid, name in self._backend.known().items():
+            state = _POWER.get(self._backend.state(uuid) or "", power_state.NOSTATE)
+            self.instances[uuid] = fake.FakeInstance(name, state, uuid)
+
+    def _base_image(self, context: Any, image_id: str) -> Path:
+        """The image's bytes, fetched from Glance once and cached (like libvirt's _base)."""
+        base = self._instances_root / "_base" / image_id
+        if not base.exists():
+            base.parent.mkdir(parents=True, exist_ok=True)
+            partial = base.with_suffix(".part")
+            self._image_api.download(context, image_id, dest_path=str(partial))
+            partial.replace(base)
+        return base
+
+    def spawn(self, context: Any, instance: Any, image_meta: Any, injected_files: Any, admin_password: Any,
+              allocations: Any, network_info: Any = None, block_device_info: Any = None, power_on: bool = True,
+              accel_info: Any = None) -> None:
+        base = self._base_image(context, instance.image_ref)
+        super().spawn(context, instance, image_meta, injected_files, admin_password, allocations,
+                      network_info=network_info, block_device_info=block_device_info, power_on=power_on,
+                      accel_info=accel_info)
+        self._backend.spawn(instance.uuid, instance.name, base, network_info, power_on)
+
+    def power_off(self, instance: Any, timeout: int = 0, retry_interval: int = 0) -> None:
+        super().power_off(instance, timeout, retry_interval)
+        self._backend.power_off(instance.uuid)
+
+    def power_on(self, context: Any, instance: Any, network_info: Any, block_device_info: Any = None,
+                 accel_info: Any = None, share_info: Any = None) -> None:
+        super().power_on(context, instance, network_info, block_device_info=block_device_info,
+                         accel_info=accel_info, share_info=share_info)
+        self._backend.power_on(instance.uuid)
+
+    def destroy(self, context: Any, instance: Any, network_info: Any, block_device_info: Any = None,
+                destroy_disks: bool = True, destroy_secrets: bool = True) -> None:
+        super().destroy(context, instance, network_info, block_device_info=block_device_info,
+                        destroy_disks=destroy_disks, destroy_secrets=destroy_secrets)
+        self._backend.destroy(instance.uuid)
+
+    def get_console_output(self, context: Any, instance: Any) -> str:
+        if instance.uuid not in self.instances:
+            raise exception.InstanceNotFound(instance_id=instance.uuid)
+        return self._backend.console_log(instance.uuid)
+
+    def snapshot(self, context: Any, instance: Any, image_id: str, update_task_state: Any) -> None:
+        if instance.uuid not in self.instances:
+            raise exception.InstanceNotRunning(instance_id=instance.uuid)
+        snapshot = self._image_api.get(context, image_id)
+        update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
+        # The same metadata libvirt's driver sends along with the bytes.
+        metadata = {
+            "status": "active",
+            "name": snapshot["name"],
+            "disk_format": "qcow2",
+            "container_format": "bare",
+            "properties": {
+                "image_location": "snapshot",
+                "image_state": "available",
+                "owner_id": instance.project_id,
+            },
+        }
+        update_task_state(task_state=task_states.IMAGE_UPLOADING,
+                          expected_state=task_states.IMAGE_PENDING_UPLOAD)
+        with open(self._backend.root_disk(instance.uuid), "rb") as disk:
+            self._image_api.update(context, image_id, metadata, disk, purge_props=False)
+        LOG.info("snapshot %s of %s uploaded", image_id, instance.uuid)
