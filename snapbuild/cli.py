@@ -289,6 +289,60 @@ for _name in ("k8s", "docker-ce"):
     _shortcut(_name)
 
 
+@cli.command("local")
+@click.argument("recipe")
+@build_options
+@click.option("--base", type=click.Path(path_type=Path), required=True, help="Base cloud image (never modified).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="qcow2 file to write.")
+@click.option("--compression", type=click.Choice(["zstd", "zlib", "none"]), default="zstd", show_default=True)
+@click.option("--memory", "memory_mb", type=click.IntRange(256), default=2048, show_default=True,
+              help="VM memory in MiB.")
+@click.option("--cpus", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--seed", type=click.Choice(["nocloud", "configdrive"]), default="nocloud", show_default=True,
+              help="How the VM gets its user-data.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@pass_session
+def local_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
+                  allow_blocked: bool, keep_on_failure: bool, as_json: bool, base: Path, output: Path,
+                  compression: str, memory_mb: int, cpus: int, seed: str, force: bool) -> None:
+    """Build in a throw-away QEMU VM on this host; the result is a compressed qcow2."""
+    from snapbuild.local.build import LocalSettings, run_local
+
+    plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
+    _warn_plan(plan)
+    refuse_blocked(plan, allow_blocked)
+    with build_log("local", recipe) as log_path:
+        result = run_local(plan, LocalSettings(base=base, output=output, compression=compression,  # type: ignore[arg-type]
+                                               memory_mb=memory_mb, cpus=cpus, seed=seed,  # type: ignore[arg-type]
+                                               force=force),
+                           keep_on_failure=keep_on_failure, log_path=log_path)
+    if as_json:
+        click.echo(json.dumps({"output": str(result.output), "manifest": str(result.manifest),
+                               "sha256": result.sha256, "size_bytes": result.size_bytes,
+                               "virtual_size_bytes": result.virtual_size_bytes, "accel": result.accel,
+                               "timings": result.timings}, indent=2))
+    else:
+        click.echo(str(result.output))
+
+
+@cli.command("verify")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--recipe", help="Also run this recipe's checks and expect its default user groups.")
+@with_recipe_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_session
+def verify_command(session: Session, image: Path, recipe: str | None, distro: str | None, mirrors: str | None,
+                   sets: tuple[str, ...], as_json: bool) -> None:
+    """Boot IMAGE twice as a new instance and check it behaves as a marketplace image should."""
+    from snapbuild.local.verify import verify_image
+
+    plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets) if recipe else None
+    result = verify_image(image, plan=plan, reporter=_reporter())
+    click.echo(result.render(json=as_json))
+    if not result.ok:
+        sys.exit(EXIT_BUILD)
+
+
 @cli.command("chroot")
 @click.argument("recipe")
 @build_options

@@ -120,6 +120,8 @@ def power_off_script(builder_user: str) -> str:
         ">/dev/null 2>&1 || true",
         "journalctl --relinquish-var >/dev/null 2>&1 || true",
         _LOG_CLEAN,
+        # What shutdown itself still writes (wtmp records, unit logs) goes to RAM, not into the image.
+        "mount -t tmpfs -o size=16m,mode=0755 snapbuild-log /var/log",
         f"userdel --force --remove {user} >/dev/null 2>&1 || true",
         f"grep -rl -- {user} /etc/sudoers.d 2>/dev/null | xargs -r rm -f",
         f"rm -rf /home/{user}",

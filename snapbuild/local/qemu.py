@@ -1,0 +1,429 @@
+"""Launch a throw-away QEMU VM on this host: user networking on 127.0.0.1, serial log, QMP for shutdown.
+
+KVM is tried and TCG is the fallback: on some hosts /dev/kvm exists but a guest aborts on an MSR or hangs in
+GRUB, so the decision is made by trying, cached for the process (and on disk per QEMU/kernel version) and
+logged ("accel: tcg (kvm unusable: …)").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from snapbuild import paths
+from snapbuild.errors import BuildError, UserError
+
+log = logging.getLogger(__name__)
+
+QEMU = "qemu-system-x86_64"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+HOSTFWD_ERROR = "Could not set up host forwarding rule"
+# Serial console lines that prove a kernel is running (GRUB hangs before any of them under a bad KVM).
+BOOT_PROGRESS_MARKERS = ("Linux version", "systemd[1]", "Welcome to", "cloud-init", "login:")
+
+Firmware = Literal["bios", "uefi"]
+Accel = Literal["kvm", "tcg"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuestForward:
+    """A service on the host's loopback that the guest reaches at guest_ip:guest_port (QEMU guestfwd)."""
+
+    guest_ip: str
+    guest_port: int
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class VMSpec:
+    disk: Path
+    memory_mb: int = 2048
+    cpus: int = 2
+    seed: Path | None = None
+    serial_log: Path
+    ssh_port: int = 0                      # 0: pick a free port on 127.0.0.1 at launch
+    guestfwds: tuple[GuestForward, ...] = ()
+    firmware: Firmware = "bios"
+    name: str = "snapbuild"                # appears in QEMU's cmdline (-name) so cleanup can recognise it
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccelChoice:
+    accel: Accel
+    reason: str
+
+    def describe(self) -> str:
+        return f"accel: {self.accel} ({self.reason})"
+
+
+# ---------------------------------------------------------------- accel decision
+
+_accel_cache: AccelChoice | None = None
+
+
+def _accel_cache_file() -> Path:
+    key = f"{platform.release()}".replace("/", "_")
+    return paths.cache_dir() / f"accel-{key}.json"
+
+
+def kvm_available() -> str | None:
+    """None when /dev/kvm can be opened read-write, else why not."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"/dev/kvm: {exc.strerror}"
+    os.close(fd)
+    return None
+
+
+def decide_accel(*, kvm_problem: str | None, cached_verdict: str | None, override: str | None) -> AccelChoice:
+    """The pure decision: explicit override, then a known-bad KVM, then /dev/kvm, else try KVM."""
+    if override in ("kvm", "tcg"):
+        return AccelChoice(accel=override, reason="SNAPBUILD_ACCEL")  # type: ignore[arg-type]
+    if cached_verdict:
+        return AccelChoice(accel="tcg", reason=f"kvm unusable: {cached_verdict}")
+    if kvm_problem:
+        return AccelChoice(accel="tcg", reason=f"kvm unusable: {kvm_problem}")
+    return AccelChoice(accel="kvm", reason="trying kvm; falls back to tcg if the guest does not boot")
+
+
+def current_accel() -> AccelChoice:
+    """The accel to launch with now (cached for the process)."""
+    global _accel_cache
+    if _accel_cache is None:
+        verdict = None
+        try:
+            verdict = json.loads(_accel_cache_file().read_text()).get("kvm_unusable")
+        except (OSError, ValueError):
+            pass
+        _accel_cache = decide_accel(kvm_problem=kvm_available(), cached_verdict=verdict,
+                                    override=os.environ.get("SNAPBUILD_ACCEL"))
+    return _accel_cache
+
+
+def mark_kvm_unusable(reason: str) -> AccelChoice:
+    """KVM was tried and failed: use TCG from now on (this process and later ones on this kernel)."""
+    global _accel_cache
+    _accel_cache = AccelChoice(accel="tcg", reason=f"kvm unusable: {reason}")
+    try:
+        path = _accel_cache_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"kvm_unusable": reason}))
+    except OSError as exc:
+        log.debug("cannot cache the accel decision: %s", exc)
+    log.warning("%s", _accel_cache.describe())
+    return _accel_cache
+
+
+# ---------------------------------------------------------------- argv
+
+def accel_args(accel: Accel) -> list[str]:
+    if accel == "kvm":
+        return ["-accel", "kvm", "-cpu", "host"]
+    # A 256 MiB translation cache instead of the default 1 GiB: half the memory, no visible slowdown.
+    return ["-accel", "tcg,tb-size=256"]
+
+
+def netdev_arg(ssh_port: int, guestfwds: Sequence[GuestForward]) -> str:
+    parts = ["user", "id=n0", "restrict=on", f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22"]
+    for fwd in guestfwds:
+        # Commas would end the option: socat's arguments here have none.
+        parts.append(f"guestfwd=tcp:{fwd.guest_ip}:{fwd.guest_port}-cmd:socat - TCP:{fwd.host_ip}:{fwd.host_port}")
+    return ",".join(parts)
+
+
+def build_argv(spec: VMSpec, *, accel: Accel, ssh_port: int, qmp_socket: Path,
+               efivars: Path | None = None) -> list[str]:
+    """QEMU's command line for `spec`; no shell anywhere."""
+    argv = [QEMU, "-name", spec.name, "-machine", "q35", *accel_args(accel),
+            "-m", str(spec.memory_mb), "-smp", str(spec.cpus),
+            # -nographic (not -display none): SeaBIOS then prints on the serial console too.
+            "-nodefaults", "-nographic", "-monitor", "none",
+            "-serial", f"file:{spec.serial_log}",
+            # Relative to QEMU's cwd (the socket's directory): unix socket paths are limited to 107 bytes.
+            "-qmp", f"unix:{qmp_socket.name},server=on,wait=off",
+            "-drive", f"file={spec.disk},format=qcow2,if=virtio,cache=unsafe,discard=unmap,detect-zeroes=unmap",
+            "-netdev", netdev_arg(ssh_port, spec.guestfwds),
+            "-device", "virtio-net-pci,netdev=n0",
+            "-device", "virtio-rng-pci"]   # entropy for sshd/cloud-init key generation on first boot
+    if spec.seed is not None:
+        argv += ["-drive", f"file={spec.seed},format=raw,if=virtio,readonly=on,media=cdrom"]
+    if spec.firmware == "uefi":
+        if efivars is None:
+            raise ValueError("uefi needs a writable copy of the OVMF variables")
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={efivars}"]
+    return argv
+
+
+# ---------------------------------------------------------------- ports
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago; QEMU may still lose the race, so launch retries."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Could a listener (QEMU binds with SO_REUSEADDR) take the port now? TIME_WAIT leftovers do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+# ---------------------------------------------------------------- QMP
+
+class QMP:
+    """Just enough QMP: greeting, capabilities, one command at a time."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        # Through /proc/self/fd: a deep temp dir would exceed the 107-byte limit of socket paths.
+        dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.sock.connect(f"/proc/self/fd/{dirfd}/{path.name}")
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            os.close(dirfd)
+        self.file = self.sock.makefile("rwb")
+        self._read()  # greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self) -> dict[str, Any]:
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError("QMP connection closed")
+            msg = json.loads(line)
+            if "event" not in msg:
+                return dict(msg)
+
+    def execute(self, command: str, **arguments: Any) -> Any:
+        msg: dict[str, Any] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        self.file.write(json.dumps(msg).encode() + b"\n")
+        self.file.flush()
+        reply = self._read()
+        if "error" in reply:
+            raise BuildError(f"QMP {command}: {reply['error'].get('desc')}")
+        return reply.get("return")
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.sock.close()
+
+
+# ---------------------------------------------------------------- the running VM
+
+def _die_with_parent() -> list[str]:
+    """A prefix that makes QEMU get SIGKILL when snapbuild dies, even by kill -9 (setpriv execs, same pid).
+
+    setpriv rather than a preexec_fn: paramiko threads may be running when a VM is launched.
+    """
+    return ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+
+
+def tail_text(path: Path, lines: int = 25, max_bytes: int = 64 * 1024) -> str:
+    """The last lines of a (serial) log, without escape sequences; "" when missing."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode(errors="replace").replace("\r", "")
+    text = "".join(ch for ch in text if ch == "\n" or ch == "\t" or ch.isprintable())
+    return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
+
+
+@dataclass
+class VM:
+    spec: VMSpec
+    proc: subprocess.Popen[bytes]
+    ssh_port: int
+    accel: AccelChoice
+    qmp_socket: Path
+    stderr_path: Path
+    argv: list[str]
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def serial_tail(self, lines: int = 25) -> str:
+        return tail_text(self.spec.serial_log, lines)
+
+    def serial_text(self) -> str:
+        try:
+            return self.spec.serial_log.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stderr_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        client = QMP(self.qmp_socket)
+        try:
+            return client.execute(command, **arguments)
+        finally:
+            client.close()
+
+    def powerdown(self) -> None:
+        """ACPI power button (graceful)."""
+        self.qmp("system_powerdown")
+
+    def wait_exit(self, deadline: float) -> int | None:
+        """Wait until QEMU exits or the monotonic deadline passes; the exit code or None."""
+        while time.monotonic() < deadline:
+            try:
+                return self.proc.wait(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                continue
+        return self.proc.poll()
+
+    def kill(self, grace: float = 10.0) -> None:
+        """Stop QEMU for sure: QMP quit, then TERM, then KILL, each with a deadline."""
+        if not self.alive():
+            self.proc.wait()
+            return
+        try:
+            self.qmp("quit")
+        except (OSError, BuildError, ValueError):
+            pass
+        if self.wait_exit(time.monotonic() + 2) is None:
+            self.proc.terminate()
+            if self.wait_exit(time.monotonic() + grace) is None:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        log.info("qemu pid %d stopped (rc %s)", self.pid, self.proc.returncode)
+
+    def wait_for_boot_progress(self, deadline: float) -> bool:
+        """True once the serial console shows a running kernel; False on exit or deadline."""
+        while time.monotonic() < deadline:
+            text = self.serial_text()
+            if any(marker in text for marker in BOOT_PROGRESS_MARKERS):
+                return True
+            if not self.alive():
+                return False
+            time.sleep(0.25)  # polling the serial log file; bounded by the deadline
+        return False
+
+
+def _spawn(spec: VMSpec, *, accel: AccelChoice, ssh_port: int, workdir: Path,
+           on_started: Callable[[VM], None]) -> VM:
+    qmp_socket = workdir / f"{spec.name}.qmp"
+    qmp_socket.unlink(missing_ok=True)
+    efivars = None
+    if spec.firmware == "uefi":
+        efivars = workdir / f"{spec.name}.efivars.fd"
+        efivars.write_bytes(OVMF_VARS.read_bytes())
+    argv = build_argv(spec, accel=accel.accel, ssh_port=ssh_port, qmp_socket=qmp_socket, efivars=efivars)
+    stderr_path = workdir / f"{spec.name}.stderr"
+    log.info("%s; qemu: %s", accel.describe(), " ".join(argv))
+    err: IO[bytes]
+    with stderr_path.open("wb") as err:
+        proc = subprocess.Popen([*_die_with_parent(), *argv], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                cwd=qmp_socket.parent,
+                                start_new_session=True)  # Ctrl-C reaches snapbuild, whose undo stops QEMU
+    vm = VM(spec=spec, proc=proc, ssh_port=ssh_port, accel=accel, qmp_socket=qmp_socket,
+            stderr_path=stderr_path, argv=argv)
+    on_started(vm)
+    return vm
+
+
+def _wait_ready(vm: VM, deadline: float) -> str | None:
+    """Wait until QEMU answers QMP (machine set up, forwarding bound); None, or why it failed."""
+    while time.monotonic() < deadline:
+        if not vm.alive():
+            vm.proc.wait()
+            return vm.stderr_text().strip() or f"qemu exited {vm.proc.returncode}"
+        if vm.qmp_socket.exists():
+            try:
+                status = vm.qmp("query-status")
+            except (OSError, ConnectionError, ValueError):
+                pass
+            else:
+                log.debug("qemu pid %d ready: %s", vm.pid, status)
+                return None
+        time.sleep(0.1)  # QEMU's init is sub-second; bounded by the deadline
+    return "qemu did not answer QMP in time"
+
+
+def launch(spec: VMSpec, *, workdir: Path, on_started: Callable[[VM], None],
+           on_stopped: Callable[[VM], None], port_attempts: int = 5, kvm_trial_s: float = 30.0) -> VM:
+    """Start QEMU for `spec` and return the running VM.
+
+    `on_started(vm)` runs right after the process exists (record it and register its undo there);
+    `on_stopped(vm)` after a failed attempt has been killed. Retries: a lost port race (bounded), and one
+    relaunch under TCG when KVM does not get a kernel running.
+    """
+    if spec.firmware == "uefi" and not OVMF_CODE.exists():
+        raise UserError(f"UEFI firmware not found: {OVMF_CODE}", hint="apt-get install ovmf")
+    accel = current_accel()
+    last_error = ""
+    for _attempt in range(port_attempts):
+        port = spec.ssh_port or free_port()
+        vm = _spawn(spec, accel=accel, ssh_port=port, workdir=workdir, on_started=on_started)
+        problem = _wait_ready(vm, time.monotonic() + 30)
+        if problem is not None:
+            vm.kill()
+            on_stopped(vm)
+            last_error = problem
+            if HOSTFWD_ERROR in problem and not spec.ssh_port:
+                log.info("port %d was taken before QEMU bound it; retrying with another", port)
+                continue
+            if accel.accel == "kvm":
+                accel = mark_kvm_unusable(_first_line(problem))
+                continue
+            raise BuildError(f"qemu failed to start: {problem}")
+        if (accel.accel == "kvm" and "SNAPBUILD_ACCEL" not in os.environ
+                and not vm.wait_for_boot_progress(time.monotonic() + kvm_trial_s)):
+            reason = (_first_line(vm.stderr_text()) if not vm.alive() else
+                      f"no kernel output on the serial console within {kvm_trial_s:.0f} s")
+            vm.kill()
+            on_stopped(vm)
+            accel = mark_kvm_unusable(reason or "qemu exited")
+            continue
+        log.info("qemu pid %d up, %s, ssh on 127.0.0.1:%d", vm.pid, accel.describe(), port)
+        return vm
+    raise BuildError(f"qemu failed to start after {port_attempts} attempts: {last_error}")
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip() and "warning:" not in line:
+            return line.strip()[:200]
+    return text.strip()[:200]

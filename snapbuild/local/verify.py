@@ -1,0 +1,342 @@
+"""`snapbuild verify IMAGE`: boot the image twice, each time as a brand-new instance, and prove it generalises.
+
+Each boot uses its own copy-on-write overlay (the image is never written), a bigger virtual disk (so root
+growth shows), a fresh seed and a fresh key for the distro's default user: never the builder's key.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from snapbuild.distros import DISTROS
+from snapbuild.errors import BuildError, CommandFailed, UserError
+from snapbuild.hostrun import require_tools, run
+from snapbuild.local import qemu
+from snapbuild.local.build import (
+    GIB,
+    image_info,
+    manifest_path_for,
+    parse_os_release,
+    ssh_connect,
+    start_vm,
+)
+from snapbuild.local.seed import SeedKind, SeedSpec, write_seed
+from snapbuild.pipeline import BuildContext, Reporter, running_build
+
+if TYPE_CHECKING:
+    from snapbuild.guest.ssh import SSHGuest
+    from snapbuild.plan import Plan
+    from snapbuild.sshkeys import KeyPair
+
+log = logging.getLogger(__name__)
+
+BUILDER_USER = "snapbuild"
+GROW_BY_GIB = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyResult:
+    image: Path
+    checks: tuple[CheckResult, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": str(self.image), "ok": self.ok, "checks": [asdict(c) for c in self.checks],
+                "timings": self.timings}
+
+    def render(self, *, json: bool = False) -> str:
+        """The result for stdout: a table for people, JSON for machines."""
+        if json:
+            return jsonlib.dumps(self.to_dict(), indent=1)
+        width = max((len(c.name) for c in self.checks), default=10)
+        lines = [f"{'PASS' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}".rstrip() for c in self.checks]
+        lines.append(f"{'OK' if self.ok else 'FAILED'}: {sum(c.ok for c in self.checks)}/{len(self.checks)} "
+                     f"checks passed for {self.image}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifySettings:
+    memory_mb: int = 1024
+    cpus: int = 2
+    seed: SeedKind = "nocloud"
+    firmware: qemu.Firmware = "bios"
+    boot_timeout_s: float = 900.0
+    cloud_init_timeout_s: float = 600.0
+
+
+@dataclass
+class _Boot:
+    """What one first boot showed."""
+
+    user: str = ""
+    machine_id: str = ""
+    host_keys: tuple[str, ...] = ()     # from the guest's /etc/ssh/*.pub, "TYPE BASE64"
+    cloud_init_rc: int | None = None
+    cloud_init_report: str = ""
+    seconds_to_ssh: float = 0.0
+
+
+def verify_image(image: Path, *, plan: Plan | None = None, settings: VerifySettings | None = None,
+                 reporter: Reporter | None = None, build_id: str | None = None) -> VerifyResult:
+    """Boot `image` twice through overlays and check it; a result per check (failures are results, not errors)."""
+    from snapbuild.ledger import Ledger, new_build_id
+
+    settings = settings or VerifySettings()
+    reporter = reporter or Reporter()
+    require_tools("qemu-system-x86_64", "qemu-img", "xorriso",
+                  hint="apt-get install qemu-system-x86 qemu-utils xorriso")
+    if not image.is_file():
+        raise UserError(f"image not found: {image}")
+    info = image_info(image)
+    if info.get("format") not in ("qcow2", "raw"):
+        raise UserError(f"{image} is {info.get('format')!r}, not a qcow2 or raw disk image")
+    build_id = build_id or new_build_id()
+    ledger = Ledger.create(build_id=build_id, builder="verify", recipe=plan.recipe_name if plan else "-")
+    ctx = BuildContext(build_id=build_id, ledger=ledger, reporter=reporter)
+    manifest = _read_manifest(image)
+    checks: list[CheckResult] = []
+    with running_build(ctx):
+        tempdir = _tempdir(ctx)
+        boots: list[_Boot] = []
+        for number in (1, 2):
+            with ctx.step(f"boot {number}"):
+                boots.append(_boot_once(ctx, image, info, number, tempdir, plan, settings, checks))
+        with ctx.step("compare boots"):
+            checks.extend(compare_boots(boots, manifest))
+    timings = {t.name: round(t.seconds, 2) for t in ctx.timings}
+    timings.update({f"boot_{i + 1}_to_ssh_s": round(b.seconds_to_ssh, 2) for i, b in enumerate(boots)})
+    return VerifyResult(image=image, checks=tuple(checks), timings=timings)
+
+
+# ---------------------------------------------------------------- one boot
+
+def _boot_once(ctx: BuildContext, image: Path, info: dict[str, Any], number: int, tempdir: Path,
+               plan: Plan | None, settings: VerifySettings, checks: list[CheckResult]) -> _Boot:
+    from snapbuild.sshkeys import KeyPair
+
+    boot = _Boot()
+    overlay = tempdir / f"overlay-{number}.qcow2"
+    grown = int(info["virtual-size"]) + GROW_BY_GIB * GIB
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", str(info["format"]), "-b", str(image.resolve()),
+         str(overlay), str(grown)], timeout=60)
+    user_key = KeyPair.generate(comment=f"snapbuild-verify-{number}")
+    seed = write_seed(SeedSpec(user_data=verify_userdata(user_key.public_openssh), hostname=f"verify-{number}",
+                               kind=settings.seed, public_keys=(user_key.public_openssh,)),
+                      tempdir / f"seed-{number}.iso")
+    spec = qemu.VMSpec(disk=overlay, memory_mb=settings.memory_mb, cpus=settings.cpus, seed=seed,
+                       serial_log=tempdir / f"serial-{number}.log", firmware=settings.firmware,
+                       name=f"snapbuild-verify-{ctx.build_id}-{number}")
+    vm = start_vm(ctx, spec, workdir=tempdir)
+    ctx.reporter.line(f"{vm.accel.describe()}; ssh on 127.0.0.1:{vm.ssh_port}")
+    deadline = vm.started + settings.boot_timeout_s
+    host_keys = wait_console_host_keys(vm, deadline)
+    users = [plan.distro.default_user] if plan else sorted({d.default_user for d in DISTROS.values()})
+    guest = connect_as_default_user(ctx, vm, users=users, key=user_key, host_keys=host_keys, deadline=deadline)
+    boot.user = guest.user
+    boot.seconds_to_ssh = time.monotonic() - vm.started
+    ctx.reporter.line(f"SSH as {guest.user} after {boot.seconds_to_ssh:.1f} s")
+    try:
+        ci = guest.run(["cloud-init", "status", "--wait", "--long"], check=False,
+                       timeout=settings.cloud_init_timeout_s)
+        boot.cloud_init_rc, boot.cloud_init_report = ci.returncode, ci.stdout.strip()
+        status_line = next((ln for ln in ci.stdout.splitlines() if ln.startswith("status:")), "")
+        checks.append(CheckResult(name=f"boot {number}: cloud-init finished without errors", ok=ci.returncode == 0,
+                                  detail=f"exit {ci.returncode} {status_line}".strip()))
+        boot.machine_id = guest.read_file("/etc/machine-id").decode().strip()
+        boot.host_keys = guest_host_keys(guest)
+        if number == 1:
+            checks.extend(first_boot_checks(guest, plan, user_key=user_key, grown_size=grown))
+    finally:
+        _power_off(guest, vm)
+    return boot
+
+
+def verify_userdata(public_key: str) -> str:
+    """A fresh key for the distro's default user, nothing else: the image's own configuration is under test."""
+    return ("#cloud-config\n"
+            "# snapbuild verify: a fresh key for the default user\n"
+            f"ssh_authorized_keys:\n  - {public_key.strip()}\n")
+
+
+def wait_console_host_keys(vm: qemu.VM, deadline: float) -> tuple[str, ...]:
+    """The host keys cloud-init prints on the serial console: the pins for this boot's first SSH connection."""
+    from snapbuild.sshkeys import parse_console_host_keys
+
+    while time.monotonic() < deadline:
+        keys = parse_console_host_keys(vm.serial_text())
+        if keys:
+            return keys
+        if not vm.alive():
+            raise BuildError(f"QEMU exited ({vm.proc.returncode}) during boot: {vm.stderr_text().strip()[-300:]}\n"
+                             f"last lines of the serial console:\n{vm.serial_tail()}")
+        time.sleep(1)   # polling the console log; bounded by the deadline
+    raise BuildError("guest never printed its SSH host keys on the serial console (did it boot? is cloud-init's "
+                     "keys_to_console on?)\nlast lines of the serial console:\n" + vm.serial_tail())
+
+
+def connect_as_default_user(ctx: BuildContext, vm: qemu.VM, *, users: Sequence[str], key: KeyPair,
+                            host_keys: Sequence[str], deadline: float) -> SSHGuest:
+    """Log in as the default user; without a plan, try each distro's default user in turn."""
+    last: BuildError | None = None
+    while True:
+        for user in users:
+            # Host keys are printed after sshd is up, so a short attempt per user is enough.
+            attempt_deadline = deadline if len(users) == 1 else min(deadline, time.monotonic() + 15)
+            try:
+                return ssh_connect(ctx, vm, user=user, key=key, host_keys=host_keys, deadline=attempt_deadline)
+            except BuildError as exc:
+                last = exc
+        if time.monotonic() >= deadline or len(users) == 1:
+            assert last is not None
+            raise last
+
+
+def guest_host_keys(guest: SSHGuest) -> tuple[str, ...]:
+    done = guest.run(["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"], check=False)
+    return tuple(sorted(" ".join(line.split()[:2]) for line in done.stdout.splitlines() if line.strip()))
+
+
+def first_boot_checks(guest: SSHGuest, plan: Plan | None, *, user_key: KeyPair, grown_size: int) -> list[CheckResult]:
+    checks = [check_default_user(guest, plan), check_no_builder(guest, user_key), check_root_grown(guest, grown_size)]
+    if plan is not None:
+        os_release = parse_os_release(guest.read_file("/etc/os-release").decode(errors="replace"))
+        found = (os_release.get("ID"), os_release.get("VERSION_ID"))
+        checks.append(CheckResult(name="distro matches the recipe", ok=found == (plan.distro.id, plan.distro.version),
+                                  detail=os_release.get("PRETTY_NAME", "")))
+        for argv in plan.verify_checks:
+            checks.append(_recipe_check(guest, argv))
+    return checks
+
+
+def check_default_user(guest: SSHGuest, plan: Plan | None) -> CheckResult:
+    user = guest.user
+    want: tuple[str, ...] = ()
+    if plan is not None:
+        want = tuple(plan.default_user_groups)
+    done = guest.run(["id", "-nG", user], check=False)
+    groups = set(done.stdout.split())
+    missing = [g for g in want if g not in groups]
+    return CheckResult(name=f"default user {user!r} exists with the recipe's groups",
+                       ok=done.returncode == 0 and not missing,
+                       detail=f"missing groups: {', '.join(missing)}" if missing else " ".join(sorted(groups)))
+
+
+def check_no_builder(guest: SSHGuest, user_key: KeyPair) -> CheckResult:
+    """No builder user, and no authorized key other than the one this boot handed in."""
+    problems = []
+    if guest.run(["getent", "passwd", BUILDER_USER], check=False).returncode == 0:
+        problems.append(f"user {BUILDER_USER!r} exists")
+    script = ("for f in /root/.ssh/authorized_keys* /home/*/.ssh/authorized_keys* "
+              "/etc/ssh/authorized_keys* /var/lib/*/.ssh/authorized_keys*; do "
+              "[ -f \"$f\" ] && sed -e '/^[[:space:]]*#/d' -e '/^[[:space:]]*$/d' -e \"s|^|$f |\" \"$f\"; done; true")
+    listed = guest.run(["sh", "-c", script], check=False).stdout
+    fresh = user_key.public_openssh.split()[1]
+    for line in listed.splitlines():
+        path, _, entry = line.partition(" ")
+        if fresh not in entry:
+            problems.append(f"{path}: {shlex.quote(entry[:60])}")
+    sudoers = guest.run(["sh", "-c", f"grep -rl -- {BUILDER_USER} /etc/sudoers /etc/sudoers.d 2>/dev/null; true"],
+                        check=False).stdout.split()
+    problems += [f"{path} mentions {BUILDER_USER}" for path in sudoers]
+    return CheckResult(name="no builder user, key or sudo rule", ok=not problems,
+                       detail="; ".join(problems) if problems else "only this boot's key is authorized")
+
+
+def check_root_grown(guest: SSHGuest, disk_size: int) -> CheckResult:
+    """The root filesystem fills the (bigger than the image) disk, less what other partitions hold."""
+    fs = guest.run(["df", "-B1", "--output=size", "/"], check=False).stdout.split()
+    disk = guest.run(["lsblk", "-bdno", "SIZE", "/dev/vda"], check=False).stdout.split()
+    try:
+        fs_size, disk_bytes = int(fs[-1]), int(disk[-1])
+    except (IndexError, ValueError):
+        return CheckResult(name="root filesystem grown to the disk", ok=False, detail="cannot read df/lsblk")
+    # ext4 keeps a few % for metadata; other partitions (ESP, BIOS boot) are small. 85% of the disk is "grown",
+    # since the image itself was GROW_BY_GIB smaller than this disk.
+    ok = disk_bytes == disk_size and fs_size >= 0.85 * disk_bytes
+    return CheckResult(name="root filesystem grown to the disk", ok=ok,
+                       detail=f"root {fs_size / GIB:.2f} GiB on a {disk_bytes / GIB:.2f} GiB disk")
+
+
+def _recipe_check(guest: SSHGuest, argv: Sequence[str]) -> CheckResult:
+    try:
+        done = guest.run(list(argv), check=False, timeout=300)
+    except CommandFailed as exc:
+        return CheckResult(name=f"recipe check: {shlex.join(argv)}", ok=False, detail=str(exc).splitlines()[0])
+    return CheckResult(name=f"recipe check: {shlex.join(argv)}", ok=done.returncode == 0,
+                       detail=f"exit {done.returncode}" + (f": {done.tail(2)}" if done.returncode else ""))
+
+
+def compare_boots(boots: Sequence[_Boot], manifest: dict[str, Any] | None) -> list[CheckResult]:
+    from snapbuild.sshkeys import fingerprint
+
+    first, second = boots
+    ids = [b.machine_id for b in boots]
+    fresh_ids = all(len(i) == 32 and i != "uninitialized" for i in ids)
+    checks = [CheckResult(name="machine-id is new on every first boot", ok=fresh_ids and ids[0] != ids[1],
+                          detail=f"{ids[0][:8]}… vs {ids[1][:8]}…")]
+    shared = set(first.host_keys) & set(second.host_keys)
+    detail = f"{len(first.host_keys)} + {len(second.host_keys)} keys, {len(shared)} shared"
+    ok = bool(first.host_keys) and bool(second.host_keys) and not shared
+    builder_host = (manifest or {}).get("builder_keys", {}).get("host")
+    if builder_host:
+        reused = [k for k in (*first.host_keys, *second.host_keys) if fingerprint(k) == builder_host]
+        ok = ok and not reused
+        detail += f"; builder host key {'REUSED' if reused else 'absent'}"
+    checks.append(CheckResult(name="SSH host keys are new on every first boot", ok=ok, detail=detail))
+    return checks
+
+
+# ---------------------------------------------------------------- plumbing
+
+def _tempdir(ctx: BuildContext) -> Path:
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"snapbuild-verify-{ctx.build_id}"
+    ctx.add_undo(f"remove temp dir {path}", shutil.rmtree, path, True, forget=("tempdir", str(path)))
+    ctx.ledger.record("tempdir", str(path))
+    path.mkdir(mode=0o700)
+    return path
+
+
+def _power_off(guest: SSHGuest, vm: qemu.VM) -> None:
+    try:
+        guest.run(["systemctl", "poweroff", "--no-block"], check=False, timeout=30)
+    except Exception as exc:  # noqa: BLE001 - the connection drops as the guest goes down
+        log.debug("poweroff: %s", exc)
+    finally:
+        guest.close()
+    if vm.wait_exit(time.monotonic() + 120) is None:
+        log.warning("verify VM did not power off in time; stopping it")
+        vm.kill()
+
+
+def _read_manifest(image: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = jsonlib.loads(manifest_path_for(image).read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+

@@ -1,0 +1,190 @@
+"""QEMU launcher: argv, free ports and their retry, the KVM→TCG decision, and process lifecycle.
+
+The lifecycle tests start a real QEMU (TCG, an empty disk: the firmware finds nothing to boot) for a second.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from snapbuild.errors import BuildError
+from snapbuild.local import qemu
+from snapbuild.local.qemu import (
+    GuestForward,
+    VMSpec,
+    build_argv,
+    decide_accel,
+    netdev_arg,
+)
+
+needs_qemu = pytest.mark.skipif(shutil.which(qemu.QEMU) is None or shutil.which("qemu-img") is None,
+                                reason="qemu not installed")
+
+
+def _spec(tmp_path: Path, **kw: object) -> VMSpec:
+    return VMSpec(disk=tmp_path / "disk.qcow2", serial_log=tmp_path / "serial.log", **kw)  # type: ignore[arg-type]
+
+
+def _opt(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_tcg_argv_uses_small_translation_cache_and_no_kvm(tmp_path: Path) -> None:
+    argv = build_argv(_spec(tmp_path), accel="tcg", ssh_port=2222, qmp_socket=tmp_path / "q.sock")
+    assert _opt(argv, "-accel") == ["tcg,tb-size=256"]
+    assert "kvm" not in " ".join(argv)
+
+
+def test_argv_binds_ssh_forward_to_loopback_with_restricted_user_network(tmp_path: Path) -> None:
+    argv = build_argv(_spec(tmp_path), accel="kvm", ssh_port=40022, qmp_socket=tmp_path / "q.sock")
+    assert _opt(argv, "-netdev") == ["user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"]
+    assert "virtio-net-pci,netdev=n0" in _opt(argv, "-device")
+    assert _opt(argv, "-serial") == [f"file:{tmp_path / 'serial.log'}"]
+    assert _opt(argv, "-qmp") == ["unix:q.sock,server=on,wait=off"]    # relative: QEMU runs in its directory
+    (disk,) = _opt(argv, "-drive")
+    assert "if=virtio" in disk and "discard=unmap" in disk and "detect-zeroes=unmap" in disk
+
+
+def test_guestfwd_reaches_host_loopback_through_socat() -> None:
+    arg = netdev_arg(2222, [GuestForward(guest_ip="10.0.2.100", guest_port=5000, host_ip="127.0.0.1",
+                                         host_port=41234)])
+    assert arg.endswith(",guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:127.0.0.1:41234")
+
+
+def test_seed_is_a_readonly_second_drive_and_uefi_adds_pflash(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, seed=tmp_path / "seed.iso", firmware="uefi")
+    argv = build_argv(spec, accel="tcg", ssh_port=1, qmp_socket=tmp_path / "q", efivars=tmp_path / "vars.fd")
+    drives = _opt(argv, "-drive")
+    assert any(d.startswith(f"file={tmp_path / 'seed.iso'},format=raw") and "readonly=on" in d for d in drives)
+    assert any("if=pflash" in d and "readonly=on" in d and str(qemu.OVMF_CODE) in d for d in drives)
+    assert any("if=pflash" in d and str(tmp_path / "vars.fd") in d for d in drives)
+
+
+def test_accel_decision() -> None:
+    assert decide_accel(kvm_problem=None, cached_verdict=None, override=None).accel == "kvm"
+    no_dev = decide_accel(kvm_problem="/dev/kvm: No such file or directory", cached_verdict=None, override=None)
+    assert no_dev.accel == "tcg" and no_dev.describe() == "accel: tcg (kvm unusable: /dev/kvm: No such file or directory)"
+    known_bad = decide_accel(kvm_problem=None, cached_verdict="no kernel output", override=None)
+    assert known_bad.accel == "tcg" and "no kernel output" in known_bad.reason
+    assert decide_accel(kvm_problem=None, cached_verdict="x", override="kvm").accel == "kvm"
+    assert decide_accel(kvm_problem=None, cached_verdict=None, override="tcg").accel == "tcg"
+
+
+def test_free_port_is_bindable_and_port_is_free_sees_a_listener() -> None:
+    port = qemu.free_port()
+    assert qemu.port_is_free(port)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        assert not qemu.port_is_free(port)
+
+
+def test_serial_tail_drops_escape_noise_and_blank_lines(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    log.write_bytes(b"\x1bc\x1b[2Jfirst\r\n\r\n" + b"".join(b"line %d\r\n" % i for i in range(40)))
+    tail = qemu.tail_text(log, lines=3)
+    assert tail.splitlines() == ["line 37", "line 38", "line 39"]
+    assert qemu.tail_text(tmp_path / "missing") == ""
+
+
+@pytest.fixture
+def tcg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SNAPBUILD_ACCEL", "tcg")
+    monkeypatch.setattr(qemu, "_accel_cache", None)
+
+
+@pytest.fixture
+def empty_disk(tmp_path: Path) -> Path:
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    return disk
+
+
+@needs_qemu
+def test_launch_retries_when_the_port_was_taken_and_kill_leaves_no_process(
+        tmp_path: Path, tcg: None, empty_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    ports = iter([busy, qemu.free_port()])
+    monkeypatch.setattr(qemu, "free_port", lambda host="127.0.0.1": next(ports))
+    started: list[int] = []
+    stopped: list[int] = []
+    spec = VMSpec(disk=empty_disk, serial_log=tmp_path / "serial.log", memory_mb=128, cpus=1)
+    try:
+        vm = qemu.launch(spec, workdir=tmp_path, on_started=lambda v: started.append(v.pid),
+                         on_stopped=lambda v: stopped.append(v.pid))
+        try:
+            assert len(started) == 2 and stopped == [started[0]]
+            assert vm.ssh_port != busy and not qemu.port_is_free(vm.ssh_port)
+            assert vm.qmp("query-status")["status"] == "running"
+            assert f"hostfwd=tcp:127.0.0.1:{vm.ssh_port}-:22" in " ".join(vm.argv)
+        finally:
+            vm.kill()
+    finally:
+        taken.close()
+    assert vm.proc.returncode is not None
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in started)
+    assert qemu.port_is_free(vm.ssh_port)
+
+
+@needs_qemu
+def test_powerdown_and_wait_exit_within_deadline(tmp_path: Path, tcg: None, empty_disk: Path) -> None:
+    # A work dir deeper than a unix socket path may be (107 bytes): QMP must still work.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    spec = VMSpec(disk=empty_disk, serial_log=deep / "serial.log", memory_mb=128, cpus=1)
+    vm = qemu.launch(spec, workdir=deep, on_started=lambda v: None, on_stopped=lambda v: None)
+    try:
+        # No OS is running to honour the ACPI button, so the deadline must end the wait.
+        vm.powerdown()
+        start = time.monotonic()
+        assert vm.wait_exit(time.monotonic() + 1.0) is None
+        assert time.monotonic() - start < 3
+        vm.qmp("quit")
+        assert vm.wait_exit(time.monotonic() + 10) == 0
+    finally:
+        vm.kill()
+
+
+@needs_qemu
+def test_fixed_port_in_use_fails_with_qemus_message(tmp_path: Path, tcg: None, empty_disk: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        spec = VMSpec(disk=empty_disk, serial_log=tmp_path / "serial.log", memory_mb=128, cpus=1,
+                      ssh_port=taken.getsockname()[1])
+        with pytest.raises(BuildError, match="host forwarding"):
+            qemu.launch(spec, workdir=tmp_path, on_started=lambda v: None, on_stopped=lambda v: None)
+
+
+@needs_qemu
+@pytest.mark.skipif(qemu.kvm_available() is not None, reason="no usable /dev/kvm device node")
+def test_kvm_without_kernel_output_falls_back_to_tcg_and_remembers(
+        tmp_path: Path, empty_disk: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("SNAPBUILD_ACCEL", raising=False)
+    monkeypatch.setenv("SNAPBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(qemu, "_accel_cache", None)
+    pids: list[int] = []
+    spec = VMSpec(disk=empty_disk, serial_log=tmp_path / "serial.log", memory_mb=128, cpus=1)
+    # An empty disk never prints a kernel banner, exactly like a KVM guest hung in GRUB.
+    vm = qemu.launch(spec, workdir=tmp_path, on_started=lambda v: pids.append(v.pid), on_stopped=lambda v: None,
+                     kvm_trial_s=2)
+    try:
+        assert vm.accel.accel == "tcg"
+        assert "-accel" in vm.argv and "tcg,tb-size=256" in vm.argv
+        assert len(pids) == 2 and not os.path.exists(f"/proc/{pids[0]}")
+        assert "accel: tcg (kvm unusable: no kernel output" in caplog.text
+    finally:
+        vm.kill()
+    # A later process on this kernel skips the trial.
+    monkeypatch.setattr(qemu, "_accel_cache", None)
+    assert qemu.current_accel().accel == "tcg"
