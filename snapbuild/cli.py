@@ -510,6 +510,51 @@ def cleanup_command(session: Session, host: bool, cloud: bool, older_than: str |
         sys.exit(EXIT_CLOUD)
 
 
+@cli.command("upload")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--recipe", metavar="RECIPE", help="Take name, properties, min_disk/min_ram from this recipe's plan.")
+@click.option("--name", help="Image name (default: the recipe's image name).")
+@with_recipe_options
+@click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
+              help="Image property (repeatable); wins over the recipe's.")
+@click.option("--tag", "tags", multiple=True, help="Tag for the finished image (repeatable).")
+@click.option("--visibility", default="private", show_default=True,
+              type=click.Choice(["private", "shared", "community", "public"]))
+@click.option("--import", "use_import", is_flag=True,
+              help="Use Glance's interoperable import (glance-direct: stage, then import).")
+@click.option("--timeout", "timeout_active", default=1800.0, show_default=True, type=float, metavar="S",
+              help="How long Glance may take to make the image active after the data is sent.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@pass_session
+def upload_command(session: Session, file: Path, recipe: str | None, name: str | None, distro: str | None,
+                   mirrors: str | None, sets: tuple[str, ...], properties: tuple[str, ...], tags: tuple[str, ...],
+                   visibility: str, use_import: bool, timeout_active: float, as_json: bool) -> None:
+    """Upload a qcow2/raw FILE to Glance: streamed, hashed, verified, with the recipe's properties."""
+    from snapbuild.errors import UserError
+    from snapbuild.openstack.cli_options import parse_properties
+    from snapbuild.openstack.upload import UploadSettings, upload_image
+
+    if not recipe and not name:
+        raise UserError("name the image", hint="pass --recipe RECIPE (its image name and properties) or --name NAME")
+    if not recipe and (distro or mirrors or sets):
+        raise UserError("--distro, --mirrors and --set need --recipe")
+    recipe_props: dict[str, str] = {}
+    min_disk = min_ram = 0
+    if recipe:
+        plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
+        recipe_props = dict(plan.image.properties)
+        min_disk, min_ram = plan.image.min_disk_gb, plan.image.min_ram_mb
+        name = name or plan.image.name
+    assert name is not None
+    settings = UploadSettings(file=file, name=name, cloud=session.os_cloud, region=session.os_region,
+                              recipe=recipe or "", recipe_properties=recipe_props, min_disk_gb=min_disk,
+                              min_ram_mb=min_ram, properties=parse_properties(properties), tags=tags,
+                              visibility=visibility, use_import=use_import, timeout_active=timeout_active)
+    with build_log("upload", recipe or "file"):
+        result = upload_image(settings, _reporter())
+    click.echo(result.to_json() if as_json else result.image_id)
+
+
 @cli.command("inspect")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -13,6 +13,7 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from keystoneauth1 import exceptions as ksa_exc
@@ -636,6 +637,148 @@ class Cloud:
         else:
             raise ValueError(f"unknown kind {kind!r}")
         return found
+
+
+    # ---- upload and the wider sweep (added for `snapbuild upload` / `snapbuild cleanup`) -----------------
+
+    def has_service(self, service_type: str) -> bool:
+        """Whether the catalog lists the service (a cloud without Cinder has no volumes to sweep)."""
+        try:
+            return bool(self._conn.has_service(service_type))
+        except Exception:  # noqa: BLE001 - discovery trouble means "not usable"
+            return False
+
+    def image_data(self, image_id: str) -> ImageData:
+        return _image_data(self._image_json(image_id))
+
+    def images_data_named(self, name: str) -> list[ImageData]:
+        return [_image_data(i) for i in self._images(name=name)]
+
+    def create_image_record(self, *, name: str, disk_format: str, container_format: str = "bare",
+                            properties: Mapping[str, str], tags: Sequence[str], min_disk: int = 0,
+                            min_ram: int = 0, visibility: str = "private") -> ImageData:
+        """POST /images: the record only (status `queued`); tried once. The caller registers its undo."""
+        body: dict[str, Any] = {k: str(v) for k, v in properties.items() if k not in IMAGE_CORE}
+        body.update(name=name, disk_format=disk_format, container_format=container_format, tags=list(tags),
+                    min_disk=int(min_disk), min_ram=int(min_ram), visibility=visibility)
+        response = self._create(f"create image {name}", self._raw, self._conn.image, "post", "/images", json=body)
+        return _image_data(response.json())
+
+    def put_image_data(self, image_id: str, data: Any, size: int, *, stage: bool = False) -> None:
+        """Stream `data` (read(n) + __len__) to /file (or /stage for the import path). Tried exactly once:
+        a consumed stream cannot be re-sent, so any failure is the caller's to undo and redo from scratch."""
+        where = "stage" if stage else "file"
+        self._create(f"upload image {image_id}", self._raw, self._conn.image, "put", f"/images/{image_id}/{where}",
+                     data=data, headers={"Content-Type": "application/octet-stream", "Accept": "",
+                                         "X-OpenStack-Image-Size": str(size)})
+
+    def import_methods(self) -> tuple[str, ...]:
+        try:
+            body = self._read("image import info", self._raw, self._conn.image, "get", "/info/import").json()
+        except (_Gone, CloudError):
+            return ()
+        return tuple((body.get("import-methods") or {}).get("value") or ())
+
+    def import_image(self, image_id: str, method: str = "glance-direct") -> None:
+        self._create(f"import image {image_id}", self._raw, self._conn.image, "post", f"/images/{image_id}/import",
+                     json={"method": {"name": method}})
+
+    def image_store_types(self) -> list[str]:
+        """Best effort: the kinds of Glance stores (`rbd`, `file`, …); the details need admin, else the ids."""
+        for url, key in (("/info/stores/detail", "type"), ("/info/stores", "id")):
+            try:
+                body = self._read("image stores info", self._raw, self._conn.image, "get", url).json()
+            except (_Gone, CloudError):
+                continue
+            return [str(s.get(key) or s.get("id") or "") for s in body.get("stores") or []]
+        return []
+
+    def wait_image_uploaded(self, image_id: str, timeout: float) -> ImageData:
+        """Active with size and digest; killed/deleted or a failed import (back to queued with
+        `os_glance_failed_import`) fail at once. Upload and import pass through saving/uploading/importing."""
+
+        def fetch() -> ImageData:
+            try:
+                image = self.image_data(image_id)
+            except _Gone:
+                raise CloudError(f"image {image_id} was deleted while uploading") from None
+            if image.status in ("killed", "deleted", "deactivated", "pending_delete"):
+                raise CloudError(f"image {image_id} went {image.status}")
+            if image.failed_import:
+                raise CloudError(f"image {image_id}: import failed for store(s) {image.failed_import}")
+            return image
+
+        return self._poll(f"wait for image {image_id} active", fetch,
+                          lambda i: i.status == "active" and bool(i.size) and bool(i.hash_value or i.checksum),
+                          timeout, lambda i: f"{i.status}, size={i.size}")
+
+    def marked_ports(self) -> list[Marked]:
+        ports = self._read("list ports", lambda: list(self._conn.network.ports(tags=marks.TAG)))
+        return [_marked("port", p.id, p.name or "", marks.from_tags(p.tags or [])) for p in ports
+                if marks.TAG in (p.tags or [])]
+
+    def delete_port(self, port_id: str) -> None:
+        try:
+            self._delete(f"delete port {port_id}", self._conn.network.delete_port, port_id, ignore_missing=False)
+        except _Gone:
+            pass
+
+    def keypairs_with_prefix(self, prefix: str) -> list[str]:
+        found = self._read("list keypairs", lambda: list(self._conn.compute.keypairs()))
+        return [k.name for k in found if (k.name or "").startswith(prefix)]
+
+    def delete_keypair(self, name: str) -> None:
+        try:
+            self._delete(f"delete keypair {name}", self._conn.compute.delete_keypair, name, ignore_missing=False)
+        except _Gone:
+            pass
+
+    def delete_security_group_when_free(self, group_id: str, timeout: float) -> None:
+        """Neutron answers 409 while a port still uses the group (a server being torn down): retry until the
+        deadline, then fail with Neutron's message."""
+        deadline = self._clock() + timeout
+        while True:
+            try:
+                self.delete_security_group(group_id)
+                return
+            except CloudError as exc:
+                if not isinstance(exc.__cause__, sdk_exc.ConflictException) or self._clock() >= deadline:
+                    raise
+                log.info("security group %s still in use; retrying", group_id)
+            self._sleep(max(MIN_POLL, min(self.poll_interval, deadline - self._clock())))
+
+    def server_exists(self, server_id: str) -> bool:
+        try:
+            self.get_server(server_id)
+        except _Gone:
+            return False
+        return True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageData:
+    """An image record with what an upload checks: its digests and store state."""
+
+    id: str
+    name: str
+    status: str
+    size: int | None
+    checksum: str | None          # md5, when Glance computes it
+    hash_algo: str | None         # os_hash_algo (sha512 by default)
+    hash_value: str | None
+    disk_format: str | None
+    tags: tuple[str, ...]
+    properties: Mapping[str, str]
+    failed_import: str = ""
+
+
+def _image_data(data: Mapping[str, Any]) -> ImageData:
+    props = {k: str(v) for k, v in data.items() if k not in IMAGE_CORE and v is not None}
+    return ImageData(id=str(data["id"]), name=str(data.get("name") or ""), status=str(data.get("status") or ""),
+                     size=data.get("size"), checksum=data.get("checksum") or None,
+                     hash_algo=data.get("os_hash_algo") or None, hash_value=data.get("os_hash_value") or None,
+                     disk_format=data.get("disk_format"), tags=tuple(data.get("tags") or ()), properties=props,
+                     failed_import=str(data.get("os_glance_failed_import") or ""))
 
 
 def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:

@@ -1,0 +1,411 @@
+"""`snapbuild upload FILE`: stream a qcow2/raw file into Glance with the recipe's properties, verified.
+
+    detect format ─► already there? ─► create record (marked, ledgered, undo) ─► stream + hash ─► wait active
+                   ─► compare digests ─► finish (properties, provenance, drop the temporary marks and tag)
+
+The file is read once, in the chunks the HTTP layer asks for, and md5, sha256 and sha512 are computed from
+those same chunks: memory stays flat whatever the size. A failed or interrupted upload deletes its partial
+image; a transient failure (5xx, dropped connection) starts afresh with a new record and a new stream,
+because a consumed stream cannot be re-sent (openstacksdk's own re-sends are off, see Cloud.connect).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+from snapbuild import hostrun
+from snapbuild.errors import BuildError, CloudError, CommandFailed, UserError
+from snapbuild.ledger import Ledger, installation_id, new_build_id, now_iso
+from snapbuild.openstack import faults, marks, properties
+from snapbuild.openstack.cloud import Cloud, ImageData
+from snapbuild.pipeline import BuildContext, Reporter, running_build
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("qcow2", "raw")
+MARK_LIFETIME = timedelta(hours=12)    # cleanup never takes a live upload on this host (ledger pid) anyway
+DIGESTS = ("md5", "sha256", "sha512")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadSettings:
+    file: Path
+    name: str
+    cloud: str | None = None
+    region: str | None = None
+    recipe: str = ""                                   # recipe name, when the properties come from one
+    recipe_properties: Mapping[str, str] = field(default_factory=dict)
+    min_disk_gb: int = 0
+    min_ram_mb: int = 0
+    properties: Mapping[str, str] = field(default_factory=dict)   # --property, wins over the recipe's
+    tags: tuple[str, ...] = ()
+    visibility: str = "private"
+    use_import: bool = False                           # interoperable import (glance-direct: stage, import)
+    timeout_active: float = 1800.0
+    attempts: int = 3                                  # fresh starts after a transient failure
+    progress_tty: bool | None = None                   # None: ask the stream
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadResult:
+    image_id: str
+    name: str
+    already: bool
+    disk_format: str
+    size: int
+    sha256: str
+    sha512: str
+    seconds: float
+    properties: Mapping[str, str]
+
+    def to_json(self) -> str:
+        return json.dumps({"image_id": self.image_id, "name": self.name, "already_uploaded": self.already,
+                           "disk_format": self.disk_format, "size": self.size, "sha256": self.sha256,
+                           "sha512": self.sha512, "seconds": round(self.seconds, 1),
+                           "properties": dict(self.properties)}, indent=2, sort_keys=True)
+
+
+# ---- the file --------------------------------------------------------------------------------------------
+
+def detect_format(path: Path) -> str:
+    """qcow2 or raw, as qemu-img sees it; anything else (or a qcow2 with a backing file) is refused."""
+    try:
+        info = json.loads(hostrun.run(["qemu-img", "info", "--output=json", str(path)], timeout=120).stdout)
+    except CommandFailed as exc:
+        raise UserError(f"{path}: qemu-img cannot read it: {exc.output_tail.strip() or exc}") from None
+    fmt = str(info.get("format", ""))
+    if fmt not in FORMATS:
+        raise UserError(f"{path}: disk format {fmt or 'unknown'!r} is not uploadable",
+                        hint="convert it: qemu-img convert -O qcow2 IN OUT")
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        raise UserError(f"{path}: has a backing file ({info.get('backing-filename')}); Glance needs a standalone image",
+                        hint="flatten it: qemu-img convert -O qcow2 IN OUT")
+    if fmt == "qcow2":
+        done = hostrun.run(["qemu-img", "check", "--output=json", str(path)], check=False, timeout=600)
+        try:
+            report = json.loads(done.stdout or "{}")
+        except ValueError:
+            report = {}
+        if done.returncode not in (0, 3) or report.get("corruptions"):   # 3: leaked clusters only, harmless
+            raise UserError(f"{path}: qemu-img check finds the qcow2 damaged "
+                            f"({report.get('corruptions', '?')} corruptions)", hint="rebuild or repair the image")
+    return fmt
+
+
+def find_manifest(path: Path) -> dict[str, Any] | None:
+    """The build's manifest beside the file: `FILE.manifest.json`, else a `manifest.json` describing FILE."""
+    for candidate, must_match in ((path.with_name(path.name + ".manifest.json"), False),
+                                  (path.with_name("manifest.json"), True)):
+        try:
+            data = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        output: dict[str, Any] = data["output"] if isinstance(data.get("output"), dict) else {}
+        named = Path(str(output.get("path") or "")).name
+        if must_match and named and named != path.name:
+            log.info("%s describes %s, not %s: ignored", candidate, named, path.name)
+            continue
+        log.info("provenance from %s", candidate)
+        return data
+    return None
+
+
+def provenance_from(manifest: Mapping[str, Any] | None, *, sha256: str, upload_id: str,
+                    recipe: str) -> dict[str, str]:
+    """Provenance properties; a manifest whose sha256 does not match the file says nothing about it."""
+    props = {"snapbuild_version": _version(), "snapbuild_upload_id": upload_id, "snapbuild_source_sha256": sha256,
+             "snapbuild_uploaded_at": now_iso()}
+    if recipe:
+        props["snapbuild_recipe"] = recipe
+    if not manifest:
+        return props
+    output: Mapping[str, Any] = manifest["output"] if isinstance(manifest.get("output"), dict) else {}
+    recorded = str(output.get("sha256") or "")
+    if recorded and recorded != sha256:
+        log.warning("the manifest's sha256 (%s) is not the file's (%s): its provenance is not used",
+                    recorded[:16], sha256[:16])
+        return props
+    for key, prop in (("build_id", "snapbuild_build_id"), ("builder", "snapbuild_builder"),
+                      ("recipe", "snapbuild_recipe"), ("distro", "snapbuild_distro")):
+        if manifest.get(key):
+            props[prop] = str(manifest[key])[:255]
+    built_with = manifest.get("snapbuild") or manifest.get("snapbuild_version")
+    if built_with:
+        props["snapbuild_built_with"] = str(built_with)
+    return props
+
+
+def _version() -> str:
+    import snapbuild
+
+    return snapbuild.__version__
+
+
+class HashingReader:
+    """What requests streams from: `read(n)` and `__len__` (so Content-Length is exact), hashing as it goes.
+
+    Deliberately not an io.RawIOBase: requests would then probe it with seek/tell and iterate lines.
+    """
+
+    def __init__(self, path: Path, on_progress: Callable[[int], None] | None = None) -> None:
+        self._file: BinaryIO = path.open("rb")
+        self._size = path.stat().st_size
+        self._hashes = {name: hashlib.new(name, usedforsecurity=False) for name in DIGESTS}
+        self._on_progress = on_progress
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._file.read(n if n and n > 0 else 1 << 20)
+        if chunk:
+            for h in self._hashes.values():
+                h.update(chunk)
+            self.sent += len(chunk)
+            if self._on_progress is not None:
+                self._on_progress(self.sent)
+        return chunk
+
+    def digest(self, name: str) -> str:
+        if self.sent != self._size:
+            raise BuildError(f"the file changed while it was read ({self.sent} of {self._size} bytes sent)")
+        return self._hashes[name].hexdigest()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def hash_file(path: Path, on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
+    reader = HashingReader(path, on_progress)
+    try:
+        while reader.read(1 << 20):
+            pass
+        return {name: reader.digest(name) for name in DIGESTS}
+    finally:
+        reader.close()
+
+
+class Progress:
+    """A bar on a terminal; otherwise a line every 10 % (or 30 s), for logs and CI."""
+
+    def __init__(self, stream: TextIO, total: int, *, label: str, tty: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.total, self.label, self.clock = stream, max(total, 1), label, clock
+        self.tty = stream.isatty() if tty is None else tty
+        self.started = self.last_time = clock()
+        self.last_percent = -1
+
+    def __call__(self, done: int) -> None:
+        now = self.clock()
+        percent = done * 100 // self.total
+        rate = done / max(now - self.started, 1e-6) / 1e6
+        if self.tty:
+            if now - self.last_time < 0.2 and done < self.total:
+                return
+            filled = percent * 30 // 100
+            self.stream.write(f"\r  {self.label} [{'#' * filled}{'.' * (30 - filled)}] {percent:3d}% "
+                              f"{done / 1e6:,.0f}/{self.total / 1e6:,.0f} MB {rate:,.0f} MB/s")
+            if done >= self.total:
+                self.stream.write("\n")
+        else:
+            if percent // 10 == self.last_percent // 10 and now - self.last_time < 30 and done < self.total:
+                return
+            self.stream.write(f"  {self.label}: {percent}% ({done / 1e6:,.1f} of {self.total / 1e6:,.1f} MB, "
+                              f"{rate:,.0f} MB/s)\n")
+        self.last_percent, self.last_time = percent, now
+        self.stream.flush()
+
+
+# ---- the cloud side ----------------------------------------------------------------------------------------
+
+def warn_if_backend_wants_raw(cloud: Cloud, disk_format: str, reporter: Reporter) -> None:
+    """Ceph (rbd) stores clone raw images copy-on-write; a qcow2 there is converted on every boot."""
+    if disk_format != "qcow2":
+        return
+    kinds = [k.lower() for k in cloud.image_store_types()]
+    if any("rbd" in k or "ceph" in k for k in kinds):
+        reporter.line("warning: this Glance stores images in Ceph (rbd), which wants raw images: "
+                      "convert first (qemu-img convert -O raw) for copy-on-write boots")
+
+
+def already_uploaded(cloud: Cloud, settings: UploadSettings, size: int, reporter: Reporter,
+                     tty: bool | None) -> tuple[ImageData, dict[str, str]] | None:
+    """An active image of this name with this very content. Hashes the file first only when one could match."""
+    candidates = [i for i in cloud.images_data_named(settings.name)
+                  if i.status == "active" and i.size == size and i.hash_algo in ("sha256", "sha512")]
+    if not candidates:
+        return None
+    reporter.line(f"an image named {settings.name!r} of the same size exists: comparing digests")
+    digests = hash_file(settings.file, Progress(reporter.stream, size, label="hashing", tty=tty))
+    for image in candidates:
+        if image.hash_algo and image.hash_value == digests[image.hash_algo]:
+            return image, digests
+    return None
+
+
+@dataclass
+class _Partial:
+    image_id: str | None = None
+    handed_over: bool = False
+
+
+def upload_image(settings: UploadSettings, reporter: Reporter, *, cloud: Cloud | None = None) -> UploadResult:
+    started = time.monotonic()
+    path = settings.file
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if settings.visibility not in ("private", "shared", "community", "public"):
+        raise UserError(f"unknown visibility {settings.visibility!r}", hint="private, shared, community or public")
+    disk_format = detect_format(path)
+    size = path.stat().st_size
+    manifest = find_manifest(path)
+    if cloud is None:
+        cloud = Cloud.connect(settings.cloud, settings.region)
+    warn_if_backend_wants_raw(cloud, disk_format, reporter)
+    if settings.use_import and "glance-direct" not in cloud.import_methods():
+        raise UserError("this Glance does not offer the glance-direct import method",
+                        hint="upload without --import")
+    found = already_uploaded(cloud, settings, size, reporter, settings.progress_tty)
+    if found:
+        image, digests = found
+        reporter.line(f"already uploaded: {image.id}")
+        return UploadResult(image_id=image.id, name=image.name, already=True, disk_format=disk_format, size=size,
+                            sha256=digests["sha256"], sha512=digests["sha512"],
+                            seconds=time.monotonic() - started, properties=dict(image.properties))
+
+    build_id = new_build_id()
+    recipe = settings.recipe or str((manifest or {}).get("recipe") or "")
+    ledger = Ledger.create(build_id=build_id, builder="upload", recipe=recipe or "-")
+    ctx = BuildContext(build_id=build_id, ledger=ledger, reporter=reporter)
+    upload_marks = marks.Marks.new(build_id=build_id, installation_id=installation_id(), recipe=recipe or "-",
+                                   host=socket.gethostname(), lifetime=MARK_LIFETIME)
+    with running_build(ctx):
+        for attempt in range(1, max(settings.attempts, 1) + 1):
+            partial = _Partial()
+            try:
+                with ctx.step(f"upload {path.name}" + (f" (attempt {attempt})" if attempt > 1 else "")):
+                    image, digests = _one_attempt(ctx, cloud, settings, disk_format, size, upload_marks, partial)
+                break
+            except CloudError as exc:
+                if attempt >= settings.attempts or not _transient(exc):
+                    raise
+                reporter.line(f"transient failure ({exc}); starting afresh")
+                _drop(ctx, cloud, partial)
+        with ctx.step("finish image"):
+            props = _finish(cloud, settings, image, digests, manifest, build_id, recipe)
+            partial.handed_over = True
+            ctx.ledger.forget("image", image.id)
+    reporter.line(f"image {image.id} ({settings.name})")
+    return UploadResult(image_id=image.id, name=settings.name, already=False, disk_format=disk_format, size=size,
+                        sha256=digests["sha256"], sha512=digests["sha512"], seconds=time.monotonic() - started,
+                        properties=props)
+
+
+def _transient(exc: CloudError) -> bool:
+    return exc.__cause__ is not None and faults.is_transient(exc.__cause__)
+
+
+def _drop(ctx: BuildContext, cloud: Cloud, partial: _Partial) -> None:
+    """Delete a failed attempt's image now (its undo stays registered and is then a no-op)."""
+    if partial.image_id:
+        cloud.delete_image(partial.image_id)
+        ctx.ledger.forget("image", partial.image_id)
+        partial.handed_over = True
+
+
+def _one_attempt(ctx: BuildContext, cloud: Cloud, settings: UploadSettings, disk_format: str, size: int,
+                 upload_marks: marks.Marks, partial: _Partial) -> tuple[ImageData, dict[str, str]]:
+    name = settings.name
+    props = {**{k: str(v) for k, v in settings.recipe_properties.items()},
+             **{k: str(v) for k, v in settings.properties.items()}, **upload_marks.metadata()}
+    pending = f"pending:{name}"
+    ctx.ledger.record("image", pending, name=name)
+    try:
+        record = cloud.create_image_record(name=name, disk_format=disk_format, properties=props,
+                                           tags=[marks.TAG], min_disk=settings.min_disk_gb,
+                                           min_ram=settings.min_ram_mb)
+    except BaseException:
+        _sweep_half_made(cloud, name, upload_marks.build_id)
+        ctx.ledger.forget("image", pending)
+        raise
+    partial.image_id = record.id
+    ctx.ledger.record("image", record.id, name=name)
+    ctx.ledger.forget("image", pending)
+
+    def delete_partial(image_id: str) -> None:
+        if not partial.handed_over:
+            cloud.delete_image(image_id)
+
+    ctx.add_undo(f"partial image {record.id}", delete_partial, record.id, forget=("image", record.id))
+    ctx.reporter.line(f"image {record.id} ({disk_format}, {size / 1e6:,.1f} MB)")
+
+    progress = Progress(ctx.reporter.stream, size, label="import staging" if settings.use_import else "upload",
+                        tty=settings.progress_tty)
+    reader = HashingReader(settings.file, progress)
+    try:
+        cloud.put_image_data(record.id, reader, size, stage=settings.use_import)
+        digests = {n: reader.digest(n) for n in DIGESTS}
+    finally:
+        reader.close()
+    if settings.use_import:
+        cloud.import_image(record.id, "glance-direct")
+    image = cloud.wait_image_uploaded(record.id, settings.timeout_active)
+    verify(image, digests, size)
+    ctx.reporter.line(f"active, {image.hash_algo} verified")
+    return image, digests
+
+
+def _sweep_half_made(cloud: Cloud, name: str, build_id: str) -> None:
+    """A create that failed mid-air may have made the record: only ours (this build id) is deleted."""
+    try:
+        for image in cloud.images_data_named(name):
+            if image.properties.get(marks.PREFIX + "build_id") == build_id:
+                log.warning("the failed create of image %s still made %s: deleting it", name, image.id)
+                cloud.delete_image(image.id)
+    except Exception as exc:  # noqa: BLE001 - the create's error is the one to show
+        log.error("could not check for a half-made image %s: %s", name, exc)
+
+
+def verify(image: ImageData, digests: Mapping[str, str], size: int) -> None:
+    """Glance's digest of what it stored must be ours of what we sent."""
+    problems = []
+    if image.size != size:
+        problems.append(f"size {image.size} != {size}")
+    algo = image.hash_algo or ""
+    if algo in digests:
+        if image.hash_value != digests[algo]:
+            problems.append(f"{algo} {str(image.hash_value)[:16]}… != {digests[algo][:16]}…")
+    elif image.hash_algo:
+        log.warning("Glance hashes with %s, which snapbuild does not compute: checked md5 and size only",
+                    image.hash_algo)
+    if image.checksum and image.checksum != digests["md5"]:
+        problems.append(f"md5 {image.checksum} != {digests['md5']}")
+    if problems:
+        raise BuildError(f"image {image.id}: Glance stored something else than was sent: " + "; ".join(problems),
+                         hint="the partial image was deleted; upload again (check the network path for proxies)")
+
+
+def _finish(cloud: Cloud, settings: UploadSettings, image: ImageData, digests: Mapping[str, str],
+            manifest: Mapping[str, Any] | None, build_id: str, recipe: str) -> dict[str, str]:
+    """Provenance in, temporary marks and the `snapbuild` tag out (the same finish a snapshot build gets)."""
+    provenance = provenance_from(manifest, sha256=digests["sha256"], upload_id=build_id, recipe=recipe)
+    provenance.setdefault("snapbuild_build_id", build_id)
+    wanted = properties.final_properties(recipe=settings.recipe_properties, user=settings.properties,
+                                         provenance_props=provenance)
+    temporary = (*properties.TEMPORARY_MARKS, marks.PREFIX + "recipe")   # "-" while uploading without a recipe
+    remove = [k for k in temporary if k not in wanted]
+    cloud.finish_image(image.id, properties=wanted, remove=remove, tags=list(settings.tags),
+                       visibility=settings.visibility)
+    return dict(cloud.image_data(image.id).properties)
