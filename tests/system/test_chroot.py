@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -359,40 +359,47 @@ def test_busy_mount_falls_back_to_lazy_unmount_and_says_so(no_leftovers: Path,
 
 # ---- the whole build, and its failures ----------------------------------------------------------------
 
-class Plan:
-    """What the build needs of a plan; provisioning itself is replaced per test (the lead's provision())."""
-
-    recipe_name = "chroot-test"
+PROFILE = Path(__file__).resolve().parents[2] / "recipes" / "profiles" / "upstream.yaml"
 
 
-def run_build(monkeypatch: pytest.MonkeyPatch, image: Path, out: Path,
-              provision: Callable[[ChrootGuest], object], **options: Any) -> build.ChrootResult:
-    monkeypatch.setattr(build, "provision_in", lambda plan, guest, reporter: provision(guest))
-    monkeypatch.setattr(build, "seal_in", lambda guest, reporter: guest.run(["apt-get", "clean"]))
-    monkeypatch.setattr(build, "check_image", lambda path: None)
-    return build.build_chroot(plan=Plan(), base=image, output=out, size=options.pop("size", "2G"),
+def recipe_plan(steps: list[dict[str, Any]]) -> Any:
+    """A real plan from a real (throw-away) recipe: the real provisioner, seal and inspect run on it."""
+    import yaml
+
+    from snapbuild.plan import plan_from_names
+    from snapbuild.recipes import Library
+
+    folder = Path(tempfile.mkdtemp(prefix="snapbuild-test-recipe-"))
+    try:
+        (folder / "chroot-test").mkdir()
+        (folder / "chroot-test" / "recipe.yaml").write_text(yaml.safe_dump({
+            "description": "chroot drill", "distros": ["debian-12"],
+            "image": {"name": "drill", "category": "test", "min_disk_gb": 2, "disk_size_gb": 2},
+            "steps": steps}))
+        return plan_from_names(library=Library([folder]), recipe_name="chroot-test", distro_name="debian-12",
+                               profile_name=str(PROFILE), config_variables={}, set_values={})
+    finally:
+        shutil.rmtree(folder)
+
+
+def run_build(image: Path, out: Path, steps: list[dict[str, Any]], **options: Any) -> build.ChrootResult:
+    return build.build_chroot(plan=recipe_plan(steps), base=image, output=out, size=options.pop("size", "2G"),
                               reporter=Recorder(), **options)
 
 
-def test_build_produces_an_independent_grown_compressed_image(test_image: Path, no_leftovers: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_produces_an_independent_grown_compressed_image(test_image: Path, no_leftovers: Path) -> None:
     base_digest = sha256(test_image)
-    seen: dict[str, Any] = {}
-
-    def provision(guest: ChrootGuest) -> None:
-        guest.run(["apt-get", "update"], timeout=600)
-        guest.run(["apt-get", "install", "-y", "--no-install-recommends", "less"], timeout=600)
-        seen["policy"] = guest.exists("/usr/sbin/policy-rc.d")
-
     out = no_leftovers / "out.qcow2"
-    result = run_build(monkeypatch, test_image, out, provision)
+    # The command step fails the build unless policy-rc.d is in place while the recipe runs.
+    result = run_build(test_image, out, [{"packages": ["less"]},
+                                         {"command": ["test", "-x", "/usr/sbin/policy-rc.d"]}])
     info = json.loads(sh("qemu-img", "info", "--output=json", out).stdout)
     assert info["format"] == "qcow2" and info["virtual-size"] == 2 << 30
     assert info.get("format-specific", {}).get("data", {}).get("compression-type") == "zstd"
     assert "backing-filename" not in info
     sh("qemu-img", "check", out)
     assert sha256(test_image) == base_digest
-    assert seen["policy"] is True and result.backend == "loop-fuse"
+    assert result.backend == "loop-fuse"
     manifest = json.loads(result.manifest.read_text())
     assert manifest["output"]["sha256"] == sha256(out) and manifest["base"]["sha256"] == base_digest
     assert [p.name for p in no_leftovers.iterdir() if p.name.startswith(".out")] == []
@@ -410,29 +417,27 @@ def test_build_produces_an_independent_grown_compressed_image(test_image: Path, 
         mnt.rmdir()
 
 
-def test_build_refuses_bad_inputs_before_creating_anything(test_image: Path, no_leftovers: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_refuses_bad_inputs_before_creating_anything(test_image: Path, no_leftovers: Path) -> None:
     out = no_leftovers / "out.qcow2"
     not_a_disk = no_leftovers / "notes.txt"
     not_a_disk.write_text("hello\n" * 1000)
     with pytest.raises(UserError, match="not a disk image"):
-        run_build(monkeypatch, not_a_disk, out, lambda g: None)
+        run_build(not_a_disk, out, [])
     with pytest.raises(UserError, match="smaller than the base"):
-        run_build(monkeypatch, test_image, out, lambda g: None, size="512M")
+        run_build(test_image, out, [], size="512M")
     with pytest.raises(UserError, match="no /dev/nbd0"):
-        run_build(monkeypatch, test_image, out, lambda g: None, attach="nbd")
+        run_build(test_image, out, [], attach="nbd")
     out.write_bytes(b"")
     with pytest.raises(UserError, match="exists"):
-        run_build(monkeypatch, test_image, out, lambda g: None)
+        run_build(test_image, out, [])
     assert not (no_leftovers / "state" / "builds").exists() or not list((no_leftovers / "state/builds").iterdir())
 
 
-def test_build_refuses_a_disk_without_a_partition_table_and_cleans_up(no_leftovers: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_refuses_a_disk_without_a_partition_table_and_cleans_up(no_leftovers: Path) -> None:
     empty = no_leftovers / "empty.qcow2"
     sh("qemu-img", "create", "-f", "qcow2", empty, "64M")
     with pytest.raises(UserError, match="no partition table"):
-        run_build(monkeypatch, empty, no_leftovers / "out.qcow2", lambda g: None, size=None)
+        run_build(empty, no_leftovers / "out.qcow2", [], size=None)
     assert sorted(p.name for p in no_leftovers.iterdir()) == ["empty.qcow2", "state"]
 
 
@@ -442,62 +447,54 @@ def _assert_failed_build_left_nothing(directory: Path) -> None:
         assert ledger.entries() == []
 
 
-def test_failing_command_in_the_chroot_fails_the_build_and_leaves_nothing(test_image: Path, no_leftovers: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_command_in_the_chroot_fails_the_build_and_leaves_nothing(test_image: Path,
+                                                                         no_leftovers: Path) -> None:
     with pytest.raises(CommandFailed, match="exited 7"):
-        run_build(monkeypatch, test_image, no_leftovers / "out.qcow2",
-                  lambda g: g.run(["sh", "-c", "echo boom >&2; exit 7"]))
+        run_build(test_image, no_leftovers / "out.qcow2", [{"command": ["sh", "-c", "echo boom >&2; exit 7"]}])
     _assert_failed_build_left_nothing(no_leftovers)
 
 
-def test_sigint_during_a_chroot_command_undoes_everything(test_image: Path, no_leftovers: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    def provision(guest: ChrootGuest) -> None:
-        def interrupt_when_running() -> None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if any(h.comm == "sleep" for h in procs.holders(guest.root)):
+def test_sigint_during_a_chroot_command_undoes_everything(test_image: Path, no_leftovers: Path) -> None:
+    def interrupt_when_running() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            for root in no_leftovers.glob(".out.qcow2.snapbuild-*/root"):
+                if any(h.comm == "sleep" for h in procs.holders(root)):
                     os.kill(os.getpid(), signal.SIGINT)
                     return
-                time.sleep(0.05)
+            time.sleep(0.05)
 
-        threading.Thread(target=interrupt_when_running, daemon=True).start()
-        guest.run(["sleep", "300"])
-
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        run_build(monkeypatch, test_image, no_leftovers / "out.qcow2", provision)
+        run_build(test_image, no_leftovers / "out.qcow2", [{"command": ["sleep", "300"]}])
     assert time.monotonic() - start < 120
     _assert_failed_build_left_nothing(no_leftovers)
 
 
-def test_processes_and_mounts_left_in_the_chroot_are_removed_so_unmount_succeeds(test_image: Path, no_leftovers: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    held: dict[str, int] = {}
-
-    def provision(guest: ChrootGuest) -> None:
-        # A stray daemon that ignores SIGTERM and holds a file in the image open.
-        guest.run(["sh", "-c", ("setsid sh -c 'trap \"\" TERM; exec sleep 600 < /etc/passwd' "
-                               ">/dev/null 2>&1 &")])
-        found = [h for h in procs.holders(guest.root) if h.comm == "sleep"]
-        assert found
-        held["pid"] = found[0].pid
+def test_processes_and_mounts_left_in_the_chroot_are_removed_so_unmount_succeeds(test_image: Path,
+                                                                                 no_leftovers: Path) -> None:
+    pidfile = no_leftovers.parent / f"{no_leftovers.name}-stray.pid"
+    run_build(test_image, no_leftovers / "out.qcow2", [
+        # A stray daemon that ignores SIGTERM and holds a file in the image open; its pid goes to the host
+        # through /proc/<this test process>/root, which is outside the chroot.
+        {"script": {"name": "stray", "content": (
+            "setsid sh -c 'trap \"\" TERM; exec sleep 600 < /etc/passwd' >/dev/null 2>&1 &\n"
+            "echo $! > /run/stray.pid\n")}},
+        {"command": ["sh", "-c", f"cat /run/stray.pid > /proc/{os.getpid()}/root{pidfile}"]},
         # A mount made inside the chroot, as package scripts do (binfmt_misc, containerd's snapshots).
-        guest.run(["mount", "-t", "tmpfs", "stray", "/mnt"])
+        {"command": ["mount", "-t", "tmpfs", "stray", "/mnt"]},
+    ])
+    pid = int(pidfile.read_text())
+    pidfile.unlink()
+    assert not procs.alive(pid)
 
-    run_build(monkeypatch, test_image, no_leftovers / "out.qcow2", provision)
-    assert not procs.alive(held["pid"])
 
-
-def test_full_disk_fails_the_build_and_leaves_nothing(test_image: Path, no_leftovers: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    def provision(guest: ChrootGuest) -> None:
-        free = free_bytes(guest.root)
-        guest.run(["fallocate", "-l", str(free), "/fill"])
-        guest.run(["dd", "if=/dev/zero", "of=/more", "bs=1M", "count=64"])
-
+def test_full_disk_fails_the_build_and_leaves_nothing(test_image: Path, no_leftovers: Path) -> None:
+    fill = ("fallocate -l $(( $(stat -f -c '%a*%S' /) )) /fill; "
+            "dd if=/dev/zero of=/more bs=1M count=64")
     with pytest.raises(CommandFailed, match="No space left"):
-        run_build(monkeypatch, test_image, no_leftovers / "out.qcow2", provision, size=None)
+        run_build(test_image, no_leftovers / "out.qcow2", [{"command": ["sh", "-c", fill]}], size=None)
     _assert_failed_build_left_nothing(no_leftovers)
 
 
@@ -505,8 +502,7 @@ def test_keep_on_failure_keeps_the_mounts_and_the_ledger_names_them(test_image: 
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SNAPBUILD_STATE_DIR", str(tmp_path / "state"))
     with pytest.raises(CommandFailed):
-        run_build(monkeypatch, test_image, tmp_path / "out.qcow2", lambda g: g.run(["false"]),
-                  keep_on_failure=True)
+        run_build(test_image, tmp_path / "out.qcow2", [{"command": ["false"]}], keep_on_failure=True)
     (ledger,) = all_ledgers(tmp_path / "state" / "builds")
     kinds = {e.kind for e in ledger.entries()}
     assert ledger.status == "failed-kept" and {"mount", "loop", "process", "tempdir"} <= kinds
@@ -519,27 +515,25 @@ def test_keep_on_failure_keeps_the_mounts_and_the_ledger_names_them(test_image: 
 
 
 _KILLED_BUILD = """
+import os
 import sys
 from pathlib import Path
 from snapbuild.chroot import build
 from snapbuild.pipeline import Reporter
+from test_chroot import recipe_plan
 
-def provision(plan, guest, reporter):
-    Path(sys.argv[3]).touch()
-    guest.run(["sleep", "600"])
-
-class Plan:
-    recipe_name = "chroot-test"
-
-build.provision_in = provision
-build.build_chroot(plan=Plan(), base=Path(sys.argv[1]), output=Path(sys.argv[2]), size="2G", reporter=Reporter())
+# A real recipe: it tells the host it is running (through /proc/<this process>/root), then waits.
+plan = recipe_plan([{"command": ["sh", "-c", f"touch /proc/{os.getpid()}/root{sys.argv[3]}; exec sleep 600"]}])
+build.build_chroot(plan=plan, base=Path(sys.argv[1]), output=Path(sys.argv[2]), size="2G", reporter=Reporter())
 """
 
 
 def test_after_kill_9_the_ledger_is_enough_to_remove_everything(test_image: Path, no_leftovers: Path) -> None:
     ready = no_leftovers / "ready"
     child = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, str(test_image), str(no_leftovers / "out.qcow2"),
-                              str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                 [str(Path(__file__).parent), str(Path(__file__).resolve().parents[2])])})
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():
@@ -556,27 +550,24 @@ def test_after_kill_9_the_ledger_is_enough_to_remove_everything(test_image: Path
     assert sorted(p.name for p in no_leftovers.iterdir()) == ["ready", "state"]
 
 
-DEBIAN_BASE = CACHE / "debian-12-base.qcow2"   # made by tests/imagecache.py when the vm tier has run
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.mark.skipif(not DEBIAN_BASE.exists(), reason=f"{DEBIAN_BASE} not built yet (tests/imagecache.py)")
-def test_build_on_the_debian_cloud_base_image_with_the_real_seal(no_leftovers: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    base_digest = sha256(DEBIAN_BASE)
+def test_real_recipe_on_the_debian_cloud_base_installs_through_dns_and_passes_inspect(
+        debian_base_image: Path, no_leftovers: Path) -> None:
+    """The real provisioner and seal on the real base: apt-get through the host's DNS, a templated file, an
+    enabled service; the real inspect passes; the base is untouched."""
+    from snapbuild.plan import plan_from_names
+    from snapbuild.recipes import Library
 
-    def provision(guest: ChrootGuest) -> None:
-        guest.run(["apt-get", "update"], timeout=600)
-        guest.run(["apt-get", "install", "-y", "--no-install-recommends", "less"], timeout=600)
-
-    monkeypatch.setattr(build, "provision_in", lambda plan, guest, reporter: provision(guest))
-    try:
-        import snapbuild.inspect  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(build, "check_image", lambda path: None)
+    plan = plan_from_names(library=Library([RECIPES]), recipe_name="chroot-demo", distro_name="debian-12",
+                           profile_name=str(RECIPES.parents[1] / "recipes/profiles/upstream.yaml"),
+                           config_variables={}, set_values={"greeting": "hi there"})
+    base_digest = sha256(debian_base_image)
     out = no_leftovers / "debian.qcow2"
-    result = build.build_chroot(plan=Plan(), base=DEBIAN_BASE, output=out, size="3G", reporter=Recorder())
+    result = build.build_chroot(plan=plan, base=debian_base_image, output=out, size=None, reporter=Recorder())
     assert json.loads(sh("qemu-img", "info", "--output=json", out).stdout)["virtual-size"] == 3 << 30
-    assert sha256(DEBIAN_BASE) == base_digest
+    assert sha256(debian_base_image) == base_digest
     with undo_scope(None) as scope:
         attached = attaching.attach(scope, out, no_leftovers, backend="loop", read_only=True)
         root = grow.choose_root(grow.probe(attached), out)
@@ -587,6 +578,10 @@ def test_build_on_the_debian_cloud_base_image_with_the_real_seal(no_leftovers: P
             from snapbuild import sealcheck
             assert sealcheck.check_root(str(mnt)) == []
             assert (mnt / "usr/bin/less").exists()
+            conf = mnt / "etc/snapbuild-demo/greeting.conf"
+            assert "greeting = hi there" in conf.read_text() and (conf.stat().st_mode & 0o777) == 0o640
+            wants = mnt / "etc/systemd/system/multi-user.target.wants/snapbuild-demo.service"
+            assert wants.is_symlink()
         finally:
             sh("umount", mnt)
         mnt.rmdir()
@@ -596,14 +591,10 @@ def test_build_on_the_debian_cloud_base_image_with_the_real_seal(no_leftovers: P
 
 # ---- compaction figures --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("which", ["test image", "debian base"])
-def test_compaction_sizes_and_times(which: str, test_image: Path, no_leftovers: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
-    source = test_image if which == "test image" else DEBIAN_BASE
-    if which == "debian base" and not os.environ.get("SNAPBUILD_TEST_COMPACTION_DEBIAN"):
-        pytest.skip("≈ 80 s of CPU: set SNAPBUILD_TEST_COMPACTION_DEBIAN=1 to measure the Debian base too")
-    if not source.exists():
-        pytest.skip(f"{source} not built yet")
+def test_compaction_shrinks_and_keeps_content(test_image: Path, no_leftovers: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Figures for real images: benchmarks/compaction.py."""
+    source, which = test_image, "test image"
     results = {c: compact(source, no_leftovers / f"{c}.qcow2", c) for c in ("none", "zlib", "zstd")}
     with capsys.disabled():
         print(f"\ncompaction of the {which} ({results['none'].before_bytes / 2**20:.0f} MiB on disk):")
