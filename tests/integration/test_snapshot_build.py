@@ -163,3 +163,41 @@ def test_no_provision_build_makes_an_active_image_with_clean_properties(
     assert not [k for k in props if k.startswith("owner_specified.")]     # the base image's own, inherited
     leftovers = [x for x in _snapbuild_leftovers(admin_conn, result.build_id) if not x.startswith("image")]
     assert leftovers == []
+
+
+def test_cli_k8s_m1_large_passes_preflight_tags_everything_and_fails_cleanly_at_ssh(
+        admin_conn: Connection, unique_name: str, tmp_path: Path) -> None:
+    """The user story as typed: `snapbuild k8s --flavor m1.large` (this cloud's servers never run sshd)."""
+    import subprocess
+    import sys
+
+    seen: dict[str, list[str]] = {}
+
+    def watch() -> None:
+        # Everything the build made carries snapbuild's marks while it exists.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and "server" not in seen:
+            for s in admin_conn.compute.servers(all_projects=True, tags="snapbuild"):
+                if s.name.startswith("snapbuild-k8s-"):
+                    meta = s.metadata or {}
+                    seen["server"] = [s.id, meta.get("snapbuild_build_id", ""), meta.get("snapbuild_recipe", "")]
+            time.sleep(1)
+
+    import threading
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    env = {**os.environ, "SNAPBUILD_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run([sys.executable, "-m", "snapbuild", "k8s", "--flavor", "m1.large", "--distro", "debian-12",
+                           "--mirrors", "upstream", "--base-image", BASE, "--network", NETWORK,
+                           "--floating-network", EXTERNAL, "--timeout-ssh", "20", "--image-name", unique_name],
+                          capture_output=True, text=True, env=env, timeout=900, check=False)
+    watcher.join(timeout=5)
+    assert done.returncode == 3, done.stderr
+    assert "SSH to" in done.stderr and "snapbuild: full log:" in done.stderr
+    assert "server" in seen, "the builder server was never seen with snapbuild's tag"
+    server_id, build_id, recipe = seen["server"]
+    assert recipe == "k8s" and build_id
+    assert _snapbuild_leftovers(admin_conn, build_id) == []
+    assert admin_conn.compute.find_server(server_id, ignore_missing=True, all_projects=True) is None
+    assert not list((tmp_path / "state" / "builds").glob("*.json"))   # the ledger is closed and removed
