@@ -185,8 +185,16 @@ class SSHGuest:
         stage = [where]  # what the last attempt was doing, for the error message
         start = time.monotonic()
 
+        console_checked = [start]
+
         def attempt() -> paramiko.Transport:
             timeout = max(1.0, min(_ATTEMPT_TIMEOUT, deadline - time.monotonic()))
+            # A machine whose kernel panicked never answers: say so now rather than at the deadline.
+            if console is not None and time.monotonic() - console_checked[0] >= _CONSOLE_CHECK_INTERVAL:
+                console_checked[0] = time.monotonic()
+                if _KERNEL_PANIC in _console_tail(console):
+                    raise BuildError(f"{where}: the machine's kernel panicked; SSH will never come up\n"
+                                     + _console_tail(console))
             if bastion is None:
                 stage[0] = where
                 sock: socket.socket | paramiko.Channel = socket.create_connection((host, port), timeout=timeout)
@@ -497,6 +505,10 @@ def _close_quietly(transport: paramiko.Transport | None) -> None:
         transport.close()
     except Exception:  # closing is best effort
         log.debug("closing an SSH transport failed", exc_info=True)
+
+
+_KERNEL_PANIC = "Kernel panic - not syncing"
+_CONSOLE_CHECK_INTERVAL = 20.0   # seconds: on a cloud each look is an API call
 
 
 def _console_tail(console: Callable[[], str]) -> str:

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ROOT_LABEL = "cloudimg-rootfs"
-KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 earlyprintk=ttyS0,115200 consoleblank=0"
+# no_timer_check: under emulation (TCG) on a busy host the kernel's IO-APIC timer check can fail and panic
+# ("IO-APIC + timer doesn't work"); virtual machines do not need that check.
+KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 earlyprintk=ttyS0,115200 consoleblank=0 no_timer_check"
 # Ubuntu's order on disk: BIOS boot and EFI first, root last (so growpart can extend it), root numbered 1.
 LAYOUT = (
     disk.Partition(number=14, size_mib=4, type_code="ef02", name="BIOS boot"),

@@ -46,6 +46,9 @@ class GuestForward:
     host_port: int
 
 
+KERNEL_PANIC = "Kernel panic - not syncing"
+
+
 @dataclass(frozen=True, kw_only=True)
 class VMSpec:
     disk: Path
@@ -281,6 +284,10 @@ class VM:
 
     def serial_tail(self, lines: int = 25) -> str:
         return tail_text(self.spec.serial_log, lines)
+
+    def panicked(self) -> bool:
+        """The guest kernel died (it then sits forever): no wait on this VM should run to its deadline."""
+        return KERNEL_PANIC in self.serial_tail(60)
 
     def serial_text(self) -> str:
         try:

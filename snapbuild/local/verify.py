@@ -191,6 +191,9 @@ def wait_console_host_keys(vm: qemu.VM, deadline: float) -> tuple[str, ...]:
         if not vm.alive():
             raise BuildError(f"QEMU exited ({vm.proc.returncode}) during boot: {vm.stderr_text().strip()[-300:]}\n"
                              f"last lines of the serial console:\n{vm.serial_tail()}")
+        if vm.panicked():
+            raise BuildError("the guest kernel panicked during boot\nlast lines of the serial console:\n"
+                             + vm.serial_tail())
         time.sleep(1)   # polling the console log; bounded by the deadline
     raise BuildError("guest never printed its SSH host keys on the serial console (did it boot? is cloud-init's "
                      "keys_to_console on?)\nlast lines of the serial console:\n" + vm.serial_tail())
