@@ -19,7 +19,7 @@ class SweptBuild:
     actions: tuple[str, ...]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -34,7 +34,7 @@ def is_abandoned(ledger: Ledger) -> bool:
     data = ledger.data
     if data.get("host") != socket.gethostname():
         return False   # another machine's build (a shared home directory): not ours to touch
-    if ledger.status == "running" and _alive(ledger.pid):
+    if ledger.status == "running" and process_alive(ledger.pid):
         return False
     return any(e.kind in HOST_KINDS for e in ledger.entries())
 

@@ -88,30 +88,19 @@ def undo_entry(entry: Entry) -> None:
 
 
 def _processes_with(marker: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and marker in _cmdline(int(e.name))]
 
 
 def _storage_daemons_exporting(mountpoint: Path) -> list[int]:
     needle = f"mountpoint={mountpoint},".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-storage-daemon" in cmdline and needle in cmdline:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid in _processes_with(needle) if b"qemu-storage-daemon" in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""   # gone meanwhile
 
 
 def _loops_backed_by(backing: Path) -> list[str]:

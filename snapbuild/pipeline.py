@@ -105,20 +105,27 @@ class _Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def interrupts_as_keyboardinterrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt like SIGINT, so every undo runs."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Interrupted(signal.Signals(signum).name)
-
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    for sig in saved:
+def _signals_handled(sigs: tuple[signal.Signals, ...], handler: Callable[[int, FrameType | None], None]
+                     ) -> Iterator[None]:
+    saved = {sig: signal.getsignal(sig) for sig in sigs}
+    for sig in sigs:
         signal.signal(sig, handler)
     try:
         yield
     finally:
         for sig, old in saved.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboardinterrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt like SIGINT, so every undo runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Interrupted(signal.Signals(signum).name)
+
+    with _signals_handled((signal.SIGTERM, signal.SIGHUP), handler):
+        yield
 
 
 @contextlib.contextmanager
@@ -132,15 +139,8 @@ def shielded(reporter: Reporter | None = None) -> Iterator[None]:
         else:
             print(msg, file=sys.stderr)
 
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    saved = {sig: signal.getsignal(sig) for sig in sigs}
-    for sig in sigs:
-        signal.signal(sig, handler)
-    try:
+    with _signals_handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), handler):
         yield
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ name), but a resource they name is still only taken when it carries the build's 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from snapbuild.errors import CloudError, UserError
+from snapbuild.hostcleanup import process_alive
 from snapbuild.ledger import Ledger, all_ledgers, installation_id
 from snapbuild.openstack import marks
 from snapbuild.openstack.cloud import Cloud
@@ -112,23 +112,13 @@ class _Local:
     abandoned: dict[str, Ledger]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_ledgers(ledgers: Iterable[Ledger] | None = None) -> _Local:
     live: set[str] = set()
     abandoned: dict[str, Ledger] = {}
     here = socket.gethostname()
     for ledger in all_ledgers() if ledgers is None else ledgers:
         data = ledger.data
-        if ledger.status == "running" and (data.get("host") != here or _alive(ledger.pid)):
+        if ledger.status == "running" and (data.get("host") != here or process_alive(ledger.pid)):
             live.add(ledger.build_id)   # running here, or on another host sharing this state dir: hands off
             continue
         if any(e.kind in CLOUD_KINDS for e in ledger.entries()):
