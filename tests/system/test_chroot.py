@@ -491,7 +491,7 @@ def test_processes_and_mounts_left_in_the_chroot_are_removed_so_unmount_succeeds
 
 
 def test_full_disk_fails_the_build_and_leaves_nothing(test_image: Path, no_leftovers: Path) -> None:
-    fill = ("fallocate -l $(( $(stat -f -c '%a*%S' /) )) /fill; "
+    fill = ("fallocate -l $(( $(stat -f -c '%f*%S' /) )) /fill; "
             "dd if=/dev/zero of=/more bs=1M count=64")
     with pytest.raises(CommandFailed, match="No space left"):
         run_build(test_image, no_leftovers / "out.qcow2", [{"command": ["sh", "-c", fill]}], size=None)
