@@ -313,7 +313,7 @@ def test_command_output_timeout_and_failure_inside_the_chroot(test_image: Path, 
         start = time.monotonic()
         with pytest.raises(CommandFailed, match="timed out"):
             guest.run(["sleep", "60"], timeout=1)
-        assert time.monotonic() - start < 15
+        assert time.monotonic() - start < 45    # ended by the timeout, not by sleep finishing
 
 
 # ---- unmount retries -----------------------------------------------------------------------------------

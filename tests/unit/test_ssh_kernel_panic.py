@@ -23,5 +23,5 @@ def test_kernel_panic_on_the_console_ends_the_ssh_wait(monkeypatch: pytest.Monke
         ssh.SSHGuest.connect(host="127.0.0.1", port=port, user="root", key=KeyPair.generate(),
                              host_keys=(KeyPair.generate().public_openssh,), deadline=time.monotonic() + 120,
                              console=lambda: panic)
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 60    # well before its 120 s deadline
     assert "IO-APIC" in str(err.value)

@@ -168,4 +168,5 @@ def clouds_yaml(lay: Layout) -> None:
         f"export OS_CLIENT_CONFIG_FILE={lay.clouds_yaml}\n"
         f"export OS_CLOUD={MEMBER}\n"
         f"export SNAPBUILD_ADMIN_CLOUD={MEMBER}-admin\n"
+        f"export SNAPBUILD_TESTCLOUD_BACKEND={lay.backend}\n"
     )

@@ -122,6 +122,8 @@ def nova(lay: Layout) -> None:
             # First resource report may race Placement's start: retry soon, not after a minute.
             "update_resources_interval": 10,
             "heal_instance_info_cache_interval": -1,
+            # Real guests power themselves off: Nova notices within seconds (the default is 10 minutes).
+            **({"sync_power_state_interval": 5} if lay.backend == "qemu" else {}),
         },
         "wsgi": {"api_paste_config": etc / "api-paste.ini"},
         "api_database": {"connection": lay.db_url("nova_api")},
@@ -136,6 +138,8 @@ def nova(lay: Layout) -> None:
         "vnc": {"enabled": "false"},
         "oslo_concurrency": {"lock_path": _data(lay, "nova", "lock")},
         "oslo_messaging_rabbit": RABBIT_CLIENT,
+        # Read by testcloud/virt.py.
+        "testcloud": {"backend": lay.backend, "run_dir": lay.run, "guestfwd": lay.guestfwd},
     })
     shutil.copy(lay.venv / "etc" / "nova" / "api-paste.ini", etc / "api-paste.ini")
 

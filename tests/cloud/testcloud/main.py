@@ -93,7 +93,8 @@ def _http_ok(url: str) -> bool:
 def install_plugins(lay: Layout) -> None:
     """Make tests/cloud's code importable by the services: a .pth, a nova/virt shim, an ML2 entry point."""
     site = Path(sysconfig.get_path("purelib", vars={"base": str(lay.venv), "platbase": str(lay.venv)}))
-    _write_if_changed(site / "snapbuild_testcloud.pth", f"{lay.repo_cloud_dir}\n")
+    # tests/cloud for the plugins, the checkout's top for snapbuild itself (the qemu backend reuses its VM code).
+    _write_if_changed(site / "snapbuild_testcloud.pth", f"{lay.repo_cloud_dir}\n{lay.repo_cloud_dir.parent.parent}\n")
     # Nova loads compute drivers only from nova.virt.*: the shim re-exports ours.
     _write_if_changed(site / "nova" / "virt" / "snapbuild_testcloud.py",
                       '"""Shim: the real driver lives in snapbuild\'s tests/cloud/testcloud/virt.py."""\n'
@@ -256,6 +257,22 @@ def _parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _switch_backend(lay: Layout) -> None:
+    """A running nova-compute keeps the backend it started with: restart it when another one is asked for."""
+    marker = lay.run / "backend"
+    running = marker.read_text().strip() if marker.exists() else "fake"
+    if running != lay.backend and procs.running_pid(lay.run / "nova-compute.pid"):
+        log.info("backend %s -> %s: restarting nova-compute", running, lay.backend)
+        procs.stop("nova-compute", run_dir=lay.run)
+    marker.write_text(f"{lay.backend}\n")
+    log.info("backend: %s", lay.backend)
+
+
+def machines(lay: Layout) -> list[str]:
+    """The qemu backend's machines (pid files qemu-<uuid>.pid)."""
+    return sorted(p.name.removesuffix(".pid") for p in lay.run.glob("qemu-*.pid")) if lay.run.exists() else []
+
+
 # --- commands -----------------------------------------------------------------------------------------------
 
 def start(lay: Layout) -> None:
@@ -264,6 +281,7 @@ def start(lay: Layout) -> None:
         d.mkdir(parents=True, exist_ok=True)
     install_plugins(lay)
     configs.all_services(lay)
+    _switch_backend(lay)
     from testcloud import bootstrap  # needs the venv's openstacksdk
 
     start_mariadb(lay)
@@ -312,6 +330,10 @@ def stop(lay: Layout) -> None:
     # API services and Nova daemons in parallel, then what they depend on.
     with ThreadPoolExecutor(max_workers=len(API_SERVICES) + len(NOVA_DAEMONS)) as pool:
         list(pool.map(lambda n: procs.stop(n, run_dir=lay.run), [*NOVA_DAEMONS, *API_SERVICES]))
+    # Real guests (qemu backend) after nova-compute, so it does not record them as powered off; SIGTERM to
+    # QEMU's process group (guestfwd helpers included) is immediate.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda n: procs.stop(n, run_dir=lay.run, timeout=10), machines(lay)))
     for name in INFRA:
         procs.stop(name, run_dir=lay.run, timeout=30)
     for own in ("mysqld.sock", "mariadbd.own.pid"):  # mariadbd's own files, left only if it was killed
@@ -330,6 +352,10 @@ def daemons() -> tuple[str, ...]:
 def rss_mib(lay: Layout) -> int:
     """Sum of RSS over every process in our daemons' process groups."""
     groups = {pid for name in daemons() if (pid := procs.running_pid(lay.run / f"{name}.pid"))}
+    return _rss_kib(groups) // 1024
+
+
+def _rss_kib(groups: set[int]) -> int:
     total_kib = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -340,7 +366,7 @@ def rss_mib(lay: Layout) -> int:
                         total_kib += int(line.split()[1])
         except (OSError, ValueError, IndexError):
             continue
-    return total_kib // 1024
+    return total_kib
 
 
 def status(lay: Layout) -> int:
@@ -350,6 +376,10 @@ def status(lay: Layout) -> int:
         print(f"{name:16} {pid if pid else 'not running'}")
         missing += pid is None
     print(f"RSS total: {rss_mib(lay)} MiB")
+    for name in machines(lay):
+        pid = procs.running_pid(lay.run / f"{name}.pid")
+        rss = _rss_kib({pid}) // 1024 if pid else 0
+        print(f"{name} {pid if pid else 'not running'} {rss} MiB")
     return 1 if missing else 0
 
 

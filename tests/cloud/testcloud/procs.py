@@ -38,6 +38,14 @@ def running_pid(pidfile: Path) -> int | None:
     return pid if _start_time(pid) == started else None
 
 
+def record(pidfile: Path, pid: int) -> None:
+    """Track a process started elsewhere (a daemonized QEMU) like our own daemons."""
+    started = _start_time(pid)
+    if started is None:
+        raise RuntimeError(f"process {pid} for {pidfile.name} is already gone")
+    pidfile.write_text(f"{pid} {started}\n")
+
+
 def spawn(name: str, argv: Sequence[str], *, run_dir: Path, log_dir: Path, env: Mapping[str, str] | None = None,
           cwd: Path | None = None) -> int:
     """Start argv as daemon `name` unless it already runs; returns its pid."""
@@ -72,6 +80,12 @@ def stop(name: str, *, run_dir: Path, timeout: float = 20.0) -> None:
     pidfile = run_dir / f"{name}.pid"
     pid = running_pid(pidfile)
     if pid is not None:
+        # Our daemons lead their group (pgid == pid); a daemonized QEMU double-forks, so its group is
+        # led by a process that already exited: signal the group the process is in.
+        try:
+            pid = os.getpgid(pid)
+        except ProcessLookupError:
+            pass
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:

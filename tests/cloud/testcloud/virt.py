@@ -6,17 +6,21 @@ Glance once per image. So servers go ACTIVE, stop and start, survive a nova-comp
 and a snapshot uploads real bytes (the machine's disk) to Glance, as libvirt's driver does, so the image
 becomes `active`. The stock fake driver leaves snapshot images `queued` forever.
 
-A second backend (`qemu`, the next issue) plugs in behind the same Backend protocol: spawn a QEMU process with a
-qcow2 overlay on the cached base image and a config drive, hostfwd SSH on the server's fixed IP (inside
-127.0.0.0/8), report power state from the process, serve the serial log as console, snapshot the overlay.
+The `qemu` backend (testcloud/qemu_backend.py, selected by `[testcloud] backend = qemu` in nova.conf, which
+`SNAPBUILD_TESTCLOUD_BACKEND=qemu tests/cloud/start` writes) runs every server as a real QEMU (TCG) machine:
+qcow2 overlay on the cached image, config drive, SSH forwarded from the fixed IP, power state from the process,
+serial log as console, snapshot of the real disk.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,24 +28,32 @@ from nova import exception
 from nova.compute import power_state, task_states
 from nova.conf import CONF
 from nova.image import glance
-from nova.virt import fake
+from nova.virt import fake, hardware
+from oslo_config import cfg
+
+from testcloud.machine import RUNNING, SHUTDOWN, Boot
+
+CONF.register_opts([
+    cfg.StrOpt("backend", default="fake", choices=("fake", "qemu"), help="what runs a server"),
+    cfg.StrOpt("run_dir", help="the test cloud's pid files (qemu backend)"),
+    cfg.StrOpt("guestfwd", default="", help="GUEST_IP:PORT=HOST_IP:PORT,... reachable from guests (qemu)"),
+    cfg.IntOpt("max_memory_mb", default=1536, help="cap on a guest's memory (qemu)"),
+    cfg.IntOpt("max_cpus", default=1, help="cap on a guest's vCPUs (qemu)"),
+], group="testcloud")
 
 LOG = logging.getLogger(__name__)
-
-RUNNING = "running"
-SHUTDOWN = "shutdown"
-
 
 class Backend(Protocol):
     """What the driver needs from whatever runs a server."""
 
-    def spawn(self, uuid: str, name: str, base_image: Path, network_info: Any, power_on: bool) -> None: ...
-    def power_off(self, uuid: str) -> None: ...
-    def power_on(self, uuid: str) -> None: ...
+    def spawn(self, uuid: str, base_image: Path, boot: Boot, power_on: bool) -> None: ...
+    def power_off(self, uuid: str, timeout: float = 0) -> None: ...  # graceful for `timeout` s, then hard
+    def power_on(self, uuid: str, addresses: Sequence[str] | None = None) -> None: ...
+    def reboot(self, uuid: str, hard: bool) -> None: ...
     def destroy(self, uuid: str) -> None: ...
     def state(self, uuid: str) -> str | None: ...  # RUNNING, SHUTDOWN or None when unknown
     def console_log(self, uuid: str) -> str: ...
-    def root_disk(self, uuid: str) -> Path: ...  # a qcow2 file whose bytes a snapshot uploads
+    def snapshot_disk(self, uuid: str) -> contextlib.AbstractContextManager[Path]: ...  # qcow2 bytes to upload
     def known(self) -> dict[str, str]: ...  # uuid -> name, for rebuilding state after a restart
 
 
@@ -67,9 +79,9 @@ class FakeBackend:
         with open(self._dir(uuid) / "console.log", "a") as f:
             f.write(f"[{time.strftime('%H:%M:%S')}] {line}\n")
 
-    def spawn(self, uuid: str, name: str, base_image: Path, network_info: Any, power_on: bool) -> None:
+    def spawn(self, uuid: str, base_image: Path, boot: Boot, power_on: bool) -> None:
         self._dir(uuid).mkdir(parents=True, exist_ok=True)
-        ips = [ip["address"] for vif in (network_info or []) for ip in vif.fixed_ips()]
+        name, ips = boot.name, boot.addresses
         self._save(uuid, {"name": name, "state": RUNNING if power_on else SHUTDOWN, "disk": str(base_image)})
         self._console(uuid, f"testcloud: machine {name} ({uuid}) created from {base_image.name}")
         self._console(uuid, f"testcloud: addresses {' '.join(ips) or 'none'}")
@@ -82,10 +94,14 @@ class FakeBackend:
         self._save(uuid, record)
         self._console(uuid, f"testcloud: power {state}")
 
-    def power_off(self, uuid: str) -> None:
+    def power_off(self, uuid: str, timeout: float = 0) -> None:
         self._set_state(uuid, SHUTDOWN)
 
-    def power_on(self, uuid: str) -> None:
+    def power_on(self, uuid: str, addresses: Sequence[str] | None = None) -> None:
+        self._set_state(uuid, RUNNING)
+
+    def reboot(self, uuid: str, hard: bool) -> None:
+        self._console(uuid, f"testcloud: {'hard' if hard else 'soft'} reboot")
         self._set_state(uuid, RUNNING)
 
     def destroy(self, uuid: str) -> None:
@@ -100,8 +116,9 @@ class FakeBackend:
     def console_log(self, uuid: str) -> str:
         return (self._dir(uuid) / "console.log").read_text(errors="replace")
 
-    def root_disk(self, uuid: str) -> Path:
-        return Path(self._record(uuid)["disk"])
+    @contextlib.contextmanager
+    def snapshot_disk(self, uuid: str) -> Iterator[Path]:
+        yield Path(self._record(uuid)["disk"])
 
     def known(self) -> dict[str, str]:
         found = {}
@@ -117,13 +134,46 @@ class FakeBackend:
 _POWER = {RUNNING: power_state.RUNNING, SHUTDOWN: power_state.SHUTDOWN}
 
 
+def _backend(root: Path) -> Backend:
+    opts = CONF.testcloud
+    if opts.backend == "fake":
+        return FakeBackend(root)
+    from testcloud.qemu_backend import QemuBackend, QemuSettings, parse_guestfwds
+
+    if not opts.run_dir:
+        raise RuntimeError("[testcloud] run_dir is required with backend = qemu")
+    LOG.info("test cloud backend: qemu (guest forwards: %s)", opts.guestfwd or "none")
+    return QemuBackend(root, QemuSettings(run_dir=Path(opts.run_dir), guestfwds=parse_guestfwds(opts.guestfwd),
+                                          max_memory_mb=opts.max_memory_mb, max_cpus=opts.max_cpus))
+
+
+def _addresses(network_info: Any) -> tuple[str, ...]:
+    """Fixed IPs, then floating IPs associated with them (as Nova knows them at this moment)."""
+    fixed: list[str] = []
+    floating: list[str] = []
+    for vif in network_info or []:
+        for ip in vif.fixed_ips():
+            fixed.append(ip["address"])
+            floating.extend(f["address"] for f in ip.get("floating_ips", []))
+    return (*fixed, *floating)
+
+
+def _boot(instance: Any, network_info: Any) -> Boot:
+    user_data = base64.b64decode(instance.user_data) if instance.user_data else None
+    flavor = instance.flavor
+    return Boot(name=instance.name, display_name=instance.display_name or instance.name, hostname=instance.hostname or instance.display_name or instance.uuid,
+                memory_mb=flavor.memory_mb, vcpus=flavor.vcpus, root_gb=flavor.root_gb, user_data=user_data,
+                public_keys=(instance.key_data,) if instance.key_data else (),
+                addresses=_addresses(network_info))
+
+
 class TestCloudDriver(fake.FakeDriverWithoutFakeNodes):  # type: ignore[misc]  # nova is untyped
     """FakeDriverWithoutFakeNodes (stable node uuid, so nova-compute restarts) with machines that persist."""
 
     def __init__(self, virtapi: Any, read_only: bool = False) -> None:
         super().__init__(virtapi, read_only)
         self._instances_root = Path(CONF.instances_path)
-        self._backend: Backend = FakeBackend(self._instances_root)
+        self._backend: Backend = _backend(self._instances_root)
         self._image_api = glance.API()
 
     def init_host(self, host: str) -> None:
@@ -149,17 +199,33 @@ class TestCloudDriver(fake.FakeDriverWithoutFakeNodes):  # type: ignore[misc]  #
         super().spawn(context, instance, image_meta, injected_files, admin_password, allocations,
                       network_info=network_info, block_device_info=block_device_info, power_on=power_on,
                       accel_info=accel_info)
-        self._backend.spawn(instance.uuid, instance.name, base, network_info, power_on)
+        self._backend.spawn(instance.uuid, base, _boot(instance, network_info), power_on)
+
+    def get_info(self, instance: Any, use_cache: bool = True) -> Any:
+        """The power state of the machine itself: a guest that powered itself off is SHUTDOWN."""
+        if instance.uuid not in self.instances:
+            raise exception.InstanceNotFound(instance_id=instance.uuid)
+        known = self.instances[instance.uuid]
+        state = self._backend.state(instance.uuid)
+        if state is not None:
+            known.state = _POWER[state]
+        return hardware.InstanceInfo(state=known.state)
 
     def power_off(self, instance: Any, timeout: int = 0, retry_interval: int = 0) -> None:
         super().power_off(instance, timeout, retry_interval)
-        self._backend.power_off(instance.uuid)
+        self._backend.power_off(instance.uuid, timeout)
 
     def power_on(self, context: Any, instance: Any, network_info: Any, block_device_info: Any = None,
                  accel_info: Any = None, share_info: Any = None) -> None:
         super().power_on(context, instance, network_info, block_device_info=block_device_info,
                          accel_info=accel_info, share_info=share_info)
-        self._backend.power_on(instance.uuid)
+        self._backend.power_on(instance.uuid, _addresses(network_info) if network_info else None)
+
+    def reboot(self, context: Any, instance: Any, network_info: Any, reboot_type: str, block_device_info: Any = None,
+               bad_volumes_callback: Any = None, accel_info: Any = None, share_info: Any = None) -> None:
+        super().reboot(context, instance, network_info, reboot_type, block_device_info=block_device_info,
+                       bad_volumes_callback=bad_volumes_callback, accel_info=accel_info, share_info=share_info)
+        self._backend.reboot(instance.uuid, hard=reboot_type == "HARD")
 
     def destroy(self, context: Any, instance: Any, network_info: Any, block_device_info: Any = None,
                 destroy_disks: bool = True, destroy_secrets: bool = True) -> None:
@@ -167,10 +233,11 @@ class TestCloudDriver(fake.FakeDriverWithoutFakeNodes):  # type: ignore[misc]  #
                         destroy_disks=destroy_disks, destroy_secrets=destroy_secrets)
         self._backend.destroy(instance.uuid)
 
-    def get_console_output(self, context: Any, instance: Any) -> str:
+    def get_console_output(self, context: Any, instance: Any) -> bytes:
         if instance.uuid not in self.instances:
             raise exception.InstanceNotFound(instance_id=instance.uuid)
-        return self._backend.console_log(instance.uuid)
+        # Bytes, as libvirt's driver returns: Nova encodes a str as latin-1, which fails on a real console's UTF-8.
+        return self._backend.console_log(instance.uuid).encode()
 
     def snapshot(self, context: Any, instance: Any, image_id: str, update_task_state: Any) -> None:
         if instance.uuid not in self.instances:
@@ -191,6 +258,6 @@ class TestCloudDriver(fake.FakeDriverWithoutFakeNodes):  # type: ignore[misc]  #
         }
         update_task_state(task_state=task_states.IMAGE_UPLOADING,
                           expected_state=task_states.IMAGE_PENDING_UPLOAD)
-        with open(self._backend.root_disk(instance.uuid), "rb") as disk:
+        with self._backend.snapshot_disk(instance.uuid) as path, open(path, "rb") as disk:
             self._image_api.update(context, image_id, metadata, disk, purge_props=False)
         LOG.info("snapshot %s of %s uploaded", image_id, instance.uuid)
