@@ -192,8 +192,9 @@ def test_server_that_ignores_range_gets_one_stream(server: tuple[str, Behaviour]
     b.honour_range = False
     result = fetch_base(FetchRequest(image="ubuntu-24.04", mirror=url), settings=FAST)
     assert result.path.read_bytes() == image
-    assert b.max_active == 1
-    assert b.requests[IMAGE_PATH] == 2                            # the probe, then one full stream
+    # The probe, then one full stream: no parallel ranges. (How many were active at once is not asserted:
+    # the server may still be writing the ignored probe's body when the stream starts.)
+    assert b.requests[IMAGE_PATH] == 2
 
 
 def test_5xx_is_retried(server: tuple[str, Behaviour]) -> None:
