@@ -26,10 +26,22 @@ def installation_id() -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        value = str(uuid.uuid4())
-        _atomic_write(path, value + "\n")
-        return value
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(uuid.uuid4()) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link() never replaces: when two first builds race, one id wins and both read it back.
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path.read_text().strip()
 
 
 def new_build_id() -> str:

@@ -66,7 +66,7 @@ def _wait_for(build: Build, kind: str) -> None:
             for item in data["resources"]:
                 if not item["ref"].startswith("pending:"):
                     build.refs[item["kind"]] = item["ref"]
-            if kind in build.refs:
+            if kind in build.refs or kind == "installation-id":
                 return
         if build.proc.poll() is not None:
             log = (build.state / f"{build.label}.log").read_text(errors="replace")
@@ -143,13 +143,8 @@ def test_cleanup_removes_exactly_this_installations_abandoned_and_old_leftovers(
     k1 = _start("k1", mine, f"{unique_name}-k1")          # killed once its server exists
     k2 = _start("k2", mine, f"{unique_name}-k2")          # killed once its floating IP exists
     builds += [k1, k2]
-    mine_installation = None
-    deadline = time.monotonic() + 60
-    while mine_installation is None and time.monotonic() < deadline:
-        if (mine / "installation-id").exists() and (mine / "installation-id").read_text().strip():
-            mine_installation = (mine / "installation-id").read_text()
-        time.sleep(0.2)
-    assert mine_installation
+    # k3 shares this installation's id, so it may only start once k1 and k2 have one (preflight makes it).
+    _wait_for(k1, "installation-id")
     elsewhere.mkdir()
     shutil.copy(mine / "installation-id", elsewhere / "installation-id")   # same installation, ledger unseen
     k3 = _start("k3", elsewhere, f"{unique_name}-k3")     # killed: found by its marks only

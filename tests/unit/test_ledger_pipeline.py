@@ -63,6 +63,18 @@ def test_installation_id_is_stable() -> None:
     assert installation_id() == installation_id()
 
 
+def test_first_builds_racing_for_the_installation_id_all_get_the_same_one(tmp_path: Path) -> None:
+    # Two first builds in one state directory used to write different ids, and one build's resources then
+    # carried an id that no longer matched the file (cleanup took them for another installation's).
+    code = "from snapbuild.ledger import installation_id; print(installation_id())"
+    env = {**os.environ, "SNAPBUILD_STATE_DIR": str(tmp_path / "state")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    ids = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert len(ids) == 1 and ids == {(tmp_path / "state" / "installation-id").read_text().strip()}
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["installation-id"]     # no temporary left
+
+
 def test_sigterm_runs_the_undo_and_second_signal_is_ignored(tmp_path: Path) -> None:
     marker = tmp_path / "undone"
     script = textwrap.dedent(f"""

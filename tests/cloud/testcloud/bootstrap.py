@@ -83,12 +83,45 @@ def resources(lay: Layout, *, first_time: bool) -> None:
     """Networks and flavors only the first time; the image and the member's quota on every start (tests and
     SNAPBUILD_TESTCLOUD_IMAGE change them)."""
     admin = connect(lay)
+    member = connect(lay, MEMBER, MEMBER)
     if first_time:
-        _networks(admin, connect(lay, MEMBER, MEMBER))
+        _networks(admin, member)
         _flavors(admin)
+    else:
+        reset_member_project(member)
     _image(admin, lay)
     project_id = admin.identity.find_project(MEMBER, domain_id="default", ignore_missing=False).id
     admin.compute.update_quota_set(project_id, **MEMBER_QUOTA)
+
+
+def reset_member_project(member: Connection) -> None:
+    """Every start hands the tests an empty project: whatever an interrupted run left (servers, floating IPs,
+    groups, images, keypairs) would otherwise eat the quota the next run's builds need."""
+    servers = list(member.compute.servers())
+    for server in servers:
+        log.info("reset: deleting server %s (%s)", server.id, server.name)
+        member.compute.delete_server(server, force=server.status == "ERROR")
+    for server in servers:
+        member.compute.wait_for_delete(server, wait=180)
+    for ip in member.network.ips():
+        log.info("reset: deleting floating IP %s", ip.floating_ip_address)
+        member.network.delete_ip(ip)
+    for port in member.network.ports():
+        if not port.device_owner or port.device_owner.startswith("compute:"):
+            log.info("reset: deleting port %s", port.id)
+            member.network.delete_port(port)
+    for group in member.network.security_groups():
+        if group.name != "default" and group.project_id == member.current_project_id:
+            log.info("reset: deleting security group %s (%s)", group.id, group.name)
+            member.network.delete_security_group(group)
+    for image in member.image.images(owner=member.current_project_id):
+        log.info("reset: deleting image %s (%s)", image.id, image.name)
+        if image.is_protected:
+            member.image.update_image(image.id, is_protected=False)
+        member.image.delete_image(image.id)
+    for keypair in member.compute.keypairs():
+        log.info("reset: deleting keypair %s", keypair.name)
+        member.compute.delete_keypair(keypair)
 
 
 def _networks(admin: Connection, member: Connection) -> None:
