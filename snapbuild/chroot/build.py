@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapbuild import __version__, hostrun
 from snapbuild.chroot import attach as attaching
@@ -25,6 +25,9 @@ from snapbuild.chroot.workdir import make_workdir
 from snapbuild.errors import BuildError, UserError
 from snapbuild.ledger import Ledger, new_build_id
 from snapbuild.pipeline import BuildContext, Reporter, StepTiming, running_build
+
+if TYPE_CHECKING:
+    from snapbuild.provision import ProvisionResult
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ def build_chroot(*, plan: Any, base: Path, output: Path, size: str | None, attac
                 guest = ChrootGuest(mounts.mount_chroot(disk, attached.partition(root.number), work_dir / "root"),
                                     ledger=ctx.ledger, name="chroot")
             with ctx.step("provision"):
-                provision_in(plan, guest, reporter)
+                provisioned = provision_in(plan, guest, reporter)
             with ctx.step("seal"):
                 seal_in(guest, reporter)
             with ctx.step("unmount and detach"):
@@ -91,7 +94,7 @@ def build_chroot(*, plan: Any, base: Path, output: Path, size: str | None, attac
         with ctx.step("check image"):
             check_image(result.path)
         with ctx.step("write manifest"):
-            manifest = finish(ctx, job, result, attached.backend)
+            manifest = finish(ctx, job, result, attached.backend, provisioned)
     return ChrootResult(build_id=build_id, output=job.output, manifest=manifest, backend=attached.backend,
                         compacted=Compacted(path=job.output, compression=result.compression,
                                             before_bytes=result.before_bytes, after_bytes=result.after_bytes,
@@ -166,11 +169,10 @@ def _partition(attached: attaching.Attached, root: grow.Partition) -> grow.Parti
                           label=root.label, size=root.size)
 
 
-def provision_in(plan: Any, guest: ChrootGuest, reporter: Reporter) -> None:
-    # The lead's modules; imported late so this one stands alone.
-    from snapbuild.provision import provision  # type: ignore[import-not-found,unused-ignore]
+def provision_in(plan: Any, guest: ChrootGuest, reporter: Reporter) -> ProvisionResult:
+    from snapbuild.provision import provision
 
-    provision(plan, guest, reporter)
+    return provision(plan, guest, reporter)
 
 
 def seal_in(guest: ChrootGuest, reporter: Reporter) -> None:
@@ -187,7 +189,7 @@ def check_image(path: Path) -> None:
         raise BuildError("the image breaks the sealing policy:\n" + "\n".join(f"  - {v}" for v in violations))
 
 
-def finish(ctx: BuildContext, job: ChrootJob, result: Compacted, backend: str) -> Path:
+def finish(ctx: BuildContext, job: ChrootJob, result: Compacted, backend: str, provisioned: ProvisionResult) -> Path:
     """Move the image into place and write its manifest beside it."""
     os.replace(result.path, job.output)
     manifest = job.output.with_name(job.output.name + ".manifest.json")
@@ -202,6 +204,9 @@ def finish(ctx: BuildContext, job: ChrootJob, result: Compacted, backend: str) -
                    "bytes": job.output.stat().st_size, "sha256": sha256(job.output),
                    "compression": job.compression},
         "attach": backend,
+        # What is inside, as the guest reported it: installed package versions and pre-pulled image digests.
+        "packages": dict(provisioned.packages),
+        "pulled_images": dict(provisioned.pulled_images),
         "qemu_img": hostrun.run(["qemu-img", "--version"]).stdout.splitlines()[0],
         "steps": [{"name": t.name, "seconds": round(t.seconds, 2), "ok": t.ok} for t in ctx.timings],
     }
