@@ -83,7 +83,9 @@ def seal(guest: Guest, *, reporter: Reporter | None = None, resolv_symlink: str 
         _sh(guest, f"[ \"$(readlink /etc/resolv.conf)\" = {shlex.quote(resolv_symlink)} ] || "
                    f"ln -sfn {shlex.quote(resolv_symlink)} /etc/resolv.conf")
     say("temporary apt configuration, apt lists and caches")
-    _sh(guest, "rm -f /usr/sbin/policy-rc.d /etc/apt/apt.conf.d/*snapbuild*; apt-get clean; "
+    # 90cloud-init-aptproxy: cloud-init writes the builder user-data's build-time proxy there.
+    _sh(guest, "rm -f /usr/sbin/policy-rc.d /etc/apt/apt.conf.d/*snapbuild* "
+               "/etc/apt/apt.conf.d/90cloud-init-aptproxy; apt-get clean; "
                "rm -rf /var/lib/apt/lists/*; mkdir -p /var/lib/apt/lists/partial")
     say("temporary files and logs")
     _sh(guest, "find /tmp /var/tmp -mindepth 1 -maxdepth 1 ! -name 'systemd-private-*' ! -name 'snapbuild-*' "
