@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,6 +273,37 @@ def test_inspect_finds_no_violation_in_the_built_image(built: Built) -> None:
     if os.geteuid() != 0:
         pytest.skip("offline inspection mounts the image: needs root")
     assert inspect.inspect_image(built.output) == []
+
+
+def test_inspect_reports_each_violation_planted_in_a_copy_of_the_built_image(built: Built, tmp_path: Path) -> None:
+    """The mutation check at image level: the same attach and mount `inspect` uses, but writable, on a copy."""
+    if os.geteuid() != 0:
+        pytest.skip("planting into an image mounts it: needs root")
+    from sealplants import PLANTS, code_of, plant_all
+
+    from snapbuild import hostrun
+    from snapbuild.chroot import attach as attaching
+    from snapbuild.chroot import grow
+    from snapbuild.chroot.scope import undo_scope
+
+    planted = tmp_path / "planted.qcow2"
+    shutil.copyfile(built.output, planted)
+    with undo_scope(None) as scope:
+        attached = attaching.attach(scope, planted, tmp_path, backend=attaching.resolve_backend("auto"))
+        root = grow.choose_root(grow.probe(attached), planted)
+        mountpoint = tmp_path / "root"
+        mountpoint.mkdir()
+        hostrun.run(["mount", root.device, str(mountpoint)])
+        scope.add_undo("unmount", hostrun.run, ["umount", str(mountpoint)])
+        plant_all(mountpoint)
+    done = subprocess.run([sys.executable, "-m", "snapbuild", "inspect", "--json", str(planted)], env=built.env.env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is False
+    assert {v["code"] for v in report["violations"]} == {code_of(p) for p in PLANTS}
+    # The good image itself is untouched by all this.
+    assert _sha256(built.output) == built.result["sha256"]
 
 
 # ---------------------------------------------------------------- interrupts
