@@ -96,6 +96,12 @@ def cli(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, co
 QUIET_LOGGERS = ("paramiko", "keystoneauth", "openstack", "urllib3", "stevedore", "os_service_types")
 
 
+def _not_paramiko(record: logging.LogRecord) -> bool:
+    # paramiko logs each refused SSH banner at ERROR with a traceback while a guest's sshd is still starting:
+    # expected while snapbuild waits, which reports a real failure itself. The build log file keeps them.
+    return not record.name.startswith("paramiko")
+
+
 def _setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_snapbuild", False) for h in root.handlers):
@@ -106,6 +112,9 @@ def _setup_logging(verbose: bool) -> None:
     for existing in root.handlers:
         if getattr(existing, "_snapbuild", False):
             existing.setLevel(logging.DEBUG if verbose else logging.WARNING)
+            existing.removeFilter(_not_paramiko)
+            if not verbose:
+                existing.addFilter(_not_paramiko)
     # The root passes everything on: the build log file (see build_log) keeps the full story.
     root.setLevel(logging.DEBUG)
     for name in QUIET_LOGGERS:

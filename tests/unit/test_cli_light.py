@@ -1,9 +1,11 @@
-"""`snapbuild --help` stays light: no openstacksdk, no paramiko, no jinja2 at start-up."""
+"""`snapbuild --help` stays light (no openstacksdk, paramiko or jinja2 at start-up); the terminal stays readable."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 
 def test_help_imports_no_cloud_or_ssh_library() -> None:
@@ -17,3 +19,21 @@ def test_help_imports_no_cloud_or_ssh_library() -> None:
 def test_version_and_exit_code() -> None:
     done = subprocess.run([sys.executable, "-m", "snapbuild", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and "snapbuild, version" in done.stdout
+
+
+def test_paramiko_banner_errors_stay_off_the_terminal_but_reach_the_build_log(tmp_path: Path) -> None:
+    # While a guest's sshd starts, paramiko logs every refused banner at ERROR with a traceback.
+    code = textwrap.dedent(f"""
+        import logging
+        from snapbuild.cli import _setup_logging
+        _setup_logging(False)
+        log_file = logging.FileHandler({str(tmp_path / "build.log")!r})
+        logging.getLogger().addHandler(log_file)
+        logging.getLogger("paramiko.transport").error("Error reading SSH protocol banner")
+        logging.getLogger("snapbuild.local.qemu").warning("accel: tcg")
+        log_file.flush()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "banner" not in done.stderr and "accel: tcg" in done.stderr
+    assert "Error reading SSH protocol banner" in (tmp_path / "build.log").read_text()
