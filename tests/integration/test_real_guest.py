@@ -3,8 +3,8 @@
 Boots `debian-12` with a fresh key handed over in (gzipped) user-data, pins the host key from the console block
 cloud-init prints, runs commands over SSH on the fixed IP Nova reports, powers the guest off from inside (Nova
 must notice: SHUTOFF), snapshots the real disk (the image goes active with a size) and deletes the server (the
-QEMU process must be gone). Skips unless the test cloud runs the qemu backend
-(`SNAPBUILD_TESTCLOUD_BACKEND=qemu tests/cloud/start`, which writes the variable into the env file).
+QEMU process must be gone). Servers of flavor r1.small are real guests in the test cloud's default (mixed)
+backend; skips unless tests/cloud/start was given a bootable image (SNAPBUILD_TESTCLOUD_REAL_IMAGE).
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ from snapbuild.sshkeys import KeyPair, parse_console_host_keys
 
 log = logging.getLogger(__name__)
 
-IMAGE = "debian-12"
-FLAVOR = "m1.small"
+IMAGE = "debian-12-real"   # the Debian base image the system and vm tiers built (tests/cloud/start uploads it)
+FLAVOR = "r1.small"        # its extra spec testcloud:backend=qemu makes the server a real TCG guest
 NETWORK = "private"
 USER = "debian"  # the image's cloud-init default user
 STATE = Path(os.environ.get("SNAPBUILD_TESTCLOUD_DIR", "/var/lib/snapbuild-testcloud"))
 BOOT_DEADLINE = 900.0  # TCG on a shared 2-core machine: SSH came up after 40-130 s, leave a wide margin
 
 pytestmark = pytest.mark.skipif(
-    os.environ.get("SNAPBUILD_TESTCLOUD_BACKEND") != "qemu",
-    reason="needs the test cloud with real guests: `tests/cloud/stop; SNAPBUILD_TESTCLOUD_BACKEND=qemu "
-           "tests/cloud/start; source /var/lib/snapbuild-testcloud/env` (SNAPBUILD_TESTCLOUD_BACKEND=qemu)",
+    os.environ.get("SNAPBUILD_TESTCLOUD_REAL_GUESTS") != "1",
+    reason="needs the test cloud with real guests and a bootable image: `SNAPBUILD_TESTCLOUD_REAL_IMAGE="
+           "/var/cache/snapbuild-test/debian-12-base.qcow2 tests/cloud/start; source "
+           "/var/lib/snapbuild-testcloud/env` (SNAPBUILD_TESTCLOUD_REAL_GUESTS=1)",
 )
 
 

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 MEMBER = "snapbuild"
 IMAGE_NAME = "debian-12"
 FLAVORS = {"m1.small": (1, 2048, 20), "m1.medium": (2, 4096, 40), "m1.large": (4, 8192, 80)}
+# Real guests (mixed backend): a TCG VM per server, so small, and asked for through the flavor, as a real cloud
+# picks a host aggregate or hypervisor by flavor.
+REAL_FLAVOR, REAL_FLAVOR_SPEC = "r1.small", (1, 1536, 10)
+REAL_IMAGE_NAME = "debian-12-real"
 # Subnets inside 127.0.0.0/8 (accepted with DHCP off) so a later real-VM mode can forward SSH on the
 # address Nova reports, without anything leaving loopback.
 PUBLIC_CIDR, PUBLIC_POOL = "127.11.0.0/24", ("127.11.0.10", "127.11.0.250")
@@ -86,10 +90,12 @@ def resources(lay: Layout, *, first_time: bool) -> None:
     member = connect(lay, MEMBER, MEMBER)
     if first_time:
         _networks(admin, member)
-        _flavors(admin)
     else:
         reset_member_project(member)
-    _image(admin, lay)
+    _flavors(admin)
+    _upload_image(admin, IMAGE_NAME, _image_file(lay))
+    if real := real_image_file():
+        _upload_image(admin, REAL_IMAGE_NAME, real)
     project_id = admin.identity.find_project(MEMBER, domain_id="default", ignore_missing=False).id
     admin.compute.update_quota_set(project_id, **MEMBER_QUOTA)
 
@@ -147,9 +153,18 @@ def _networks(admin: Connection, member: Connection) -> None:
 
 
 def _flavors(admin: Connection) -> None:
-    for name, (vcpus, ram, disk) in FLAVORS.items():
+    for name, (vcpus, ram, disk) in {**FLAVORS, REAL_FLAVOR: REAL_FLAVOR_SPEC}.items():
         if admin.compute.find_flavor(name, ignore_missing=True) is None:
-            admin.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
+            flavor = admin.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
+            if name == REAL_FLAVOR:
+                admin.compute.create_flavor_extra_specs(flavor, {"testcloud:backend": "qemu"})
+
+
+def real_image_file() -> Path | None:
+    """A bootable Debian 12 cloud image for real guests (SNAPBUILD_TESTCLOUD_REAL_IMAGE), uploaded as
+    debian-12-real; .ci/run passes the base image the system and vm tiers built."""
+    given = os.environ.get("SNAPBUILD_TESTCLOUD_REAL_IMAGE")
+    return Path(given) if given else None
 
 
 def _image_file(lay: Layout) -> Path:
@@ -163,20 +178,19 @@ def _image_file(lay: Layout) -> Path:
     return path
 
 
-def _image(admin: Connection, lay: Layout) -> None:
-    path = _image_file(lay)
+def _upload_image(admin: Connection, name: str, path: Path) -> None:
     digest = hashlib.sha512()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    found = [i for i in admin.image.images(name=IMAGE_NAME)]
+    found = [i for i in admin.image.images(name=name)]
     if any(i.status == "active" and i.hash_value == digest.hexdigest() for i in found):
         return
     for stale in found:
         log.info("replacing image %s (%s)", stale.id, stale.status)
         admin.image.delete_image(stale, ignore_missing=True)
     image = admin.image.create_image(
-        name=IMAGE_NAME, filename=str(path), disk_format="qcow2", container_format="bare", visibility="public",
+        name=name, filename=str(path), disk_format="qcow2", container_format="bare", visibility="public",
         os_distro="debian", os_version="12")
     deadline = time.monotonic() + 300
     while (image := admin.image.get_image(image.id)).status != "active":
@@ -202,4 +216,6 @@ def clouds_yaml(lay: Layout) -> None:
         f"export OS_CLOUD={MEMBER}\n"
         f"export SNAPBUILD_ADMIN_CLOUD={MEMBER}-admin\n"
         f"export SNAPBUILD_TESTCLOUD_BACKEND={lay.backend}\n"
+        # Real guests need both: a backend that runs them and a bootable image.
+        f"export SNAPBUILD_TESTCLOUD_REAL_GUESTS={int(lay.backend != 'fake' and real_image_file() is not None)}\n"
     )

@@ -123,7 +123,7 @@ def nova(lay: Layout) -> None:
             "update_resources_interval": 10,
             "heal_instance_info_cache_interval": -1,
             # Real guests power themselves off: Nova notices within seconds (the default is 10 minutes).
-            **({"sync_power_state_interval": 5} if lay.backend == "qemu" else {}),
+            **({"sync_power_state_interval": 5} if lay.backend != "fake" else {}),
         },
         "wsgi": {"api_paste_config": etc / "api-paste.ini"},
         "api_database": {"connection": lay.db_url("nova_api")},

@@ -16,7 +16,7 @@ class Layout:
     repo_cloud_dir: Path  # tests/cloud in the checkout (the plugins' real code)
     port_base: int
     password: str  # one password for DB, service users and test users: it is a throwaway local cloud
-    backend: str = "fake"  # what runs a server: "fake" (directories) or "qemu" (real TCG VMs)
+    backend: str = "mixed"  # what runs a server: "fake" (directories), "qemu" (real TCG VMs) or "mixed" (by flavor)
     guestfwd: str = ""  # qemu: GUEST_IP:PORT=HOST_IP:PORT,... host services guests reach (mirrors)
 
     @property
@@ -93,6 +93,6 @@ def from_env() -> Layout:
         repo_cloud_dir=here,
         port_base=int(os.environ.get("SNAPBUILD_TESTCLOUD_PORT_BASE", "28700")),
         password=os.environ.get("SNAPBUILD_TESTCLOUD_PASSWORD", "snapbuild-testcloud"),
-        backend=os.environ.get("SNAPBUILD_TESTCLOUD_BACKEND") or "fake",
+        backend=os.environ.get("SNAPBUILD_TESTCLOUD_BACKEND") or "mixed",
         guestfwd=os.environ.get("SNAPBUILD_TESTCLOUD_GUESTFWD", ""),
     )

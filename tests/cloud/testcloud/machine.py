@@ -21,3 +21,4 @@ class Boot:
     user_data: bytes | None  # decoded; may be gzip (cloud-init handles it)
     public_keys: tuple[str, ...]
     addresses: tuple[str, ...]  # fixed and floating IPv4 addresses to forward port 22 from
+    backend: str = "fake"  # the flavor's extra spec testcloud:backend (mixed mode): "fake" or "qemu"

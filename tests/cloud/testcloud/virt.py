@@ -1,6 +1,6 @@
 """Nova virt driver of the test cloud (loaded as `snapbuild_testcloud.TestCloudDriver` through a shim in nova/virt/).
 
-Servers are machines kept by a Backend. The `fake` backend (the only one so far) keeps each machine as a
+Servers are machines kept by a Backend. The `fake` backend keeps each machine as a
 directory under instances_path: its power state, a console log and the base image it booted from, fetched from
 Glance once per image. So servers go ACTIVE, stop and start, survive a nova-compute restart, show a console log,
 and a snapshot uploads real bytes (the machine's disk) to Glance, as libvirt's driver does, so the image
@@ -9,7 +9,8 @@ becomes `active`. The stock fake driver leaves snapshot images `queued` forever.
 The `qemu` backend (testcloud/qemu_backend.py, selected by `[testcloud] backend = qemu` in nova.conf, which
 `SNAPBUILD_TESTCLOUD_BACKEND=qemu tests/cloud/start` writes) runs every server as a real QEMU (TCG) machine:
 qcow2 overlay on the cached image, config drive, SSH forwarded from the fixed IP, power state from the process,
-serial log as console, snapshot of the real disk.
+serial log as console, snapshot of the real disk. `mixed` (the default of tests/cloud/start) runs fake machines
+except for flavors with the extra spec `testcloud:backend=qemu` (flavor r1.small), which get real guests.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from oslo_config import cfg
 from testcloud.machine import RUNNING, SHUTDOWN, Boot
 
 CONF.register_opts([
-    cfg.StrOpt("backend", default="fake", choices=("fake", "qemu"), help="what runs a server"),
+    cfg.StrOpt("backend", default="fake", choices=("fake", "qemu", "mixed"),
+               help="what runs a server (mixed: qemu for flavors with extra spec testcloud:backend=qemu)"),
     cfg.StrOpt("run_dir", help="the test cloud's pid files (qemu backend)"),
     cfg.StrOpt("guestfwd", default="", help="GUEST_IP:PORT=HOST_IP:PORT,... reachable from guests (qemu)"),
     cfg.IntOpt("max_memory_mb", default=1536, help="cap on a guest's memory (qemu)"),
@@ -134,6 +136,44 @@ class FakeBackend:
 _POWER = {RUNNING: power_state.RUNNING, SHUTDOWN: power_state.SHUTDOWN}
 
 
+class MixedBackend:
+    """Fake machines, except servers whose flavor asks for a real guest (extra spec testcloud:backend=qemu):
+    one test cloud serves the API-level tests (many servers at once, cheap) and the real-guest ones."""
+
+    def __init__(self, fake_backend: Backend, qemu_backend: Backend) -> None:
+        self.fake, self.qemu = fake_backend, qemu_backend
+
+    def _of(self, uuid: str) -> Backend:
+        return self.qemu if uuid in self.qemu.known() else self.fake
+
+    def spawn(self, uuid: str, base_image: Path, boot: Boot, power_on: bool) -> None:
+        (self.qemu if boot.backend == "qemu" else self.fake).spawn(uuid, base_image, boot, power_on)
+
+    def power_off(self, uuid: str, timeout: float = 0) -> None:
+        self._of(uuid).power_off(uuid, timeout)
+
+    def power_on(self, uuid: str, addresses: Sequence[str] | None = None) -> None:
+        self._of(uuid).power_on(uuid, addresses)
+
+    def reboot(self, uuid: str, hard: bool) -> None:
+        self._of(uuid).reboot(uuid, hard)
+
+    def destroy(self, uuid: str) -> None:
+        self._of(uuid).destroy(uuid)
+
+    def state(self, uuid: str) -> str | None:
+        return self._of(uuid).state(uuid)
+
+    def console_log(self, uuid: str) -> str:
+        return self._of(uuid).console_log(uuid)
+
+    def snapshot_disk(self, uuid: str) -> contextlib.AbstractContextManager[Path]:
+        return self._of(uuid).snapshot_disk(uuid)
+
+    def known(self) -> dict[str, str]:
+        return {**self.fake.known(), **self.qemu.known()}
+
+
 def _backend(root: Path) -> Backend:
     opts = CONF.testcloud
     if opts.backend == "fake":
@@ -141,10 +181,11 @@ def _backend(root: Path) -> Backend:
     from testcloud.qemu_backend import QemuBackend, QemuSettings, parse_guestfwds
 
     if not opts.run_dir:
-        raise RuntimeError("[testcloud] run_dir is required with backend = qemu")
-    LOG.info("test cloud backend: qemu (guest forwards: %s)", opts.guestfwd or "none")
-    return QemuBackend(root, QemuSettings(run_dir=Path(opts.run_dir), guestfwds=parse_guestfwds(opts.guestfwd),
+        raise RuntimeError(f"[testcloud] run_dir is required with backend = {opts.backend}")
+    LOG.info("test cloud backend: %s (guest forwards: %s)", opts.backend, opts.guestfwd or "none")
+    qemu = QemuBackend(root, QemuSettings(run_dir=Path(opts.run_dir), guestfwds=parse_guestfwds(opts.guestfwd),
                                           max_memory_mb=opts.max_memory_mb, max_cpus=opts.max_cpus))
+    return MixedBackend(FakeBackend(root), qemu) if opts.backend == "mixed" else qemu
 
 
 def _addresses(network_info: Any) -> tuple[str, ...]:
@@ -164,7 +205,8 @@ def _boot(instance: Any, network_info: Any) -> Boot:
     return Boot(name=instance.name, display_name=instance.display_name or instance.name, hostname=instance.hostname or instance.display_name or instance.uuid,
                 memory_mb=flavor.memory_mb, vcpus=flavor.vcpus, root_gb=flavor.root_gb, user_data=user_data,
                 public_keys=(instance.key_data,) if instance.key_data else (),
-                addresses=_addresses(network_info))
+                addresses=_addresses(network_info),
+                backend=str((flavor.extra_specs or {}).get("testcloud:backend", "fake")))
 
 
 class TestCloudDriver(fake.FakeDriverWithoutFakeNodes):  # type: ignore[misc]  # nova is untyped
