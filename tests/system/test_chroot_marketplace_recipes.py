@@ -14,7 +14,6 @@ compaction and the inspect the build runs on its own output.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from ociregistry import oci_layout, push, registry
 
 from snapbuild.chroot import attach as attaching
 from snapbuild.chroot import grow
+from snapbuild.chroot.build import sha256
 from snapbuild.chroot.scope import undo_scope
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,14 +123,6 @@ def mirrors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirrors]:
         yield Mirrors(recipes=recipes, profile=profile, registry_url=f"http://{reg.address}", image_digest=digest)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @pytest.mark.parametrize("recipe", ["base", "docker-ce", "k8s"])
 def test_marketplace_recipe_runs_its_full_sequence_in_a_chroot(recipe: str, mirrors: Mirrors,
                                                                  debian_base_image: Path, tmp_path: Path) -> None:
@@ -138,7 +130,7 @@ def test_marketplace_recipe_runs_its_full_sequence_in_a_chroot(recipe: str, mirr
         pytest.skip("snapbuild chroot needs root (loop devices, mounts, chroot)")
     env = {**os.environ, "TMPDIR": str(tmp_path), "SNAPBUILD_STATE_DIR": str(tmp_path / "state"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    base_digest = _sha256(debian_base_image)
+    base_digest = sha256(debian_base_image)
     output = tmp_path / f"{recipe}.qcow2"
     done = subprocess.run([sys.executable, "-m", "snapbuild", "--recipes-dir", str(mirrors.recipes), "chroot", recipe,
                            "--distro", "debian-12", "--mirrors", str(mirrors.profile), "--base",
@@ -146,8 +138,8 @@ def test_marketplace_recipe_runs_its_full_sequence_in_a_chroot(recipe: str, mirr
                           env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-5000:]
     manifest = json.loads(Path(json.loads(done.stdout)["manifest"]).read_text())
-    assert manifest["output"]["sha256"] == _sha256(output)
-    assert _sha256(debian_base_image) == base_digest
+    assert manifest["output"]["sha256"] == sha256(output)
+    assert sha256(debian_base_image) == base_digest
     assert not list((tmp_path / "state" / "builds").glob("*.json")), "a ledger outlived the build"
 
     with undo_scope(None) as scope:
