@@ -197,3 +197,12 @@ def test_a_kernel_banner_alone_does_not_prove_kvm_works() -> None:
     assert not qemu.reached_userspace(hung)
     assert qemu.reached_userspace(hung + "[    3.1] Run /init as init process\n")
     assert qemu.reached_userspace("[    4.2] systemd[1]: Detected virtualization kvm.\n")
+
+
+def test_grub_on_the_serial_console_does_not_prove_kvm_works() -> None:
+    # What a GRUB boot prints on ttyS0 before the kernel; "Welcome to GRUB!" once passed the trial.
+    grub = ("SeaBIOS (version 1.16.2-debian-1.16.2-1)\r\nBooting from Hard Disk...\r\nGRUB loading.\r\n"
+            "\x1b[0;30;47mWelcome to GRUB!\r\n   Booting `Debian GNU/Linux'\r\nLoading Linux 6.1.0-50-cloud-amd64 ...\r\n")
+    assert not qemu.reached_userspace(grub)
+    assert qemu.reached_userspace(grub + "debian login: ")
+    assert qemu.reached_userspace(grub + "[   12.5] cloud-init[301]: Cloud-init v. 22.4.2 running 'init-local'\n")
