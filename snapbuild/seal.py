@@ -55,6 +55,18 @@ def _sh(guest: Guest, script: str, *, timeout: float = 300) -> None:
     guest.run(["sh", "-c", script], timeout=timeout)
 
 
+# Which flags this cloud-init's `clean` has, read from its source: `cloud-init clean --help` starts Python and
+# imports cloud-init (6 s under TCG). Prints "cloud-init" first when it is installed; --help where the source
+# is not where distributions put it.
+_CLEAN_PROBE = (
+    "command -v cloud-init >/dev/null || exit 0; echo cloud-init; "
+    "for f in /usr/lib/python3/dist-packages/cloudinit/cmd/clean.py "
+    "/usr/lib/python3*/site-packages/cloudinit/cmd/clean.py; do "
+    "if [ -f \"$f\" ]; then grep -o -e --machine-id -e --configs \"$f\" | sort -u; exit 0; fi; done; "
+    "cloud-init clean --help"
+)
+
+
 def clean_flags(help_text: str) -> list[str]:
     """cloud-init clean's flags, probing for the ones older releases lack (Debian 12 has 22.4)."""
     flags = ["--logs", "--seed"]
@@ -65,31 +77,41 @@ def clean_flags(help_text: str) -> list[str]:
     return flags
 
 
+def seal_script(*, resolv_symlink: str | None) -> str:
+    """Everything after `cloud-init clean` but the trim, as one script: each step a block, the next runs only
+    if the previous succeeded (as separate commands would). One round trip instead of five: each costs a
+    second or two of sudo and SSH under TCG."""
+    blocks = [
+        "rm -f /etc/machine-id && : > /etc/machine-id && chmod 0444 /etc/machine-id",
+        "if [ -e /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then "
+        "rm -f /var/lib/dbus/machine-id; fi; rm -f /etc/ssh/ssh_host_*key*; "
+        "for h in /root /home/*; do rm -f \"$h/.ssh/authorized_keys\" \"$h/.ssh/authorized_keys2\" "
+        + " ".join(f"\"$h/{n}\"" for n in sealcheck.HISTORY_NAMES) + "; done",
+    ]
+    if resolv_symlink:
+        blocks.append(f"[ \"$(readlink /etc/resolv.conf)\" = {shlex.quote(resolv_symlink)} ] || "
+                      f"ln -sfn {shlex.quote(resolv_symlink)} /etc/resolv.conf")
+    # 90cloud-init-aptproxy: cloud-init writes the builder user-data's build-time proxy there.
+    blocks += [
+        "rm -f /usr/sbin/policy-rc.d /etc/apt/apt.conf.d/*snapbuild* /etc/apt/apt.conf.d/90cloud-init-aptproxy; "
+        "apt-get clean; rm -rf /var/lib/apt/lists/*; mkdir -p /var/lib/apt/lists/partial",
+        "find /tmp /var/tmp -mindepth 1 -maxdepth 1 ! -name 'systemd-private-*' ! -name 'snapbuild-*' "
+        "-exec rm -rf {} +; " + _LOG_CLEAN,
+    ]
+    return " && ".join(f"{{ {block}; }}" for block in blocks)
+
+
 def seal(guest: Guest, *, reporter: Reporter | None = None, resolv_symlink: str | None = None) -> None:
     """Generalise the guest. On VM guests, `power_off_sealed` completes it (builder user, loggers)."""
     say = reporter.line if reporter else log.info
-    if guest.exists("/usr/bin/cloud-init"):
-        help_text = guest.run(["cloud-init", "clean", "--help"], check=False).stdout
-        flags = clean_flags(help_text)
+    probe = guest.run(["sh", "-c", _CLEAN_PROBE], check=False).stdout
+    if probe.startswith("cloud-init"):
+        flags = clean_flags(probe)
         say("cloud-init clean " + " ".join(flags))
         guest.run(["cloud-init", "clean", *flags], timeout=120)
-    say("machine-id, host keys, authorized keys, history")
-    guest.write_file("/etc/machine-id", b"", mode=0o444)
-    _sh(guest, "if [ -e /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then "
-               "rm -f /var/lib/dbus/machine-id; fi; rm -f /etc/ssh/ssh_host_*key*; "
-               "for h in /root /home/*; do rm -f \"$h/.ssh/authorized_keys\" \"$h/.ssh/authorized_keys2\" "
-               + " ".join(f"\"$h/{n}\"" for n in sealcheck.HISTORY_NAMES) + "; done")
-    if resolv_symlink and guest.kind == "vm":
-        _sh(guest, f"[ \"$(readlink /etc/resolv.conf)\" = {shlex.quote(resolv_symlink)} ] || "
-                   f"ln -sfn {shlex.quote(resolv_symlink)} /etc/resolv.conf")
-    say("temporary apt configuration, apt lists and caches")
-    # 90cloud-init-aptproxy: cloud-init writes the builder user-data's build-time proxy there.
-    _sh(guest, "rm -f /usr/sbin/policy-rc.d /etc/apt/apt.conf.d/*snapbuild* "
-               "/etc/apt/apt.conf.d/90cloud-init-aptproxy; apt-get clean; "
-               "rm -rf /var/lib/apt/lists/*; mkdir -p /var/lib/apt/lists/partial")
-    say("temporary files and logs")
-    _sh(guest, "find /tmp /var/tmp -mindepth 1 -maxdepth 1 ! -name 'systemd-private-*' ! -name 'snapbuild-*' "
-               "-exec rm -rf {} +; " + _LOG_CLEAN)
+    say("machine-id, host keys, authorized keys, history; temporary apt configuration, apt lists and caches; "
+        "temporary files and logs")
+    _sh(guest, seal_script(resolv_symlink=resolv_symlink if guest.kind == "vm" else None))
     if guest.kind == "vm":
         say("trim free space")
         guest.run(["fstrim", "-av"], check=False, timeout=600)

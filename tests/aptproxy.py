@@ -78,9 +78,9 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def apt_proxy(host: str = "127.0.0.1") -> Iterator[tuple[int, ProxyStats]]:
-    """Serve on a free port of `host`; yields (port, stats)."""
-    server = _Server((host, 0), _Handler)
+def apt_proxy(host: str = "127.0.0.1", port: int = 0) -> Iterator[tuple[int, ProxyStats]]:
+    """Serve on `port` (0: a free one) of `host`; yields (port, stats)."""
+    server = _Server((host, port), _Handler)
     server.stats = ProxyStats()
     thread = threading.Thread(target=server.serve_forever, name="apt-proxy", daemon=True)
     thread.start()

@@ -38,9 +38,9 @@ def _free_port(host: str) -> int:
 
 
 @contextmanager
-def registry(workdir: Path, host: str = "127.0.0.1") -> Iterator[Registry]:
-    """docker-registry serving from `workdir` on a free port of `host`; stopped (by its PID) on exit."""
-    port = _free_port(host)
+def registry(workdir: Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[Registry]:
+    """docker-registry serving from `workdir` on `port` (0: a free one) of `host`; stopped (by its PID) on exit."""
+    port = port or _free_port(host)
     config = workdir / "registry.yml"
     (workdir / "storage").mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps({

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from typing import Any
 import openstack
 import pytest
 from openstack.connection import Connection
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the shared mirror helpers
 
 log = logging.getLogger(__name__)
 

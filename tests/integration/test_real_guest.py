@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import gzip
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -20,51 +19,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from openstack.connection import Connection
+from realguests import (
+    BOOT_DEADLINE,
+    FLAVOR,
+    IMAGE,
+    NETWORK,
+    STATE,
+    USER,
+    assert_fresh_machine,
+    boot_and_connect,
+    needs_real_guests,
+    poll,
+    qemu_pids,
+)
 
 from snapbuild.guest.ssh import SSHGuest
 from snapbuild.sshkeys import KeyPair, parse_console_host_keys
 
 log = logging.getLogger(__name__)
 
-IMAGE = "debian-12-real"   # the Debian base image the system and vm tiers built (tests/cloud/start uploads it)
-FLAVOR = "r1.small"        # its extra spec testcloud:backend=qemu makes the server a real TCG guest
-NETWORK = "private"
-USER = "debian"  # the image's cloud-init default user
-STATE = Path(os.environ.get("SNAPBUILD_TESTCLOUD_DIR", "/var/lib/snapbuild-testcloud"))
-BOOT_DEADLINE = 900.0  # TCG on a shared 2-core machine: SSH came up after 40-130 s, leave a wide margin
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("SNAPBUILD_TESTCLOUD_REAL_GUESTS") != "1",
-    reason="needs the test cloud with real guests and a bootable image: `SNAPBUILD_TESTCLOUD_REAL_IMAGE="
-           "/var/cache/snapbuild-test/debian-12-base.qcow2 tests/cloud/start; source "
-           "/var/lib/snapbuild-testcloud/env` (SNAPBUILD_TESTCLOUD_REAL_GUESTS=1)",
-)
-
-
-def _poll(what: str, check: Callable[[], Any], timeout: float, interval: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout:.0f} s")
-        time.sleep(interval)  # polling a remote service; bounded by the deadline
-
-
-def _qemu_pids(server_id: str) -> list[int]:
-    """QEMU processes of this server (the backend names them testcloud-<uuid>)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"-name" in argv and f"testcloud-{server_id}".encode() in argv:
-            found.append(int(cmdline.parent.name))
-    return found
+pytestmark = needs_real_guests
 
 
 def test_real_guest_lifecycle(conn: Connection, unique_name: str, cleanup: Callable[..., Any]) -> None:
@@ -88,7 +63,7 @@ def test_real_guest_lifecycle(conn: Connection, unique_name: str, cleanup: Calla
     active = time.monotonic()
     address = server.addresses[NETWORK][0]["addr"]
     assert address.startswith("127.10.0."), server.addresses
-    pids = _qemu_pids(server.id)
+    pids = qemu_pids(server.id)
     assert len(pids) == 1, f"expected one QEMU process for {server.id}, found {pids}"
     rss = [ln for ln in Path(f"/proc/{pids[0]}/status").read_text().splitlines() if ln.startswith("VmRSS:")]
     figures["qemu RSS at ACTIVE (MiB)"] = int(rss[0].split()[1]) / 1024
@@ -96,7 +71,7 @@ def test_real_guest_lifecycle(conn: Connection, unique_name: str, cleanup: Calla
     def console() -> str:
         return str(conn.compute.get_server_console_output(server.id)["output"])
 
-    host_keys = _poll("host key block on the console", lambda: parse_console_host_keys(console()),
+    host_keys = poll("host key block on the console", lambda: parse_console_host_keys(console()),
                       BOOT_DEADLINE, interval=3)
     figures["ACTIVE -> host keys on console (s)"] = time.monotonic() - active
     guest = SSHGuest.connect(host=address, user=USER, key=key, host_keys=host_keys,
@@ -113,7 +88,7 @@ def test_real_guest_lifecycle(conn: Connection, unique_name: str, cleanup: Calla
         log.info("guest product uuid %s", uuid_seen.stdout.strip())
         instance_id = guest.run(["cloud-init", "query", "v1.instance_id"]).stdout.strip()
         assert instance_id == server.id  # the config drive's meta_data.json uuid
-        pids = _qemu_pids(server.id)
+        pids = qemu_pids(server.id)
         rss = [ln for ln in Path(f"/proc/{pids[0]}/status").read_text().splitlines() if ln.startswith("VmRSS:")]
         figures["qemu RSS after boot (MiB)"] = int(rss[0].split()[1]) / 1024
         # The guest powers itself off a moment after the command returns; Nova must notice.
@@ -121,18 +96,18 @@ def test_real_guest_lifecycle(conn: Connection, unique_name: str, cleanup: Calla
         off = time.monotonic()
     finally:
         guest.close()
-    _poll("server SHUTOFF after an in-guest poweroff",
+    poll("server SHUTOFF after an in-guest poweroff",
           lambda: conn.compute.get_server(server.id).status == "SHUTOFF", 180)
     figures["poweroff -> SHUTOFF (s)"] = time.monotonic() - off
-    assert _qemu_pids(server.id) == []
+    assert qemu_pids(server.id) == []
     assert not (STATE / "run" / f"qemu-{server.id}.pid").exists()
 
     snap_name = f"{unique_name}-snap"
     t0 = time.monotonic()
     conn.compute.create_server_image(server.id, name=snap_name, wait=False)
-    snap = _poll("snapshot image", lambda: conn.image.find_image(snap_name), 60, interval=1)
+    snap = poll("snapshot image", lambda: conn.image.find_image(snap_name), 60, interval=1)
     cleanup(lambda: conn.image.delete_image(snap.id, ignore_missing=True))
-    snap = _poll("snapshot active", lambda: (i if (i := conn.image.get_image(snap.id)).status == "active" else None),
+    snap = poll("snapshot active", lambda: (i if (i := conn.image.get_image(snap.id)).status == "active" else None),
                  300, interval=1)
     figures["snapshot -> active (s)"] = time.monotonic() - t0
     assert snap.size and snap.size > 100 * 1024**2, snap.size  # a real disk, not a stub
@@ -140,32 +115,10 @@ def test_real_guest_lifecycle(conn: Connection, unique_name: str, cleanup: Calla
 
     conn.compute.delete_server(server.id)
     conn.compute.wait_for_delete(server, wait=120, interval=1)
-    assert _qemu_pids(server.id) == []
+    assert qemu_pids(server.id) == []
     assert not (STATE / "run" / f"qemu-{server.id}.pid").exists()
     for name, value in figures.items():
         log.warning("figure: %s = %.1f", name, value)
-
-
-def _boot_and_connect(conn: Connection, name: str, image_id: str, cleanup: Callable[..., Any],
-                      key: KeyPair) -> tuple[Any, SSHGuest]:
-    """A server from image_id with `key` for the default user; SSH pinned to the console's host-key block."""
-    user_data = f"#cloud-config\nlocale: C.UTF-8\nssh_authorized_keys:\n  - {key.public_openssh}\n"
-    network = conn.network.find_network(NETWORK, ignore_missing=False)
-    flavor = conn.compute.find_flavor(FLAVOR, ignore_missing=False)
-    server = conn.compute.create_server(name=name, image_id=image_id, flavor_id=flavor.id,
-                                        networks=[{"uuid": network.id}],
-                                        user_data=base64.b64encode(user_data.encode()).decode())
-    cleanup(lambda: conn.compute.delete_server(server.id, ignore_missing=True))
-    server = conn.compute.wait_for_server(server, status="ACTIVE", wait=300, interval=2)
-
-    def console() -> str:
-        return str(conn.compute.get_server_console_output(server.id)["output"])
-
-    host_keys = _poll("host key block on the console", lambda: parse_console_host_keys(console()),
-                      BOOT_DEADLINE, interval=3)
-    guest = SSHGuest.connect(host=server.addresses[NETWORK][0]["addr"], user=USER, key=key, host_keys=host_keys,
-                             deadline=time.monotonic() + 300, console=console)
-    return server, guest
 
 
 def test_snapbuild_build_base_on_real_guests(conn: Connection, unique_name: str,
@@ -188,18 +141,9 @@ def test_snapbuild_build_base_on_real_guests(conn: Connection, unique_name: str,
     assert image.status == "active" and image.size > 100 * 1024**2, (image.status, image.size)
 
     key = KeyPair.generate(comment=unique_name)
-    server, guest = _boot_and_connect(conn, f"{unique_name}-fresh", image.id, cleanup, key)
+    server, guest = boot_and_connect(conn, f"{unique_name}-fresh", image.id, cleanup, key)
     try:
-        assert guest.run(["cloud-init", "query", "v1.instance_id"]).stdout.strip() == server.id
-        btime = next(int(ln.split()[1]) for ln in guest.read_file("/proc/stat").decode().splitlines()
-                     if ln.startswith("btime "))
-        machine_id = guest.read_file("/etc/machine-id").decode().strip()
-        assert len(machine_id) == 32 and all(c in "0123456789abcdef" for c in machine_id), machine_id
-        # Written at this boot, not carried over from the builder: the sealed image had neither.
-        stamps = guest.run(["stat", "-c", "%Y %n", "/etc/machine-id", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout
-        for line in stamps.splitlines():
-            assert int(line.split()[0]) >= btime - 5, f"{line} is older than this boot ({btime})"
-        assert guest.run(["id", "-u", "snapbuild"], check=False).returncode != 0  # builder user removed
+        assert_fresh_machine(guest, server)
     finally:
         guest.close()
     log.warning("figure: snapbuild build base through real guests = %.1f s", built)

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 from openstack.connection import Connection
-from test_real_guest import FLAVOR, IMAGE, NETWORK, _qemu_pids, pytestmark  # noqa: F401 - the same skip
+from realguests import FLAVOR, IMAGE, NETWORK, needs_real_guests, qemu_pids
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = needs_real_guests
 # The step heading the build prints when it reaches each point (snapbuild/openstack/snapshot.py).
 POINTS = {"booting": "▸ connect", "provisioning": "▸ provision", "capturing": "▸ capture"}
 
@@ -76,10 +77,10 @@ def _left_by(admin: Connection, build_id: str) -> list[str]:
 
 def _wait_gone(admin: Connection, build_id: str, server_id: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while (_left_by(admin, build_id) or _qemu_pids(server_id)) and time.monotonic() < deadline:
+    while (_left_by(admin, build_id) or qemu_pids(server_id)) and time.monotonic() < deadline:
         time.sleep(2)   # a delete the build issued may still be finishing in Nova
     assert _left_by(admin, build_id) == [], _left_by(admin, build_id)
-    assert _qemu_pids(server_id) == [], f"QEMU of server {server_id} outlived the build"
+    assert qemu_pids(server_id) == [], f"QEMU of server {server_id} outlived the build"
 
 
 @pytest.mark.parametrize("point", list(POINTS))

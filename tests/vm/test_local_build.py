@@ -224,6 +224,8 @@ def test_local_build_writes_compressed_qcow2_and_manifest_and_leaves_nothing(bui
     for key in ("boot_to_ssh_s", "ssh_to_first_command_s", "compact_s", "total_s"):
         assert manifest["timings"][key] > 0
     assert _sha256(built.base) == built.base_sha_before, "the base image was modified"
+    # The flags were read from Debian 12's cloud-init (22.4 has --machine-id, not --configs) without --help.
+    assert "cloud-init clean --logs --seed --machine-id\n" in built.log
     assert_nothing_left(built.env)
     print(f"\nlocal build: {built.wall_s:.0f} s wall; {built.result['accel']}; "
           f"boot→SSH {manifest['timings']['boot_to_ssh_s']:.1f} s; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -218,4 +219,6 @@ def clouds_yaml(lay: Layout) -> None:
         f"export SNAPBUILD_TESTCLOUD_BACKEND={lay.backend}\n"
         # Real guests need both: a backend that runs them and a bootable image.
         f"export SNAPBUILD_TESTCLOUD_REAL_GUESTS={int(lay.backend != 'fake' and real_image_file() is not None)}\n"
+        # What the guests reach through guestfwd: tests start their mirrors on the host side of these.
+        f"export SNAPBUILD_TESTCLOUD_GUESTFWD={shlex.quote(lay.guestfwd)}\n"
     )

@@ -258,14 +258,15 @@ def _parse_time(value: str) -> datetime:
 
 
 def _switch_backend(lay: Layout) -> None:
-    """A running nova-compute keeps the backend it started with: restart it when another one is asked for."""
+    """A running nova-compute keeps the backend and guest forwards it started with: restart it on a change."""
     marker = lay.run / "backend"
+    wanted = f"{lay.backend} {lay.guestfwd}".strip()
     running = marker.read_text().strip() if marker.exists() else "fake"
-    if running != lay.backend and procs.running_pid(lay.run / "nova-compute.pid"):
-        log.info("backend %s -> %s: restarting nova-compute", running, lay.backend)
+    if running != wanted and procs.running_pid(lay.run / "nova-compute.pid"):
+        log.info("compute settings %r -> %r: restarting nova-compute", running, wanted)
         procs.stop("nova-compute", run_dir=lay.run)
-    marker.write_text(f"{lay.backend}\n")
-    log.info("backend: %s", lay.backend)
+    marker.write_text(f"{wanted}\n")
+    log.info("backend: %s; guest forwards: %s", lay.backend, lay.guestfwd or "none")
 
 
 def machines(lay: Layout) -> list[str]:
