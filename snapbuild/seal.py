@@ -158,5 +158,6 @@ def power_off_script(builder_user: str) -> str:
 
 def power_off_sealed(guest: Guest, *, builder_user: str) -> None:
     """Remove the builder user and power off; the connection dropping afterwards is expected."""
-    guest.write_file("/run/snapbuild-final-seal.sh", power_off_script(builder_user).encode(), mode=0o700)
-    guest.run(["sh", "/run/snapbuild-final-seal.sh"], timeout=180)
+    # On stdin rather than written first: one round trip less (a second or two under TCG); sh has read the whole
+    # script by the time the last line powers off.
+    guest.run(["sh", "-s"], stdin=power_off_script(builder_user).encode(), timeout=180)
