@@ -329,8 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit("start the test cloud with real guests first: SNAPBUILD_TESTCLOUD_REAL_IMAGE=<qcow2> "
                  "tests/cloud/start; source /var/lib/snapbuild-testcloud/env")
     entry = yaml.safe_load(Path(config).read_text())["clouds"][cloud]
-    conn = openstack.connect(cloud=cloud)
-    admin = openstack.connect(cloud=os.environ.get("SNAPBUILD_ADMIN_CLOUD") or f"{cloud}-admin")
+    # connect_retries: an API server may close an idle keep-alive connection just as a poll reuses it.
+    conn = openstack.connect(cloud=cloud, connect_retries=3)
+    admin = openstack.connect(cloud=os.environ.get("SNAPBUILD_ADMIN_CLOUD") or f"{cloud}-admin", connect_retries=3)
     network = conn.network.find_network(NETWORK, ignore_missing=False)
     work = Path(tempfile.mkdtemp(prefix="packer-openstack-"))
     bench = Bench(conn=conn, admin=admin, work=work, env=dict(os.environ))

@@ -64,7 +64,10 @@ def _unavailable(reason: str) -> None:
 def _connect(name: str) -> Connection:
     region = os.environ.get("OS_REGION_NAME")
     # With a clouds.yaml cloud, OS_REGION_NAME alone does not select the region: pass it.
-    conn = openstack.connect(cloud=name, **({"region_name": region} if region else {}))
+    # connect_retries: the tests' own polls reuse keep-alive connections, and an API server may close an idle one
+    # just as the next request goes out (gunicorn's keep-alive is 2 s, the polls' interval too: a CI run lost a
+    # test to one "Remote end closed connection"). snapbuild retries that itself; the checks' client must too.
+    conn = openstack.connect(cloud=name, connect_retries=3, **({"region_name": region} if region else {}))
     conn.authorize()
     return conn
 
