@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from aptproxy import apt_proxy
+from mirrorprofile import write_mirror_profile
 from ociregistry import oci_layout, push, registry
 from openstack.connection import Connection
 from realguests import FLAVOR, IMAGE, NETWORK, assert_fresh_machine, boot_and_connect, needs_real_guests
@@ -78,13 +79,9 @@ def _split(address: str) -> tuple[str, int]:
 def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
         conn: Connection, unique_name: str, cleanup: Callable[..., Any], tmp_path: Path) -> None:
     (apt_guest, apt_host), (registry_guest, registry_host) = _mirrors_or_skip()
-    profile = tmp_path / "cloud-test-mirrors.yaml"
-    profile.write_text(json.dumps({
-        "description": "the test cloud's host-side mirrors, reached through its guestfwd entries",
-        "build_apt_proxy": f"http://{apt_guest}",
-        "registries": {"registry.k8s.io": [f"http://{registry_guest}"]},
-        "blocked": ["registry.k8s.io", "quay.io", "ghcr.io", "gcr.io"],
-    }))
+    profile = write_mirror_profile(
+        tmp_path / "cloud-test-mirrors.yaml", apt_guest=apt_guest, registry_guest=registry_guest,
+        description="the test cloud's host-side mirrors, reached through its guestfwd entries")
     digest = oci_layout(tmp_path / "layout", {"hello.txt": b"hello from the test registry\n"}, "1.0")
     image_name = f"{unique_name}-k8s"
     env = {**os.environ, "SNAPBUILD_STATE_DIR": str(tmp_path / "state"),

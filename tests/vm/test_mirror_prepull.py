@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from aptproxy import ProxyStats, apt_proxy
+from mirrorprofile import write_mirror_profile
 from ociregistry import oci_layout, push, registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,15 +56,11 @@ def mirrored(debian_base_image: Path, tmp_path_factory: pytest.TempPathFactory) 
     with apt_proxy() as (proxy_port, stats), registry(work / "registry") as reg:
         for tag in ("1.0", "cri"):
             push(work / "layout", "1.0", f"{reg.address}/snapbuild-test/hello:{tag}")
-        profile = work / "test-mirrors.yaml"
-        profile.write_text(json.dumps({
-            "description": "host-side test mirrors, reached through QEMU guestfwd",
-            "build_apt_proxy": f"http://{APT_GUEST}",
-            "registries": {"registry.k8s.io": [f"http://{REGISTRY_GUEST}"]},
-            "blocked": ["registry.k8s.io", "quay.io", "ghcr.io", "gcr.io"],
-            "forwards": [{"guest": APT_GUEST, "host": f"127.0.0.1:{proxy_port}"},
-                         {"guest": REGISTRY_GUEST, "host": reg.address}],
-        }))
+        profile = write_mirror_profile(
+            work / "test-mirrors.yaml", apt_guest=APT_GUEST, registry_guest=REGISTRY_GUEST,
+            description="host-side test mirrors, reached through QEMU guestfwd",
+            forwards=[{"guest": APT_GUEST, "host": f"127.0.0.1:{proxy_port}"},
+                      {"guest": REGISTRY_GUEST, "host": reg.address}])
         output = work / "out" / "k8s-mirror-demo.qcow2"
         output.parent.mkdir()
         done = _snapbuild(env, "local", RECIPE, "--distro", "debian-12", "--mirrors", str(profile),

@@ -257,7 +257,7 @@ def _parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _switch_backend(lay: Layout) -> None:
+def _restart_compute_on_change(lay: Layout) -> None:
     """A running nova-compute keeps the backend and guest forwards it started with: restart it on a change."""
     marker = lay.run / "backend"
     wanted = f"{lay.backend} {lay.guestfwd}".strip()
@@ -282,7 +282,7 @@ def start(lay: Layout) -> None:
         d.mkdir(parents=True, exist_ok=True)
     install_plugins(lay)
     configs.all_services(lay)
-    _switch_backend(lay)
+    _restart_compute_on_change(lay)
     from testcloud import bootstrap  # needs the venv's openstacksdk
 
     start_mariadb(lay)
