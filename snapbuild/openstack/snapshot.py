@@ -181,9 +181,8 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
     if settings.visibility not in ("private", "shared", "community", "public"):
         problems.append(UserError(f"unknown visibility {settings.visibility!r}",
                                   hint="private, shared, community or public"))
-    if flavor and base and flavor.disk_gb and not settings.volume_size_gb and flavor.disk_gb < base.min_disk:
-        problems.append(UserError(f"flavor {flavor.name} has a {flavor.disk_gb} GB disk; image {base.name} needs "
-                                  f"{base.min_disk} GB", hint="pick a bigger flavor or --volume-size"))
+    if flavor and base:
+        check(check_root_disk, flavor, base, plan, settings.volume_size_gb)
     if not problems and flavor:
         check(cloud.check_fits, flavor, floating_ips=1 if floating else 0,
               security_groups=0 if groups else 1)
@@ -206,6 +205,30 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
                   port_id=port_id, security_group_ids=tuple(g.id for g in groups), floating_network=floating,
                   ssh_network=ssh_network, client_key=client_key, host_key=host_key, user_data=user_data,
                   image_name=image_name, marks=recipe_marks)
+
+
+def check_root_disk(flavor: Flavor, base: Image, plan: Plan, volume_size_gb: int | None) -> None:
+    """The builder's root disk must hold what the recipe installs and what the image will promise (min_disk).
+
+    The image inherits the builder's disk size, and is published with the recipe's min_disk: a smaller disk
+    either fills up mid-build or yields an image whose min_disk no server of that flavor can satisfy.
+    """
+    needs = {f"recipe {plan.recipe_name!r} disk_size_gb": plan.image.disk_size_gb,
+             f"recipe {plan.recipe_name!r} min_disk_gb": plan.image.min_disk_gb,
+             f"image {base.name} min_disk": base.min_disk}
+    reason, need = max(needs.items(), key=lambda item: item[1])
+    if volume_size_gb:
+        if volume_size_gb < need:
+            raise UserError(f"--volume-size {volume_size_gb} GB is smaller than the {need} GB the build needs "
+                            f"({reason})", hint=f"pass --volume-size {need} or more")
+        return
+    if flavor.disk_gb == 0:
+        # Nova sizes a zero-disk flavor's root disk to the image alone: nothing is left for the recipe.
+        raise UserError(f"flavor {flavor.name} has no root disk of its own (disk 0); the build needs {need} GB "
+                        f"({reason})", hint=f"pass --volume-size {need}, or a flavor with a disk of {need} GB or more")
+    if flavor.disk_gb < need:
+        raise UserError(f"flavor {flavor.name} has a {flavor.disk_gb} GB disk; the build needs {need} GB ({reason})",
+                        hint=f"pick a flavor with a disk of {need} GB or more, or pass --volume-size {need}")
 
 
 # ---- 2. boot: each resource in the ledger first, its undo the moment it exists ---------------------------

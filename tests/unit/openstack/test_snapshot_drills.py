@@ -150,6 +150,31 @@ def test_a_given_port_is_used_instead_of_networks_and_a_temporary_group(cloud: C
     assert api.calls("POST", r"/security-groups") == []
 
 
+@pytest.mark.parametrize(("flavor_disk", "volume", "expect"), [
+    (4, None, "flavor m1.small has a 4 GB disk; the build needs 8 GB (recipe 'docker-ce' disk_size_gb)"),
+    (0, None, "flavor m1.small has no root disk of its own (disk 0); the build needs 8 GB"),
+    (20, 6, "--volume-size 6 GB is smaller than the 8 GB the build needs"),
+])
+def test_a_root_disk_smaller_than_the_recipe_needs_fails_in_preflight(cloud: Cloud, api: HTTPCloud, plan: Plan,
+                                                                      flavor_disk: int, volume: int | None,
+                                                                      expect: str) -> None:
+    api.flavors[0]["disk"] = flavor_disk
+    with pytest.raises(UserError) as err:
+        build_snapshot(_settings(volume_size_gb=volume), plan, Reporter(io.StringIO()), cloud=cloud)
+    assert expect in err.value.message
+    assert "8" in (err.value.hint or "") and err.value.exit_code == 2
+    assert api.calls("POST", r"/v2") == [] and api.deletes() == []
+
+
+def test_the_base_images_min_disk_counts_when_it_is_larger_than_the_recipes(cloud: Cloud, api: HTTPCloud,
+                                                                          plan: Plan) -> None:
+    for image in api.images.values():
+        image["min_disk"] = 30
+    with pytest.raises(UserError, match=r"the build needs 30 GB \(image .* min_disk\)"):
+        build_snapshot(_settings(), plan, Reporter(io.StringIO()), cloud=cloud)
+    assert api.calls("POST", r"/v2") == []
+
+
 def test_quota_that_does_not_fit_fails_before_anything_exists(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
     api.quota["instances"] = (2, 2)
     with pytest.raises(UserError, match="instances: need 1, 0 free"):
