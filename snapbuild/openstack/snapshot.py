@@ -128,7 +128,7 @@ def run_steps(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, plan:
         with ctx.step("provision"):
             provision_guest(plan, guest, ctx.reporter, machine, settings.timeout_provision)
         with ctx.step("seal"):
-            seal_guest(guest, settings, inputs, ctx.reporter)
+            seal_guest(guest, plan, settings, inputs, ctx.reporter)
         with ctx.step("power off"):
             power_off(cloud, guest, settings, machine)
     with ctx.step("capture"):
@@ -413,10 +413,11 @@ def provision_guest(plan: Plan, guest: SSHGuest, reporter: Reporter, machine: Ma
     machine.pulled_images.update(getattr(result, "pulled_images", {}) or {})
 
 
-def seal_guest(guest: SSHGuest, settings: SnapshotSettings, inputs: Inputs, reporter: Reporter) -> None:
+def seal_guest(guest: SSHGuest, plan: Plan, settings: SnapshotSettings, inputs: Inputs, reporter: Reporter) -> None:
     from snapbuild.seal import check_sealed, seal
 
-    seal(guest, reporter=reporter)
+    # The whole policy, as on the local path: resolv.conf back to the distro's symlink included.
+    seal(guest, reporter=reporter, resolv_symlink=plan.distro.resolv_conf_symlink)
     violations = check_sealed(guest, builder_user=settings.ssh_user, builder_keys=(inputs.client_key.public_openssh,))
     if violations:
         raise BuildError("the sealed builder still has: " + "; ".join(str(v) for v in violations),
