@@ -261,8 +261,9 @@ def packer_run(bench: Bench, n: int, base_copy: Path) -> Result:
 
 def snapbuild_run(bench: Bench, n: int) -> Result:
     output = bench.work / f"snapbuild-{n}.qcow2"
+    # --network isolated: restrict=on, as Packer's template here (and the network rule for this machine).
     argv = [sys.executable, "-m", "snapbuild", "local", "base", "--distro", "debian-12", "--mirrors", "upstream",
-            "--base", str(bench.base), "-o", str(output), "--force"]
+            "--network", "isolated", "--base", str(bench.base), "-o", str(output), "--force"]
     # SNAPBUILD_ACCEL=tcg: straight to TCG, as Packer's `accelerator: tcg` (no KVM attempt on this host).
     env = {**os.environ, "PYTHONPATH": str(REPO), "SNAPBUILD_ACCEL": "tcg"}
     bench.commands.setdefault("snapbuild", f"cd {REPO} && SNAPBUILD_ACCEL=tcg PYTHONPATH={REPO} "

@@ -124,21 +124,70 @@ class SwapOff:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExpectedImage:
+    """An image the recipe knows, before the build, that the list command will print."""
+
+    ref: str
+    # The recipe variables the reference is made of, (name, value): a failed comparison names them.
+    variables: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryRoute:
+    """Where containerd pulls a registry's images from: its mirrors in order, then the registry itself."""
+
+    registry: str
+    mirrors: tuple[str, ...]
+    server: str                  # the upstream endpoint (hosts.toml `server`)
+    blocked: bool = False        # upstream blocked where the image is built, and no mirror
+
+    def describe(self) -> str:
+        if self.mirrors:
+            return "through " + ", ".join(self.mirrors)
+        return f"from {self.server}" + (" (BLOCKED, no mirror)" if self.blocked else " (no mirror)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class PrePull:
     namespace: str
-    images: tuple[str, ...]
+    images: tuple[str, ...]                  # pulled as given (a recipe's extra images)
     list_command: tuple[str, ...] = ()
+    expect: tuple[ExpectedImage, ...] = ()   # what list_command must print, exactly
+    routes: tuple[RegistryRoute, ...] = ()
     hosts_dir: str = "/etc/containerd/certs.d"
     parallel: int = 4
 
+    @property
+    def known_images(self) -> tuple[str, ...]:
+        """Every image known before the build: the expected list, then the extra images."""
+        return tuple(dict.fromkeys((*(e.ref for e in self.expect), *self.images)))
+
+    def route(self, ref: str) -> RegistryRoute | None:
+        registry = ref.split("/", 1)[0]
+        return next((r for r in self.routes if r.registry == registry), None)
+
     def describe(self) -> str:
-        parts = [f"pre-pull into containerd namespace {self.namespace} through {self.hosts_dir} "
-                 f"({self.parallel} at once)"]
-        if self.images:
-            parts.append("images: " + ", ".join(self.images))
-        if self.list_command:
-            parts.append("plus every image listed by: " + shlex.join(self.list_command))
+        known = self.known_images
+        parts = [f"pre-pull {len(known)} image{'' if len(known) == 1 else 's'} into containerd namespace "
+                 f"{self.namespace} through {self.hosts_dir} ({self.parallel} at once)"]
+        if self.list_command and self.expect:
+            parts.append("the build fails unless " + shlex.join(self.list_command)
+                         + " prints exactly the expected images")
+        elif self.list_command:
+            parts.append("plus every image listed by: " + shlex.join(self.list_command)
+                         + " (not known before the build)")
         return "; ".join(parts)
+
+    def details(self) -> list[str]:
+        """One line per known image, with where it is pulled from (so a mirror can be filled first)."""
+        lines = []
+        expected = {e.ref for e in self.expect}
+        for ref in self.known_images:
+            route = self.route(ref)
+            where = route.describe() if route else ""
+            tag = "" if ref in expected or not self.expect else " (extra)"
+            lines.append(f"{ref}{tag}  {where}".rstrip())
+        return lines
 
 
 Action = (WriteFile | RemoveFiles | AptSource | AptUpdate | InstallPackages | RunCommand | RunScript | Service

@@ -39,6 +39,7 @@ class Session:
     os_region: str | None
     verbose: bool
     _config: Config | None = None
+    variant: str | None = None      # --variant, from the shared recipe options (see _remember_variant)
 
     @property
     def config(self) -> Config:
@@ -61,14 +62,15 @@ class Session:
                 raise UserError(f"--recipes-dir {folder} is not a directory")
         return Library([*folders, *self.config.recipes_path, data_dir("recipes")])
 
-    def plan(self, recipe: str, *, distro: str | None, mirrors: str | None, sets: tuple[str, ...]) -> Plan:
+    def plan(self, recipe: str, *, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
+             variant: str | None = None) -> Plan:
         from snapbuild.plan import plan_from_names
         from snapbuild.recipes import parse_set
 
         return plan_from_names(library=self.library, recipe_name=recipe, distro_name=distro or self.config.distro,
                                profile_name=mirrors or self.config.mirrors or "cloudinative",
                                config_variables=self.config.variables, set_values=parse_set(sets),
-                               config_path=self.config.path)
+                               config_path=self.config.path, variant=variant or self.variant)
 
 
 pass_session = click.make_pass_decorator(Session)
@@ -96,10 +98,11 @@ def cli(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, co
 QUIET_LOGGERS = ("paramiko", "keystoneauth", "openstack", "urllib3", "stevedore", "os_service_types")
 
 
-def _not_paramiko(record: logging.LogRecord) -> bool:
-    # paramiko logs each refused SSH banner at ERROR with a traceback while a guest's sshd is still starting:
-    # expected while snapbuild waits, which reports a real failure itself. The build log file keeps them.
-    return not record.name.startswith("paramiko")
+def _ours_only(record: logging.LogRecord) -> bool:
+    # Libraries' warnings and tracebacks (paramiko's refused banners while a guest boots, keystoneauth's
+    # "Failed to discover available identity versions", urllib3's retries) are detail for the build log file
+    # and --verbose: snapbuild reports the failure that matters itself, in one line.
+    return record.name == "snapbuild" or record.name.startswith("snapbuild.")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -112,11 +115,12 @@ def _setup_logging(verbose: bool) -> None:
     for existing in root.handlers:
         if getattr(existing, "_snapbuild", False):
             existing.setLevel(logging.DEBUG if verbose else logging.WARNING)
-            existing.removeFilter(_not_paramiko)
+            existing.removeFilter(_ours_only)
             if not verbose:
-                existing.addFilter(_not_paramiko)
+                existing.addFilter(_ours_only)
     # The root passes everything on: the build log file (see build_log) keeps the full story.
     root.setLevel(logging.DEBUG)
+    logging.captureWarnings(True)   # libraries' warnings.warn() too: to the log, not the terminal
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
@@ -146,10 +150,19 @@ def build_log(kind: str, recipe: str) -> Iterator[Path]:
 
 # -- recipes, render, plan -------------------------------------------------------------------------------
 
+def _remember_variant(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    # Not passed to the command functions (their signatures stay as they are): Session.plan picks it up.
+    session = ctx.find_object(Session)
+    if value is not None and session is not None:
+        session.variant = value
+
+
 recipe_options = [
     click.option("--distro", help="ubuntu-24.04 (default) or debian-12."),
     click.option("--mirrors", metavar="PROFILE", help="Mirror profile name or path (default: cloudinative)."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a recipe variable (repeatable)."),
+    click.option("--variant", metavar="NAME", expose_value=False, callback=_remember_variant,
+                 help="Recipe variant, e.g. k8s: full (default) or slim (no pre-pulled images)."),
 ]
 
 
@@ -223,12 +236,23 @@ def plan_command(session: Session, recipe: str, distro: str | None, mirrors: str
         click.echo(rendering.steps_text(plan), nl=False)
 
 
+def _add_mirrors_hint(plan: Plan) -> str:
+    """How to give the plan's blocked downloads a mirror: edit one's own profile, or start one (never edit the
+    shipped files, which live inside the installed package)."""
+    from snapbuild.paths import data_dir
+
+    if Path(plan.profile.path).resolve().is_relative_to(data_dir("recipes").resolve()):
+        return (f"write your own profile with mirrors (`snapbuild profile init -o my-mirrors.yaml`, or --from "
+                f"{plan.profile.name} to start from this one), edit it, then pass --mirrors ./my-mirrors.yaml")
+    return f"add mirrors for them to your profile {plan.profile.path}"
+
+
 def _warn_plan(plan: Plan) -> None:
     for line in plan.blocked_without_mirror:
         click.echo(f"WARNING: blocked without a mirror: {line}", err=True)
     if plan.blocked_without_mirror:
-        click.echo("WARNING: a build refuses to start with these unless given --allow-blocked; add mirrors to the "
-                   f"profile ({plan.profile.path}) instead", err=True)
+        click.echo("WARNING: a build refuses to start with these unless given --allow-blocked; "
+                   + _add_mirrors_hint(plan), err=True)
     for host in plan.unreliable_hosts:
         click.echo(f"WARNING: {host} is unreliable where the image is used", err=True)
 
@@ -240,8 +264,33 @@ def refuse_blocked(plan: Plan, allow_blocked: bool) -> None:
 
         raise UserError(f"recipe {plan.recipe_name!r} would download from blocked hosts without a mirror: "
                         + "; ".join(plan.blocked_without_mirror),
-                        hint=f"add mirrors to a copy of profile {plan.profile.name!r} ({plan.profile.path}) "
-                             "and pass --mirrors, or pass --allow-blocked to go ahead anyway")
+                        hint=_add_mirrors_hint(plan) + "; or pass --allow-blocked to go ahead anyway")
+
+
+@cli.group("profile")
+def profile_group() -> None:
+    """Mirror profiles: start your own."""
+
+
+@profile_group.command("init")
+@click.option("--from", "source", default="airgap-example", show_default=True, metavar="PROFILE",
+              help="Profile to start from: a name (shipped, or in --recipes-dir) or a path to a .yaml.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
+              help="Write to FILE instead of printing (an existing FILE is kept unless --force).")
+@click.option("--force", is_flag=True, help="Overwrite an existing FILE.")
+@pass_session
+def profile_init_command(session: Session, source: str, output: Path | None, force: bool) -> None:
+    """Print a mirror profile to start from, every key explained; edit it and pass --mirrors FILE."""
+    from snapbuild.profiles import starting_profile, write_new_profile
+
+    text = starting_profile(session.library.profile_path(source))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    write_new_profile(text, output, force=force)
+    click.echo(str(output))
+    click.echo(f"next: replace its placeholder hosts, then `snapbuild plan k8s --mirrors {output}` shows "
+               "what is pulled through which mirror", err=True)
 
 
 def _reporter() -> Any:
@@ -298,9 +347,26 @@ for _name in ("k8s", "docker-ce"):
     _shortcut(_name)
 
 
+def vm_options(func: Any) -> Any:
+    """How `local` and `verify` run their throw-away VMs."""
+    for option in reversed([
+        click.option("--network", type=click.Choice(["nat", "isolated"]), default="nat", show_default=True,
+                     help="nat: the VM reaches out as a cloud server does (QEMU user-mode NAT); isolated: "
+                          "restrict=on, only the mirror profile's forwards (air-gapped hosts, tests). Nothing "
+                          "listens beyond 127.0.0.1 either way."),
+        click.option("--boot-timeout", "boot_timeout", type=click.FloatRange(min=10), default=900.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Launch to SSH; generous for TCG. A boot the serial console shows failing (no "
+                          "bootable disk, kernel panic, no userspace within 300 s) ends at once."),
+    ]):
+        func = option(func)
+    return func
+
+
 @cli.command("local")
 @click.argument("recipe")
 @build_options
+@vm_options
 @click.option("--base", type=click.Path(path_type=Path), required=True, help="Base cloud image (never modified).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="qcow2 file to write.")
 @click.option("--compression", type=click.Choice(["zstd", "zlib", "none"]), default="zstd", show_default=True)
@@ -312,8 +378,9 @@ for _name in ("k8s", "docker-ce"):
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @pass_session
 def local_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
-                  allow_blocked: bool, keep_on_failure: bool, as_json: bool, base: Path, output: Path,
-                  compression: str, memory_mb: int, cpus: int, seed: str, force: bool) -> None:
+                  allow_blocked: bool, keep_on_failure: bool, as_json: bool, network: str, boot_timeout: float,
+                  base: Path, output: Path, compression: str, memory_mb: int, cpus: int, seed: str,
+                  force: bool) -> None:
     """Build in a throw-away QEMU VM on this host; the result is a compressed qcow2."""
     from snapbuild.local.build import LocalSettings, run_local
 
@@ -323,7 +390,8 @@ def local_command(session: Session, recipe: str, distro: str | None, mirrors: st
     with build_log("local", recipe) as log_path:
         result = run_local(plan, LocalSettings(base=base, output=output, compression=compression,  # type: ignore[arg-type]
                                                memory_mb=memory_mb, cpus=cpus, seed=seed,  # type: ignore[arg-type]
-                                               force=force),
+                                               force=force, network=network,  # type: ignore[arg-type]
+                                               allow_blocked=allow_blocked, boot_timeout_s=boot_timeout),
                            keep_on_failure=keep_on_failure, log_path=log_path)
     if as_json:
         click.echo(json.dumps({"output": str(result.output), "manifest": str(result.manifest),
@@ -338,15 +406,18 @@ def local_command(session: Session, recipe: str, distro: str | None, mirrors: st
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--recipe", help="Also run this recipe's checks and expect its default user groups.")
 @with_recipe_options
+@vm_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_session
 def verify_command(session: Session, image: Path, recipe: str | None, distro: str | None, mirrors: str | None,
-                   sets: tuple[str, ...], as_json: bool) -> None:
-    """Boot IMAGE twice as a new instance and check it behaves as a marketplace image should."""
-    from snapbuild.local.verify import verify_image
+                   sets: tuple[str, ...], network: str, boot_timeout: float, as_json: bool) -> None:
+    """Boot IMAGE twice as a new instance (side by side when memory allows) and check it behaves as a
+    marketplace image should."""
+    from snapbuild.local.verify import VerifySettings, verify_image
 
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets) if recipe else None
-    result = verify_image(image, plan=plan, reporter=_reporter())
+    settings = VerifySettings(network=network, boot_timeout_s=boot_timeout)  # type: ignore[arg-type]
+    result = verify_image(image, plan=plan, settings=settings, reporter=_reporter())
     click.echo(result.render(json=as_json))
     if not result.ok:
         sys.exit(EXIT_BUILD)
@@ -374,7 +445,7 @@ def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: s
     with build_log("chroot", recipe):
         result = build_chroot(plan=plan, base=base, output=output, size=size, attach=attach,
                               compression=compression, keep_on_failure=keep_on_failure, force=force,
-                              reporter=_reporter())
+                              allow_blocked=allow_blocked, reporter=_reporter())
     summary = {"build_id": result.build_id, "output": str(result.output), "manifest": str(result.manifest),
                "attach": result.backend, "size_bytes": result.compacted.after_bytes,
                "uncompressed_bytes": result.compacted.before_bytes}
@@ -481,14 +552,27 @@ def cleanup_command(session: Session, host: bool, cloud: bool, older_than: str |
     from snapbuild.hostcleanup import cleanup_host
 
     do_cloud = cloud or not host
+    if not do_cloud and (older_than or all_owners):
+        from snapbuild.errors import UserError
+
+        raise UserError("--older-than and --all-owners choose cloud resources; --host alone cleans only this host",
+                        hint="add --cloud to clean both, or leave those options out")
     report = None
     if do_cloud:
         from snapbuild.openstack.cleanup import CleanupSettings, cleanup_cloud, parse_duration, table
-        from snapbuild.openstack.cloud import Cloud
+        from snapbuild.openstack.cloud import Cloud, NoCloudSelected
 
         settings = CleanupSettings(older_than=parse_duration(older_than) if older_than else None,
                                    build_id=build_id, all_owners=all_owners, dry_run=dry_run)
-        adapter = Cloud.connect(session.os_cloud, session.os_region)
+        try:
+            adapter = Cloud.connect(session.os_cloud, session.os_region)
+        except NoCloudSelected as exc:
+            from snapbuild.errors import UserError
+
+            known = f" (clouds.yaml has: {', '.join(exc.known)})" if exc.known else ""
+            raise UserError("no cloud selected to clean up",
+                            hint=f"pass --os-cloud NAME or set OS_CLOUD{known}; or use --host for this host's "
+                                 "leftovers only") from None
         try:
             report = cleanup_cloud(adapter, settings)
         finally:
@@ -596,7 +680,8 @@ def _fail(error: SnapbuildError, verbose: bool) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in args or "--verbose" in args
     try:
         cli.main(args=argv, prog_name="snapbuild", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -8,12 +8,17 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snapbuild import hostrun, sealcheck
 from snapbuild.errors import UserError
 from snapbuild.seal import Violation
+
+if TYPE_CHECKING:
+    from snapbuild.chroot.grow import Partition
+    from snapbuild.chroot.scope import Scope
 
 log = logging.getLogger(__name__)
 ROOT_LABEL = "cloudimg-rootfs"
@@ -29,32 +34,48 @@ def image_format(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def mounted_root(image: Path) -> Iterator[Path]:
+def mounted_root(image: Path, *, fmt: str | None = None) -> Iterator[Path]:
     """Mount the image's root filesystem read-only and yield its path; everything is undone on exit.
 
     Uses the chroot builder's attach layer (nbd where it exists, else a read-only qemu-storage-daemon
     export on a loop device), so nothing is converted or copied and the image is never written.
     """
     from snapbuild.chroot import attach as attaching
-    from snapbuild.chroot import grow
     from snapbuild.chroot.scope import undo_scope
 
     if os.geteuid() != 0:
         raise UserError("inspecting an image needs root (loop devices and mounts)", hint="run it with sudo")
     hostrun.require_tools("qemu-img", "losetup", "blkid", "mount", "umount", "partx")
-    fmt = image_format(image)
+    fmt = fmt or image_format(image)
     with undo_scope(None) as scope:
         work = Path(tempfile.mkdtemp(prefix="snapbuild-inspect-"))
         scope.add_undo(f"remove {work}", shutil.rmtree, work, True)
-        attached = attaching.attach(scope, image, work, backend=attaching.resolve_backend("auto"), fmt=fmt,
-                                    read_only=True)
-        root = grow.choose_root(grow.probe(attached), image)
-        mountpoint = work / "root"
-        mountpoint.mkdir()
-        options = "ro,noload" if root.fstype.startswith("ext") else "ro"
-        hostrun.run(["mount", "-o", options, root.device, str(mountpoint)])
-        scope.add_undo(f"unmount {mountpoint}", _unmount, mountpoint)
+        mountpoint, _ = mount_root(scope, image, work, backend=attaching.resolve_backend("auto"), fmt=fmt)
         yield mountpoint
+
+
+def mount_root(scope: Scope, image: Path, workdir: Path, *, backend: str, fmt: str,
+               choose: Callable[[list[Partition], Path], Partition] | None = None,
+               name: str = "root") -> tuple[Path, Partition]:
+    """Attach `image` read-only and mount its root file system read-only at `workdir`/`name`; undo on `scope`.
+
+    `choose` picks the root among the partitions blkid sees (default: any ext4, xfs or btrfs root).
+    """
+    from snapbuild.chroot import attach as attaching
+    from snapbuild.chroot import grow
+    from snapbuild.host.baseprobe import pick_root
+
+    attached = attaching.attach(scope, image, workdir, backend=backend, fmt=fmt, read_only=True)
+    root = (choose or pick_root)(grow.probe(attached), image)
+    mountpoint = workdir / name
+    mountpoint.mkdir()
+    # noload: an ext journal is not replayed (the device is read-only; the base must stay as it is).
+    options = "ro,noload" if root.fstype.startswith("ext") else "ro"
+    if scope.ledger:
+        scope.ledger.record("mount", str(mountpoint), what=f"root of {image}, read-only")
+    hostrun.run(["mount", "-o", options, root.device, str(mountpoint)])
+    scope.add_undo(f"unmount {mountpoint}", _unmount, mountpoint, forget=("mount", str(mountpoint)))
+    return mountpoint, root
 
 
 def _unmount(mountpoint: Path) -> None:

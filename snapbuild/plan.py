@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
+import jinja2.meta
 
-from snapbuild import __version__, actions, paths
+from snapbuild import __version__, actions, digest, paths
 from snapbuild.actions import Action, PrePull, WriteFile
 from snapbuild.distros import Distro
 from snapbuild.errors import RecipeError, UserError
@@ -57,6 +58,12 @@ class Plan:
     mirror_forwards: tuple[Forward, ...] = ()
     snapbuild_version: str = __version__
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    content: digest.ContentInputs               # what the content digest is made of, the base aside
+    variant: str | None = None                  # None: the recipe has no variants
+
+    def content_digest(self, base_checksum: str | None = None) -> digest.ContentDigest:
+        """The image's content digest; without the base image's checksum, the plan-time one (snapbuild.digest)."""
+        return digest.content_digest(replace(self.content, base_checksum=digest.label_checksum(base_checksum)))
 
     @property
     def distro_name(self) -> str:
@@ -93,20 +100,25 @@ class _MirrorView:
         return self.profile.rewrite_url(upstream)
 
 
-def make_plan(recipe: Recipe, *, distro: Distro, profile: Profile, variables: Mapping[str, Any]) -> Plan:
+def make_plan(recipe: Recipe, *, distro: Distro, profile: Profile, variables: Mapping[str, Any],
+              variant: str | None = None) -> Plan:
+    """`variables` as resolve_variables() gives them for the same `variant` (None: the recipe's default)."""
     if distro.name not in recipe.distros:
         raise UserError(f"recipe {recipe.name!r} does not support {distro.name}",
                         hint=f"it supports: {', '.join(recipe.distros)}")
-    builder = _PlanBuilder(recipe, distro, profile, variables)
+    chosen = recipe.variant(variant)
+    builder = _PlanBuilder(recipe, distro, profile, variables, chosen.name if chosen else None)
     return builder.build()
 
 
 class _PlanBuilder:
-    def __init__(self, recipe: Recipe, distro: Distro, profile: Profile, variables: Mapping[str, Any]) -> None:
+    def __init__(self, recipe: Recipe, distro: Distro, profile: Profile, variables: Mapping[str, Any],
+                 variant: str | None = None) -> None:
         self.recipe = recipe
         self.distro = distro
         self.profile = profile
         self.variables = dict(variables)
+        self.variant = variant
         self.check = Checker(recipe.file)
         self.env = environment([recipe.path / "templates", recipe.path])
         self.cloudinit_env = environment([paths.data_dir("cloudinit")])
@@ -116,11 +128,13 @@ class _PlanBuilder:
             "distro": distro,
             "mirrors": _MirrorView(profile, distro),
             "recipe": {"name": recipe.name, "description": recipe.description},
+            "variant": variant or "",
         }
         self.actions: list[Action] = []
         self.blocked: list[str] = []
         self.unreliable: set[str] = set()
         self.apt_dirty = True
+        self.hosts_toml: set[tuple[str, str]] = set()    # (config_path, registry) written so far
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -162,11 +176,6 @@ class _PlanBuilder:
         if any(re.fullmatch(p.replace(".", r"\.").replace("*", ".*"), host) for p in self.profile.unreliable):
             self.unreliable.add(host)
 
-    def note_registry(self, registry: str, what: str) -> None:
-        if self.profile.registry_blocked(registry):
-            self.blocked.append(f"{what}: registry {registry} is blocked and profile {self.profile.name!r} "
-                                f"gives no mirror for it")
-
     def add(self, action: Action) -> None:
         if isinstance(action, actions.AptSource):
             self.apt_dirty = True
@@ -182,12 +191,15 @@ class _PlanBuilder:
         for step in self.recipe.steps:
             if step.distros and self.distro.name not in step.distros:
                 continue
+            if step.when and not step.when.holds(variant=self.variant, variables=self.variables):
+                continue
             handler = getattr(self, f"step_{step.kind}")
             handler(step)
         self.bake_dropins()
         image = self.image_spec()
         components = {k: self.text(v, None) for k, v in self.recipe.components.items()}
-        checks = tuple(tuple(self.text(a, None) for a in argv) for argv in self.recipe.checks)
+        checks = tuple(tuple(self.text(a, None) for a in c.argv) for c in self.recipe.checks
+                       if not c.when or c.when.holds(variant=self.variant, variables=self.variables))
         groups = tuple(dict.fromkeys((*self.distro.default_groups,
                                       *(self.text(g, None) for g in self.recipe.image.default_user_groups))))
         return Plan(
@@ -196,6 +208,10 @@ class _PlanBuilder:
             image=image, components=components, blocked_without_mirror=tuple(dict.fromkeys(self.blocked)),
             unreliable_hosts=tuple(sorted(self.unreliable)), verify_checks=checks, default_user_groups=groups,
             build_apt_proxy=self.profile.build_apt_proxy, mirror_forwards=self.profile.forwards,
+            variant=self.variant, content=digest.ContentInputs(
+                recipe_files=self.recipe.digest, variables=self.variables,
+                distro=digest.distro_content(self.distro), profile=digest.profile_content(self.profile),
+                variant=self.variant, snapbuild_files=digest.snapbuild_files_digest()),
         )
 
     def distro_sources(self) -> None:
@@ -358,25 +374,59 @@ class _PlanBuilder:
                     lines.append("  skip_verify = true")
             self.add(actions.WriteFile(path=f"{config_path}/{registry}/hosts.toml", content=("\n".join(lines) + "\n")
                                        .encode(), origin=f"registry mirrors for {registry}"))
+            self.hosts_toml.add((config_path.rstrip("/"), registry))
 
     def step_prepull(self, step: Step) -> None:
-        body = self.check.mapping(step.body, "prepull", optional=("namespace", "images", "list_command",
+        body = self.check.mapping(step.body, "prepull", optional=("namespace", "images", "list_command", "expect",
                                                                   "registries", "hosts_dir", "parallel"))
         images = tuple(normalize_image(i) for i in self.list_value(body, "images", "prepull", step.line))
         list_command = tuple(self.text(a, step.line) for a in self.check.string_list(body, "list_command", "prepull"))
+        expect = self.expected_images(body, step.line)
         if not images and not list_command:
             raise self.fail("prepull needs images or list_command", step.line)
-        registries = {i.split("/", 1)[0] for i in images}
-        registries.update(self.text(r, step.line) for r in self.check.string_list(body, "registries", "prepull"))
-        if list_command and not self.check.string_list(body, "registries", "prepull"):
-            raise self.fail("prepull with list_command must name the registries its images come from", step.line,
-                            hint="for kubeadm: registries: [registry.k8s.io]")
-        for registry in sorted(registries):
-            self.note_registry(registry, "image pre-pull")
+        if expect and not list_command:
+            raise self.fail("prepull.expect needs list_command: the expected images are checked against its output",
+                            step.line)
+        named = tuple(self.text(r, step.line) for r in self.check.string_list(body, "registries", "prepull"))
+        if list_command and not expect and not named:
+            raise self.fail("prepull with list_command must name the images it expects (or at least their "
+                            "registries)", step.line, hint="for kubeadm: expect: [registry.k8s.io/kube-apiserver:"
+                            "v{{ kubernetes_version }}, ...] (see the shipped k8s recipe)")
+        hosts_dir = self.text(body.get("hosts_dir", "/etc/containerd/certs.d"), step.line)
+        registries = sorted({*(registry_of(i) for i in images), *(registry_of(e.ref) for e in expect), *named})
+        routes = tuple(self.route(registry, hosts_dir) for registry in registries)
+        for route in routes:
+            if route.blocked:
+                why = ("gives no mirror for it" if not self.profile.registry_mirrors(route.registry)
+                       else f"has mirrors but the recipe writes no hosts.toml for it under {hosts_dir}")
+                self.blocked.append(f"image pre-pull: registry {route.registry} is blocked and profile "
+                                    f"{self.profile.name!r} {why}")
         parallel = self.check.integer(body, "parallel", "prepull", default=4)
         self.add(actions.PrePull(namespace=self.text(body.get("namespace", "k8s.io"), step.line), images=images,
-                                 list_command=list_command, parallel=max(1, parallel),
-                                 hosts_dir=self.text(body.get("hosts_dir", "/etc/containerd/certs.d"), step.line)))
+                                 list_command=list_command, expect=expect, routes=routes, parallel=max(1, parallel),
+                                 hosts_dir=hosts_dir))
+
+    def expected_images(self, body: Mapping[str, Any], line: int | None) -> tuple[actions.ExpectedImage, ...]:
+        """prepull.expect: each entry rendered, with the recipe variables it is made of (for the failure hint)."""
+        out: list[actions.ExpectedImage] = []
+        for raw in self.check.string_list(dict(body), "expect", "prepull"):
+            ref = normalize_image(self.text(raw, line))
+            if ref in {e.ref for e in out}:
+                raise self.fail(f"prepull.expect lists {ref} twice", line)
+            names = sorted(jinja2.meta.find_undeclared_variables(self.env.parse(raw)))
+            used = tuple((n, str(self.variables[n])) for n in names
+                         if n in self.recipe.variables and not isinstance(self.variables.get(n), list | dict))
+            out.append(actions.ExpectedImage(ref=ref, variables=used))
+        return tuple(out)
+
+    def route(self, registry: str, hosts_dir: str) -> actions.RegistryRoute:
+        """Where `ctr pull --hosts-dir` goes for `registry`: the profile's mirrors if this plan wrote them a
+        hosts.toml there, else straight to the registry."""
+        mirrors = self.profile.registry_mirrors(registry) if (hosts_dir.rstrip("/"), registry) in self.hosts_toml \
+            else ()
+        return actions.RegistryRoute(registry=registry, mirrors=mirrors,
+                                     server=REGISTRY_SERVERS.get(registry, f"https://{registry}"),
+                                     blocked=not mirrors and self.profile.registry_upstream_blocked(registry))
 
     def step_cloudinit_dropin(self, step: Step) -> None:
         body = self.check.mapping(step.body, "cloudinit_dropin", required=("name",),
@@ -413,7 +463,12 @@ class _PlanBuilder:
             "marketplace_category": self.text(settings.category, None),
         }
         properties.update({k: self.text(v, None) for k, v in settings.properties.items()})
-        return ImageSpec(name=self.text(settings.name, None), category=properties["marketplace_category"],
+        name = self.text(settings.name, None)
+        if self.variant is not None:
+            properties["snapbuild_variant"] = self.variant
+            if self.variant != self.recipe.default_variant:
+                name = f"{name} ({self.variant})"   # the default variant keeps the recipe's name
+        return ImageSpec(name=name, category=properties["marketplace_category"],
                          properties=properties, min_disk_gb=settings.min_disk_gb, min_ram_mb=settings.min_ram_mb,
                          disk_size_gb=settings.disk_size_gb)
 
@@ -445,7 +500,7 @@ def _toml(value: str) -> str:
 
 def plan_from_names(*, library: Any, recipe_name: str, distro_name: str | None, profile_name: str,
                     config_variables: Mapping[str, Any], set_values: Mapping[str, str],
-                    config_path: str | None = None) -> Plan:
+                    config_path: str | None = None, variant: str | None = None) -> Plan:
     """The one way the CLI and the builders turn names into a Plan."""
     from snapbuild.distros import get_distro
     from snapbuild.profiles import load_profile
@@ -454,8 +509,10 @@ def plan_from_names(*, library: Any, recipe_name: str, distro_name: str | None, 
     recipe = library.load(recipe_name)
     distro = get_distro(distro_name or recipe.distros[0])
     profile = load_profile(library.profile_path(profile_name))
-    values = resolve_variables(recipe, config_values=config_variables, set_values=set_values, config_path=config_path)
-    return make_plan(recipe, distro=distro, profile=profile, variables=values)
+    recipe.variant(variant)   # an unknown variant fails first, naming the ones there are
+    values = resolve_variables(recipe, config_values=config_variables, set_values=set_values, config_path=config_path,
+                               variant=variant)
+    return make_plan(recipe, distro=distro, profile=profile, variables=values, variant=variant)
 
 
 def shipped_recipes_dir() -> Path:

@@ -81,6 +81,10 @@ class Profile:
         """Pulls from `registry` fail here unless a mirror is configured."""
         if self.registry_mirrors(registry):
             return False
+        return self.registry_upstream_blocked(registry)
+
+    def registry_upstream_blocked(self, registry: str) -> bool:
+        """The registry itself (or the CDN its blobs come from) is blocked, mirrors aside."""
         hosts = (registry, *REGISTRY_CDNS.get(registry, ()))
         return any(self.is_blocked(h) for h in hosts)
 
@@ -155,3 +159,29 @@ def _endpoint(check: Checker, node: dict[str, object], key: str) -> tuple[str, i
     if not sep or not port.isdigit() or not host:
         raise check.fail(f"forward {key} must look like IP:PORT, not {value!r}", node, key)
     return host, int(port)
+
+
+def starting_profile(source: Path) -> str:
+    """The text of a profile to start one's own from: `source` as written (its comments explain each key)."""
+    load_profile(source)   # a source that does not load is no start
+    return (f"# Started from snapbuild's mirror profile {source.stem!r} by `snapbuild profile init`.\n"
+            + source.read_text())
+
+
+def write_new_profile(text: str, output: Path, *, force: bool) -> Path:
+    """Write a started profile to `output`; an existing file is kept unless `force`."""
+    from snapbuild.errors import UserError
+
+    if not output.parent.is_dir():
+        raise UserError(f"cannot write {output}: directory {output.parent} does not exist",
+                        hint="create it first, or choose another -o FILE")
+    if output.is_dir():
+        raise UserError(f"cannot write {output}: it is a directory", hint="give a file name, e.g. -o my-mirrors.yaml")
+    try:
+        with output.open("w" if force else "x") as handle:   # "x": never overwrite, even in a race
+            handle.write(text)
+    except FileExistsError:
+        raise UserError(f"{output} already exists; not overwritten",
+                        hint="pass --force to overwrite it, or choose another -o FILE") from None
+    load_profile(output)
+    return output

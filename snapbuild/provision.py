@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,16 +147,14 @@ class _Provisioner:
         self.run(["systemctl", "mask", "swap.target"], quiet=True)
 
     def do_PrePull(self, a: actions.PrePull) -> None:
+        images = list(a.images)
+        if a.list_command:
+            listed = self.listed_images(a)
+            if a.expect:
+                check_listed(a, listed)     # before containerd starts or anything is pulled
+            images = [*listed, *images]
+        images = [i for i in dict.fromkeys(i.strip() for i in images) if i and " " not in i]
         with self.guest.service("containerd"):
-            images = list(a.images)
-            if a.list_command:
-                listed = self.run(list(a.list_command), quiet=True, timeout=300)
-                images += [normalize_image(line.strip()) for line in listed.splitlines()
-                           if IMAGE_REF.fullmatch(line.strip())]
-            images = [i for i in dict.fromkeys(i.strip() for i in images) if i and " " not in i]
-            if not images:
-                raise BuildError("pre-pull: the list command printed no images",
-                                 hint=" ".join(a.list_command))
             self.reporter.line(f"pulling {len(images)} images into {a.namespace}, {a.parallel} at once")
 
             def pull(ref: str) -> None:
@@ -179,6 +178,68 @@ class _Provisioner:
             if missing:
                 raise BuildError(f"pre-pull: not in namespace {a.namespace} after pulling: {', '.join(missing)}")
             self.result.pulled_images.update({ref: present[ref] for ref in images})
+
+    def listed_images(self, a: actions.PrePull) -> list[str]:
+        output = self.run(list(a.list_command), quiet=True, timeout=300)
+        listed = list(dict.fromkeys(normalize_image(line.strip()) for line in output.splitlines()
+                                    if IMAGE_REF.fullmatch(line.strip())))
+        if not listed:
+            raise BuildError("pre-pull: the list command printed no images", hint=shlex.join(a.list_command))
+        return listed
+
+
+def check_listed(a: actions.PrePull, listed: list[str]) -> None:
+    """The list command must print exactly the images the plan showed before the build; say what differs and
+    which recipe variable(s) to --set."""
+    expected = {e.ref: e for e in a.expect}
+    missing = [ref for ref in expected if ref not in listed]
+    extra = [ref for ref in listed if ref not in expected]
+    if not missing and not extra:
+        return
+    command = shlex.join(a.list_command)
+    problems: list[str] = []
+    sets: list[str] = []
+    unexplained: list[str] = []     # no recipe variable makes these right: the expected list itself must change
+    for ref in missing:
+        instead = next((x for x in extra if _repository(x) == _repository(ref)), None)
+        if instead is not None:
+            extra.remove(instead)
+            problems.append(f"{instead} is listed where the recipe expects {ref}")
+        else:
+            problems.append(f"{ref} is expected but not listed")
+        found = _set_values(expected[ref], instead) if instead else [f"{n}=VALUE" for n, _ in expected[ref].variables]
+        sets += found
+        if not found:
+            unexplained.append(ref)
+    problems += [f"{ref} is listed but not expected" for ref in extra]
+    unexplained += extra
+    hints = []
+    if sets:
+        hints.append("pass " + " ".join(f"--set {s}" for s in dict.fromkeys(sets)))
+    if unexplained:
+        hints.append(f"edit prepull.expect in your own copy of the recipe (--recipes-dir DIR) for "
+                     f"{', '.join(unexplained)}")
+    raise BuildError(f"pre-pull: {command} differs from the images the recipe expects (shown by render/plan): "
+                     + "; ".join(problems), hint="; ".join(hints))
+
+
+def _repository(ref: str) -> str:
+    """registry/name without tag or digest."""
+    name = ref.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def _set_values(expected: actions.ExpectedImage, listed: str) -> list[str]:
+    """`name=value` for each variable whose value, put in the expected reference, gives the listed one."""
+    found = []
+    for name, value in expected.variables:
+        if value and expected.ref.count(value) == 1:
+            prefix, suffix = expected.ref.split(value)
+            middle = listed[len(prefix):len(listed) - len(suffix)]
+            if middle and listed.startswith(prefix) and listed.endswith(suffix):
+                found.append(f"{name}={middle}")
+    return found or [f"{name}=VALUE" for name, _ in expected.variables]
 
 
 def parse_ctr_images(listing: str) -> dict[str, str]:

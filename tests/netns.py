@@ -178,3 +178,24 @@ def host_chain(directory: Path, count: int, *, authorized: Sequence[str]) -> Ite
             _ip("link", "del", root_if)
         for host in hosts:
             subprocess.run(["ip", "netns", "del", host.name], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def loopback_netns(tag: str) -> Iterator[NetnsHost]:
+    """A network namespace with nothing but its loopback (up): whatever runs inside reaches only servers that run
+    inside too. A QEMU with user-mode NAT in it can therefore send nothing off this machine.
+
+    On exit every process still in the namespace (ours: it is new) is killed by PID, then the namespace goes.
+    """
+    name = f"sb{tag}{os.getpid() % 100000}"
+    _ip("netns", "add", name)
+    host = NetnsHost(name=name, address="127.0.0.1", left_if="lo")
+    try:
+        host.run(["ip", "link", "set", "lo", "up"])
+        yield host
+    finally:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, check=False).stdout
+        for pid in pids.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)

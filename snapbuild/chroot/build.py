@@ -23,6 +23,8 @@ from snapbuild.chroot.guest import ChrootGuest
 from snapbuild.chroot.scope import close, undo_scope
 from snapbuild.chroot.workdir import make_workdir
 from snapbuild.errors import BuildError, UserError
+from snapbuild.host import baseprobe
+from snapbuild.host.reachability import require_reachable, route_for
 from snapbuild.ledger import Ledger, new_build_id
 from snapbuild.pipeline import BuildContext, Reporter, StepTiming, running_build
 
@@ -61,16 +63,18 @@ class ChrootResult:
 
 def build_chroot(*, plan: Any, base: Path, output: Path, size: str | None, attach: str = "auto",
                  compression: str = "zstd", keep_on_failure: bool = False, force: bool = False,
-                 reporter: Reporter) -> ChrootResult:
+                 allow_blocked: bool = False, reporter: Reporter) -> ChrootResult:
     job = check_inputs(plan=plan, base=base, output=output, size=size, attach=attach, compression=compression,
                        force=force)
+    # The chroot downloads over this host's network: a mirror it cannot reach fails here, not mid-provision.
+    require_reachable(plan, route_for("chroot"), allow_blocked=allow_blocked)
     build_id = new_build_id()
     ctx = BuildContext(build_id=build_id, reporter=reporter, keep_on_failure=keep_on_failure,
                        ledger=Ledger.create(build_id=build_id, builder="chroot", recipe=job.recipe))
     with running_build(ctx):
         with ctx.step("inspect base image"):
             work_dir = make_workdir(ctx, job.output, build_id)
-            root = find_root_partition(ctx, job, work_dir)
+            root = find_root_partition(ctx, job, work_dir, plan)
         with ctx.step("copy base image"):
             work = copy_and_resize(job, work_dir)
         with undo_scope(ctx.ledger, keep_on_failure=keep_on_failure, reporter=reporter) as disk:
@@ -94,7 +98,7 @@ def build_chroot(*, plan: Any, base: Path, output: Path, size: str | None, attac
         with ctx.step("check image"):
             check_image(result.path)
         with ctx.step("write manifest"):
-            manifest = finish(ctx, job, result, attached.backend, provisioned)
+            manifest = finish(ctx, job, result, attached.backend, provisioned, plan=plan)
     return ChrootResult(build_id=build_id, output=job.output, manifest=manifest, backend=attached.backend,
                         compacted=Compacted(path=job.output, compression=result.compression,
                                             before_bytes=result.before_bytes, after_bytes=result.after_bytes,
@@ -128,8 +132,7 @@ def check_inputs(*, plan: Any, base: Path, output: Path, size: str | None, attac
     if fmt not in ("qcow2", "raw") or info.get("encrypted"):
         raise UserError(f"{base}: {fmt or 'unknown'} image{' (encrypted)' if info.get('encrypted') else ''}",
                         hint="the base must be a qcow2 or raw disk image")
-    if fmt == "raw" and not _has_partition_table(base):
-        raise UserError(f"{base} is not a disk image (no MBR or GPT)", hint="pass a cloud image (qcow2 or raw)")
+    check_layout(base, fmt)
     base_size = int(info["virtual-size"])
     wanted = grow.parse_size(size) if size else _plan_disk_size(plan)
     target = max(base_size, wanted or 0)
@@ -144,15 +147,42 @@ def check_inputs(*, plan: Any, base: Path, output: Path, size: str | None, attac
                      backend=backend, compression=compression, recipe=str(getattr(plan, "recipe_name", "?")))
 
 
-def find_root_partition(ctx: BuildContext, job: ChrootJob, work_dir: Path) -> grow.Partition:
-    """Look at the base through a read-only attach: an LVM or odd layout fails here, before any copy."""
+def find_root_partition(ctx: BuildContext, job: ChrootJob, work_dir: Path, plan: Any = None) -> grow.Partition:
+    """Look at the base through a read-only attach and mount: an LVM or odd layout, or a base of another distro
+    than the recipe's, fails here, before any copy."""
+    from snapbuild.inspect import mount_root
+
     with undo_scope(ctx.ledger, reporter=ctx.reporter) as probe_scope:
-        attached = attaching.attach(probe_scope, job.base, work_dir, backend=job.backend, fmt=job.base_format,
-                                    read_only=True)
-        root = grow.choose_root(grow.probe(attached), job.base)
+        top, root = mount_root(probe_scope, job.base, work_dir, backend=job.backend, fmt=job.base_format,
+                               choose=grow.choose_root, name="base-root")
+        os_release = baseprobe.read_os_release(baseprobe.DirTree(top))
+    found = baseprobe.describe_os(os_release) if os_release is not None else "no /etc/os-release"
     ctx.reporter.line(f"root: partition {root.number} ({root.fstype}, label {root.label or '-'}, "
-                      f"{root.size / 2**30:.1f} GiB)")
+                      f"{root.size / 2**30:.1f} GiB): {found}")
+    distro = getattr(plan, "distro", None)
+    if distro is not None:
+        if os_release is None:
+            raise UserError(f"base image {job.base} has no /etc/os-release: cannot tell its distro",
+                            hint=f"pass a {distro.pretty} cloud image as --base")
+        mismatch = baseprobe.distro_mismatch(os_release, distro, recipe=job.recipe,
+                                             supported=baseprobe.recipe_distros(plan), image=job.base)
+        if mismatch is not None:
+            raise mismatch
     return root
+
+
+def check_layout(base: Path, fmt: str) -> None:
+    """A partition table and a root file system, read offline (no attach): garbage fails before anything exists."""
+    try:
+        with baseprobe.open_image(base, fmt) as reader:
+            table, parts = baseprobe.read_layout(reader.read, reader.size, base)
+    except baseprobe.Unreadable as exc:
+        log.warning("could not read the layout of %s offline (%s); the read-only attach will", base, exc)
+        return
+    grow.choose_root([grow.Partition(number=p.number, device="", fstype=p.fstype, label=p.label, size=p.size)
+                      for p in parts], base)
+    log.info("base %s: %s table, partitions %s", base, table.kind.upper(),
+             ", ".join(f"{p.number}={p.fstype or '?'}" for p in parts))
 
 
 def copy_and_resize(job: ChrootJob, work_dir: Path) -> Path:
@@ -189,17 +219,23 @@ def check_image(path: Path) -> None:
         raise BuildError("the image breaks the sealing policy:\n" + "\n".join(f"  - {v}" for v in violations))
 
 
-def finish(ctx: BuildContext, job: ChrootJob, result: Compacted, backend: str, provisioned: ProvisionResult) -> Path:
+def finish(ctx: BuildContext, job: ChrootJob, result: Compacted, backend: str, provisioned: ProvisionResult, *,
+           plan: Any = None) -> Path:
     """Move the image into place and write its manifest beside it."""
     os.replace(result.path, job.output)
     manifest = job.output.with_name(job.output.name + ".manifest.json")
+    base_sha256 = sha256(job.base)
+    content = plan.content_digest(f"sha256:{base_sha256}") if plan is not None else None
     data: dict[str, Any] = {
         "build_id": ctx.build_id,
         "builder": "chroot",
         "snapbuild_version": __version__,
         "recipe": job.recipe,
+        "variant": getattr(plan, "variant", None),
+        "content_digest": content.value if content else None,
+        "content_digest_inputs": content.as_dict() if content else None,
         "base": {"path": str(job.base), "format": job.base_format, "virtual_size": job.base_size,
-                 "sha256": sha256(job.base)},
+                 "sha256": base_sha256},
         "output": {"path": str(job.output), "format": "qcow2", "virtual_size": job.size,
                    "bytes": job.output.stat().st_size, "sha256": sha256(job.output),
                    "compression": job.compression},
@@ -229,8 +265,3 @@ def _plan_disk_size(plan: Any) -> int | None:
     gib = getattr(getattr(plan, "image", None), "disk_size_gb", None)
     return int(gib) << 30 if gib else None
 
-
-def _has_partition_table(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(1024)
-    return head[510:512] == b"\x55\xaa" or head[512:520] == b"EFI PART"

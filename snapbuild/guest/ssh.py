@@ -26,8 +26,9 @@ from types import TracebackType
 from typing import Self
 
 import paramiko
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception, stop_before_delay, wait_exponential_jitter
 
+from snapbuild import netcause
 from snapbuild.errors import BuildError, CommandFailed
 from snapbuild.guest.base import Completed, OutputCallback, systemd_service
 from snapbuild.sshkeys import KeyPair, fingerprint_of_blob, public_key_blob
@@ -44,6 +45,13 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRANSIENT_SSH_MESSAGES = ("Error reading SSH protocol banner", "Negotiation failed", "No existing session",
                            "Connection reset", "Unable to connect")
 _RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+# While a machine boots, paramiko logs every refused banner at ERROR, with a traceback of one record per line
+# (757 of 836 lines of a local build's log). Those are expected while polling: the transports of connection
+# attempts log to this channel, which goes nowhere, and `connect` writes one line per attempt instead. A
+# connected transport goes back to paramiko's usual channel, so a real failure later is logged in full.
+_POLL_LOG_CHANNEL = "paramiko.transport.snapbuild-poll"
+_PARAMIKO_LOG_CHANNEL = "paramiko.transport"
+logging.getLogger(_POLL_LOG_CHANNEL).setLevel(logging.CRITICAL + 1)   # above every level: no record is made
 
 
 class HostKeyMismatch(BuildError):
@@ -81,6 +89,30 @@ def _is_transient(exc: BaseException) -> bool:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    for _ in range(10):
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    return exc
+
+
+def _poll_reason(exc: BaseException) -> str:
+    """A failed attempt to connect while polling, in a few words: `banner not ready (EOFError)`."""
+    if isinstance(exc, paramiko.AuthenticationException):
+        what = "key not accepted (yet)"
+    elif isinstance(exc, paramiko.ChannelException):
+        what = "the bastion cannot connect to it (yet)"
+    elif isinstance(exc, paramiko.SSHException) and "banner" in str(exc):
+        what = "banner not ready"
+    elif isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | OSError | EOFError):
+        what = netcause.short(exc)
+    else:
+        what = str(exc) or "failed"
+    return f"{what} ({type(_innermost(exc)).__name__})"
 
 
 def _preferred_key_types(transport: paramiko.Transport, pins: Sequence[tuple[str, bytes]]) -> None:
@@ -125,8 +157,11 @@ def _known_hosts_pins(host: str, port: int) -> list[tuple[str, bytes]]:
 
 def _open_transport(sock: socket.socket | paramiko.Channel, *, where: str, user: str, pkey: paramiko.PKey,
                     pins: Sequence[tuple[str, bytes]], accept_any: bool, timeout: float) -> paramiko.Transport:
-    """Handshake, check the host key, authenticate: the three round trips a connection needs, no more."""
+    """Handshake, check the host key, authenticate: the three round trips a connection needs, no more.
+
+    The transport logs to the quiet polling channel; `SSHGuest.connect` hands it back to paramiko's own."""
     transport = paramiko.Transport(sock)
+    transport.set_log_channel(_POLL_LOG_CHANNEL)
     try:
         transport.banner_timeout = timeout
         transport.auth_timeout = timeout
@@ -184,6 +219,7 @@ class SSHGuest:
         state: dict[str, paramiko.Transport | None] = {"bastion": None}
         stage = [where]  # what the last attempt was doing, for the error message
         start = time.monotonic()
+        attempts = [0]
 
         console_checked = [start]
 
@@ -214,20 +250,24 @@ class SSHGuest:
                 sock.close()
                 raise
 
-        def before_sleep(retry_state: RetryCallState) -> None:
-            exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
-            log.debug("%s: SSH not ready yet (%s: %s)", where, stage[0], _describe(exc) if exc else "?")
+        def logged_attempt() -> paramiko.Transport:
+            attempts[0] += 1
+            try:
+                return attempt()
+            except Exception as exc:
+                # one line per attempt, never a traceback: these are expected while the machine boots
+                log.debug("ssh %s attempt %d: %s", stage[0], attempts[0], _poll_reason(exc))
+                raise
 
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_before_delay(max(0.0, deadline - start)),
             wait=wait_exponential_jitter(initial=1, max=5, jitter=1),  # at least 1 s between polls
             sleep=sleep,
-            before_sleep=before_sleep,
             reraise=True,
         )
         try:
-            transport = retrying(attempt)
+            transport = retrying(logged_attempt)
         except HostKeyMismatch:
             _close_quietly(state["bastion"])
             raise
@@ -235,6 +275,7 @@ class SSHGuest:
             _close_quietly(state["bastion"])
             last = _describe(exc) if stage[0] == where else f"{stage[0]}: {_describe(exc)}"
             if not _is_transient(exc):
+                log.debug("ssh %s: giving up after attempt %d", stage[0], attempts[0], exc_info=exc)
                 raise BuildError(f"SSH to {where} failed: {last}") from exc
             waited = time.monotonic() - start
             message = f"SSH to {where} not ready after {waited:.0f} s: {last}"
@@ -247,7 +288,11 @@ class SSHGuest:
         except BaseException:
             _close_quietly(state["bastion"])
             raise
-        log.info("%s: connected in %.1f s", name, time.monotonic() - start)
+        # connected: from now on paramiko's messages are about a working connection, and worth keeping
+        transport.set_log_channel(_PARAMIKO_LOG_CHANNEL)
+        if state["bastion"] is not None:
+            state["bastion"].set_log_channel(_PARAMIKO_LOG_CHANNEL)
+        log.info("%s: connected in %.1f s (attempt %d)", name, time.monotonic() - start, attempts[0])
         return cls(transport=transport, user=user, name=name, bastion_transport=state["bastion"])
 
     # --- the Guest protocol -----------------------------------------------------------------------------

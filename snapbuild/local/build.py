@@ -49,6 +49,9 @@ class LocalSettings:
     seed: SeedKind = "nocloud"
     firmware: qemu.Firmware = "bios"
     force: bool = False
+    # nat: outbound access as a cloud server has; isolated: restrict=on, only the profile's forwards.
+    network: qemu.Network = "nat"
+    allow_blocked: bool = False          # --allow-blocked: hosts the profile blocks are checked like any other
     boot_timeout_s: float = 900.0        # launch → SSH accepts the builder key (TCG is slow)
     cloud_init_timeout_s: float = 900.0
     poweroff_timeout_s: float = 300.0
@@ -173,8 +176,38 @@ def preflight(state: _Run) -> None:
     _need_space(s.output.parent, int(state.base_info.get("actual-size", 0)), "output directory")
     if s.firmware == "uefi" and not qemu.OVMF_CODE.exists():
         raise UserError(f"UEFI firmware not found: {qemu.OVMF_CODE}", hint="apt-get install ovmf")
-    log.info("base %s: %s, %.1f GiB virtual; distro checked once the guest is up (reading it offline "
-             "needs root mounts)", s.base, state.base_info["format"], int(state.base_info["virtual-size"]) / GIB)
+    log.info("base %s: %s, %.1f GiB virtual", s.base, state.base_info["format"],
+             int(state.base_info["virtual-size"]) / GIB)
+    check_base(state)
+    check_sources(state)
+
+
+def check_sources(state: _Run) -> None:
+    """Every repository, key and registry the plan uses answers from where the VM will reach it (the host's
+    network under nat, the profile's forwards when isolated): found in seconds here, not after the boot."""
+    from snapbuild.host.reachability import require_reachable, route_for
+
+    s = state.settings
+    require_reachable(state.plan, route_for("local", s.network), allow_blocked=s.allow_blocked)
+
+
+def check_base(state: _Run) -> None:
+    """The base is a disk image with a root file system, of the recipe's distro: read offline, before any boot."""
+    from snapbuild.host import baseprobe
+
+    s = state.settings
+    try:
+        probe = baseprobe.probe_base(s.base, str(state.base_info["format"]))
+    except baseprobe.Unreadable as exc:
+        log.warning(baseprobe.unread_note(f"cannot look inside it here ({exc})", s.base))
+        return
+    if probe.os_release is None:
+        log.warning(baseprobe.unread_note(probe.unread, s.base))
+        return
+    mismatch = baseprobe.distro_mismatch(probe.os_release, state.plan.distro, recipe=state.plan.recipe_name,
+                                         supported=baseprobe.recipe_distros(state.plan), image=s.base)
+    if mismatch is not None:
+        raise mismatch
 
 
 def make_tempdir(ctx: BuildContext, state: _Run) -> None:
@@ -211,10 +244,11 @@ def make_seed(ctx: BuildContext, state: _Run) -> None:
 def boot(ctx: BuildContext, state: _Run) -> None:
     s = state.settings
     spec = qemu.VMSpec(disk=state.work_image, memory_mb=s.memory_mb, cpus=s.cpus, seed=state.seed_path,
-                       serial_log=state.tempdir / "serial.log", firmware=s.firmware,
+                       serial_log=state.tempdir / "serial.log", firmware=s.firmware, network=s.network,
                        guestfwds=mirror_forwards(state.plan), name=f"snapbuild-{ctx.build_id}")
     state.vm = start_vm(ctx, spec, workdir=state.tempdir)
-    ctx.reporter.line(f"{state.vm.accel.describe()}; ssh on 127.0.0.1:{state.vm.ssh_port}")
+    ctx.reporter.line(f"{state.vm.accel.describe()}; {qemu.describe_network(s.network)}; "
+                      f"ssh on 127.0.0.1:{state.vm.ssh_port}")
 
 
 def connect(ctx: BuildContext, state: _Run) -> None:
@@ -231,14 +265,15 @@ def connect(ctx: BuildContext, state: _Run) -> None:
 
 
 def check_distro(state: _Run) -> None:
-    """The recipe's distro must be the base's; read from the running guest (offline it needs root mounts)."""
+    """The backstop for what preflight could not read offline: the base's distro, read in the running guest."""
+    from snapbuild.host import baseprobe
+
     assert state.guest is not None
     state.guest_os = parse_os_release(state.guest.read_file("/etc/os-release").decode(errors="replace"))
-    distro = state.plan.distro
-    if (state.guest_os.get("ID"), state.guest_os.get("VERSION_ID")) != (distro.id, distro.version):
-        found = state.guest_os.get("PRETTY_NAME") or f"{state.guest_os.get('ID')} {state.guest_os.get('VERSION_ID')}"
-        raise UserError(f"base image is {found}, but recipe {state.plan.recipe_name!r} is for {distro.pretty}",
-                        hint=f"pass a {distro.pretty} cloud image as --base (checked in the booted guest)")
+    mismatch = baseprobe.distro_mismatch(state.guest_os, state.plan.distro, recipe=state.plan.recipe_name,
+                                         supported=baseprobe.recipe_distros(state.plan), image=state.settings.base)
+    if mismatch is not None:
+        raise UserError(f"{mismatch.message} (read in the booted guest)", hint=mismatch.hint)
 
 
 def wait_cloud_init(state: _Run) -> None:
@@ -344,11 +379,15 @@ def publish(ctx: BuildContext, state: _Run, *, total_s: float) -> LocalResult:
     timings.update({k: round(v, 2) for k, v in state.metrics.items()})
     timings["total_s"] = round(total_s, 2)
     assert state.vm is not None
+    content = state.plan.content_digest(f"sha256:{sha256_file(s.base)}")
     manifest = {
         "snapbuild": snapbuild.__version__,
         "build_id": ctx.build_id,
         "builder": "local",
         "recipe": state.plan.recipe_name,
+        "variant": state.plan.variant,
+        "content_digest": content.value,
+        "content_digest_inputs": content.as_dict(),
         "image_name": state.plan.image.name,
         "distro": state.plan.distro.name,
         "inputs": {
@@ -405,17 +444,21 @@ def start_vm(ctx: BuildContext, spec: qemu.VMSpec, *, workdir: Path) -> qemu.VM:
 
 def ssh_connect(ctx: BuildContext, vm: qemu.VM, *, user: str, key: KeyPair, host_keys: Sequence[str],
                 deadline: float) -> SSHGuest:
-    """Connect to the VM's forwarded port; a guest that never boots fails with its serial console's tail."""
+    """Connect to the VM's forwarded port; a guest that never boots fails with its serial console's tail.
+
+    A boot the console shows failing (firmware finds nothing, kernel panic, no userspace in time: see
+    qemu.boot_failure) ends the wait at once, before SSH is even tried.
+    """
     from snapbuild.guest.ssh import SSHGuest
 
+    vm.wait_userspace(deadline)
     try:
         guest = SSHGuest.connect(host="127.0.0.1", port=vm.ssh_port, user=user, key=key, host_keys=host_keys,
                                  deadline=deadline, console=lambda: vm.serial_tail(40), name=vm.spec.name)
     except BuildError as exc:
-        if not vm.alive():
-            raise BuildError(f"QEMU exited ({vm.proc.returncode}) before SSH came up: "
-                             f"{vm.stderr_text().strip()[-500:]}\nlast lines of the serial console:\n"
-                             f"{vm.serial_tail()}") from exc
+        problem = vm.boot_problem()
+        if problem is not None:
+            raise vm.boot_error(problem) from exc
         # SSHGuest.connect already appended the console's tail (it was given `console=`).
         raise BuildError(f"guest never booted to SSH: {exc.message}",
                          hint=exc.hint or "see the serial console lines above") from exc
@@ -452,12 +495,9 @@ def image_info(path: Path) -> dict[str, Any]:
 
 
 def parse_os_release(text: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip() and not key.startswith("#"):
-            values[key.strip()] = value.strip().strip('"').strip("'")
-    return values
+    from snapbuild.host.baseprobe import parse_os_release as parse
+
+    return parse(text)
 
 
 def work_root(settings: LocalSettings) -> Path:

@@ -1,4 +1,9 @@
-"""Launch a throw-away QEMU VM on this host: user networking on 127.0.0.1, serial log, QMP for shutdown.
+"""Launch a throw-away QEMU VM on this host: user networking, serial log, QMP for shutdown.
+
+Networking is QEMU's user mode (slirp) either way, and nothing listens beyond 127.0.0.1 (the SSH forward is
+bound there): `nat` gives the guest outbound access as a cloud server has (it reaches the host's loopback
+at 10.0.2.2); `isolated` adds `restrict=on`, so the guest reaches only the profile's guest forwards (for
+air-gapped hosts and for tests).
 
 KVM is tried and TCG is the fallback: on some hosts /dev/kvm exists but a guest aborts on an MSR or hangs in
 GRUB, so the decision is made by trying, cached for the process (and on disk per QEMU/kernel version) and
@@ -11,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -42,6 +48,14 @@ def reached_userspace(serial_text: str) -> bool:
 
 Firmware = Literal["bios", "uefi"]
 Accel = Literal["kvm", "tcg"]
+Network = Literal["nat", "isolated"]
+NETWORKS: tuple[Network, ...] = ("nat", "isolated")
+
+
+def describe_network(network: Network) -> str:
+    if network == "nat":
+        return "network: nat (outbound through QEMU user-mode NAT; host loopback at 10.0.2.2)"
+    return "network: isolated (restrict=on: only the profile's guest forwards)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +69,35 @@ class GuestForward:
 
 
 KERNEL_PANIC = "Kernel panic - not syncing"
+# Firmware verdicts, as this QEMU's firmware prints them on the serial console (captured by booting an empty
+# qcow2 under TCG). SeaBIOS tries the hard disk first: its "Boot failed" right after "Booting from Hard Disk..."
+# means the image itself cannot boot (~0.2 s after launch); a non-bootable seed CD-ROM also says "Boot failed",
+# so only the hard disk's counts. OVMF names the disk "UEFI Misc Device" (virtio-blk) and then spends minutes on
+# PXE and HTTP boot under TCG, so its first failure to load a disk entry is taken as the verdict.
+# Whole lines only (\n at the end): the console is read while QEMU writes it.
+_SEABIOS_DISK_FAILED = re.compile(r"Booting from Hard Disk\.\.\.\s*\n\s*(Boot failed: [^\n]*)\n")
+_FIRMWARE_GAVE_UP = ("No bootable device.",                              # SeaBIOS, after every device
+                     "No bootable option or device was found",           # OVMF (newer edk2)
+                     "UEFI Interactive Shell")                           # OVMF fell through to its shell
+_OVMF_DISK_FAILED = re.compile(r'(BdsDxe: failed to load Boot[0-9A-F]{4} "UEFI Misc Device[^"]*"[^\n]*)\n')
+# Without any userspace line on the serial console by then, a boot is taken as hung (GRUB, a silent kernel).
+# TCG reaches userspace in ~10-30 s here; the SSH deadline (--boot-timeout) caps this when it is shorter.
+USERSPACE_TIMEOUT_S = 300.0
+
+
+def boot_failure(serial_text: str) -> str | None:
+    """Why the serial console shows a boot that will never finish, or None: the one place that decides it."""
+    text = serial_text.replace("\r", "")
+    if KERNEL_PANIC in text:
+        line = next(ln for ln in text.splitlines() if KERNEL_PANIC in ln)
+        return f"the guest kernel panicked ({line.strip()[:160]})"
+    found = _SEABIOS_DISK_FAILED.search(text) or _OVMF_DISK_FAILED.search(text)
+    if found:
+        return f"the firmware cannot boot the disk ({found.group(1).strip()[:160]})"
+    for marker in _FIRMWARE_GAVE_UP:
+        if marker in text:
+            return f"the firmware found nothing to boot ({marker.rstrip('.')})"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +107,7 @@ class VMSpec:
     cpus: int = 2
     seed: Path | None = None
     serial_log: Path
+    network: Network                       # no default: every caller says whether the guest may go out
     ssh_port: int = 0                      # 0: pick a free port on 127.0.0.1 at launch
     guestfwds: tuple[GuestForward, ...] = ()
     firmware: Firmware = "bios"
@@ -147,8 +191,10 @@ def accel_args(accel: Accel) -> list[str]:
     return ["-accel", "tcg,tb-size=256"]
 
 
-def netdev_arg(ssh_port: int, guestfwds: Sequence[GuestForward]) -> str:
-    parts = ["user", "id=n0", "restrict=on", f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22"]
+def netdev_arg(ssh_port: int, guestfwds: Sequence[GuestForward], *, network: Network) -> str:
+    """User-mode networking; the SSH forward listens on 127.0.0.1 only, whatever the mode."""
+    parts = ["user", "id=n0", *(["restrict=on"] if network == "isolated" else []),
+             f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22"]
     for fwd in guestfwds:
         # Commas would end the option: socat's arguments here have none.
         parts.append(f"guestfwd=tcp:{fwd.guest_ip}:{fwd.guest_port}-cmd:socat - TCP:{fwd.host_ip}:{fwd.host_port}")
@@ -165,12 +211,17 @@ def build_argv(spec: VMSpec, *, accel: Accel, ssh_port: int, qmp_socket: Path,
             "-serial", f"file:{spec.serial_log}",
             # Relative to QEMU's cwd (the socket's directory): unix socket paths are limited to 107 bytes.
             "-qmp", f"unix:{qmp_socket.name},server=on,wait=off",
-            "-drive", f"file={spec.disk},format=qcow2,if=virtio,cache=unsafe,discard=unmap,detect-zeroes=unmap",
-            "-netdev", netdev_arg(ssh_port, spec.guestfwds),
-            "-device", "virtio-net-pci,netdev=n0",
+            "-drive", f"file={spec.disk},format=qcow2,if=none,id=disk0,cache=unsafe,discard=unmap,detect-zeroes=unmap",
+            # bootindex: both firmwares try the disk first, so their first failure is the disk's (boot_failure).
+            "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
+            "-netdev", netdev_arg(ssh_port, spec.guestfwds, network=spec.network),
+            # romfile= (none): no iPXE, so a disk that does not boot is not followed by a network boot.
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-device", "virtio-rng-pci"]   # entropy for sshd/cloud-init key generation on first boot
     if spec.seed is not None:
-        argv += ["-drive", f"file={spec.seed},format=raw,if=virtio,readonly=on,media=cdrom"]
+        # After the disk, so the disk stays /dev/vda and the first PCI slot (and boot entry).
+        argv += ["-drive", f"file={spec.seed},format=raw,if=none,id=seed0,readonly=on,media=cdrom",
+                 "-device", "virtio-blk-pci,drive=seed0"]
     if spec.firmware == "uefi":
         if efivars is None:
             raise ValueError("uefi needs a writable copy of the OVMF variables")
@@ -282,6 +333,13 @@ class VM:
     stderr_path: Path
     argv: list[str]
     started: float = field(default_factory=time.monotonic)
+    userspace_seen: bool = False
+
+    def reached_userspace(self) -> bool:
+        """The serial console has shown userspace (remembered: the marker scrolls out of any tail)."""
+        if not self.userspace_seen:
+            self.userspace_seen = reached_userspace(self.serial_text())
+        return self.userspace_seen
 
     @property
     def pid(self) -> int:
@@ -297,9 +355,57 @@ class VM:
         """The guest kernel died (it then sits forever): no wait on this VM should run to its deadline."""
         return KERNEL_PANIC in self.serial_tail(60)
 
+    def boot_problem(self, *, userspace_by: float | None = None) -> str | None:
+        """Why this boot will never finish, or None while it still may.
+
+        QEMU gone, the serial console's verdict (`boot_failure`), or no userspace by the monotonic `userspace_by`.
+        """
+        if not self.alive():
+            self.proc.wait()
+            return f"QEMU exited ({self.proc.returncode}): {_first_line(self.stderr_text()) or 'no message'}"
+        problem = boot_failure(self.serial_recent())
+        if problem is not None:
+            return problem
+        if userspace_by is not None and time.monotonic() >= userspace_by and not self.reached_userspace():
+            return (f"the serial console showed no userspace within {userspace_by - self.started:.0f} s of launch "
+                    "(hung in the boot loader or the kernel?)")
+        return None
+
+    def boot_error(self, problem: str) -> BuildError:
+        """The error a wait raises for `problem`: what failed, then the console's tail."""
+        hint = "see the serial console lines above"
+        if problem.startswith("the firmware"):
+            hint = "is the image a bootable disk (a cloud image, qcow2 or raw) for this firmware (bios/uefi)?"
+        elif "no userspace" in problem:
+            hint = "a slow host (TCG) may need a longer --boot-timeout; the guest's kernel must log to ttyS0"
+        return BuildError(f"guest never booted: {problem}\nlast lines of the serial console:\n{self.serial_tail()}",
+                          hint=hint)
+
+    def wait_userspace(self, deadline: float) -> None:
+        """Return once the console shows userspace; raise `boot_error` at once when the boot has failed.
+
+        Userspace must show within USERSPACE_TIMEOUT_S of launch, or by `deadline` when that comes first.
+        """
+        userspace_by = min(deadline, self.started + USERSPACE_TIMEOUT_S)
+        while not self.reached_userspace():
+            problem = self.boot_problem(userspace_by=userspace_by)
+            if problem is not None:
+                raise self.boot_error(problem)
+            time.sleep(0.25)  # polling the serial log file; bounded by userspace_by
+
     def serial_text(self) -> str:
         try:
             return self.spec.serial_log.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def serial_recent(self, max_bytes: int = 64 * 1024) -> str:
+        """The console's last bytes as written (escapes included; the last line may be incomplete)."""
+        try:
+            with self.spec.serial_log.open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - max_bytes))
+                return handle.read().decode(errors="replace")
         except OSError:
             return ""
 
@@ -346,11 +452,11 @@ class VM:
         log.info("qemu pid %d stopped (rc %s)", self.pid, self.proc.returncode)
 
     def wait_for_boot_progress(self, deadline: float) -> bool:
-        """True once the serial console shows the guest in userspace; False on exit or deadline."""
+        """True once the serial console shows the guest in userspace; False on exit, a failed boot or deadline."""
         while time.monotonic() < deadline:
-            if reached_userspace(self.serial_text()):
+            if self.reached_userspace():
                 return True
-            if not self.alive():
+            if self.boot_problem() is not None:
                 return False
             time.sleep(0.25)  # polling the serial log file; bounded by the deadline
         return False
@@ -423,17 +529,37 @@ def launch(spec: VMSpec, *, workdir: Path, on_started: Callable[[VM], None],
                 accel = mark_kvm_unusable(_first_line(problem))
                 continue
             raise BuildError(f"qemu failed to start: {problem}")
-        if (accel.accel == "kvm" and "SNAPBUILD_ACCEL" not in os.environ
-                and not vm.wait_for_boot_progress(time.monotonic() + kvm_trial_s)):
-            reason = (_first_line(vm.stderr_text()) if not vm.alive() else
-                      f"the guest did not reach userspace on the serial console within {kvm_trial_s:.0f} s")
-            vm.kill()
-            on_stopped(vm)
-            accel = mark_kvm_unusable(reason or "qemu exited")
-            continue
-        log.info("qemu pid %d up, %s, ssh on 127.0.0.1:%d", vm.pid, accel.describe(), port)
+        if accel.accel == "kvm" and "SNAPBUILD_ACCEL" not in os.environ:
+            reason = kvm_trial(vm, kvm_trial_s)
+            if reason is not None:
+                vm.kill()
+                on_stopped(vm)
+                accel = mark_kvm_unusable(reason)
+                continue
+        log.info("qemu pid %d up, %s, %s, ssh on 127.0.0.1:%d", vm.pid, accel.describe(),
+                 describe_network(spec.network), port)
         return vm
     raise BuildError(f"qemu failed to start after {port_attempts} attempts: {last_error}")
+
+
+def kvm_trial(vm: VM, trial_s: float) -> str | None:
+    """Why KVM is unusable for this guest, or None when the trial passes.
+
+    KVM fails by QEMU exiting (this machine: "failed to set MSR 0x10a", then an abort), or by a guest that never
+    reaches userspace (hung in GRUB or right after the kernel banner). A boot the console shows failing for the
+    image's own reasons (no bootable disk, a kernel panic) passes: TCG would fail it the same way, and the boot
+    wait reports it with the console's tail. Nothing may blame KVM for a bad image: the verdict is cached.
+    """
+    if vm.wait_for_boot_progress(time.monotonic() + trial_s):
+        return None
+    if not vm.alive():
+        vm.proc.wait()
+        return _first_line(vm.stderr_text()) or f"qemu exited {vm.proc.returncode} during the KVM trial"
+    problem = boot_failure(vm.serial_recent())
+    if problem is not None:
+        log.info("kvm trial: %s; not KVM's doing, keeping kvm", problem)
+        return None
+    return f"the guest did not reach userspace on the serial console within {trial_s:.0f} s"
 
 
 def _first_line(text: str) -> str:

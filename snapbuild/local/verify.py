@@ -9,6 +9,7 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import shlex
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -82,7 +83,9 @@ class VerifySettings:
     cpus: int = 2
     seed: SeedKind = "nocloud"
     firmware: qemu.Firmware = "bios"
-    boot_timeout_s: float = 900.0
+    # nat: outbound access as a cloud server has; isolated: restrict=on (air-gapped hosts, tests).
+    network: qemu.Network = "nat"
+    boot_timeout_s: float = 900.0        # launch → the console shows the host keys and SSH accepts the key
     cloud_init_timeout_s: float = 600.0
 
 
@@ -96,6 +99,8 @@ class _Boot:
     cloud_init_rc: int | None = None
     cloud_init_report: str = ""
     seconds_to_ssh: float = 0.0
+    seconds: float = 0.0                # launch to powered off
+    checks: list[CheckResult] = field(default_factory=list)
 
 
 def verify_image(image: Path, *, plan: Plan | None = None, settings: VerifySettings | None = None,
@@ -112,31 +117,103 @@ def verify_image(image: Path, *, plan: Plan | None = None, settings: VerifySetti
     info = image_info(image)
     if info.get("format") not in ("qcow2", "raw"):
         raise UserError(f"{image} is {info.get('format')!r}, not a qcow2 or raw disk image")
+    check_image_offline(image, str(info["format"]), plan)
     build_id = build_id or new_build_id()
     ledger = Ledger.create(build_id=build_id, builder="verify", recipe=plan.recipe_name if plan else "-")
     ctx = BuildContext(build_id=build_id, ledger=ledger, reporter=reporter)
     manifest = _read_manifest(image)
     checks: list[CheckResult] = []
+    side_by_side, why = boots_side_by_side(memory_mb=settings.memory_mb, available_mb=mem_available_mb())
+    log.info("verify: %s", why)
     with running_build(ctx):
         tempdir = _tempdir(ctx)
-        boots: list[_Boot] = []
-        for number in (1, 2):
-            with ctx.step(f"boot {number}"):
-                boots.append(_boot_once(ctx, image, info, number, tempdir, plan, settings, checks))
+        boots = run_boots(ctx, image, info, tempdir, plan, settings, side_by_side=side_by_side, why=why)
+        for boot in boots:   # boot 1's checks, then boot 2's: the order does not depend on which finished first
+            checks.extend(boot.checks)
         with ctx.step("compare boots"):
             checks.extend(compare_boots(boots, manifest))
     timings = {t.name: round(t.seconds, 2) for t in ctx.timings}
     timings.update({f"boot_{i + 1}_to_ssh_s": round(b.seconds_to_ssh, 2) for i, b in enumerate(boots)})
+    timings.update({f"boot_{i + 1}_s": round(b.seconds, 2) for i, b in enumerate(boots)})
     return VerifyResult(image=image, checks=tuple(checks), timings=timings)
+
+
+# ---------------------------------------------------------------- two boots, side by side when memory allows
+
+# Per VM beyond its RAM: QEMU itself and TCG's translation cache (tb-size=256); and what the host keeps for itself.
+QEMU_OVERHEAD_MB = 384
+HOST_MARGIN_MB = 512
+
+
+def mem_available_mb(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """MemAvailable in MiB, or None when it cannot be read."""
+    try:
+        text = meminfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "MemAvailable" and value.split():
+            return int(value.split()[0]) // 1024
+    return None
+
+
+def boots_side_by_side(*, memory_mb: int, available_mb: int | None, boots: int = 2) -> tuple[bool, str]:
+    """Whether the boots fit in memory at once (each VM's RAM plus QEMU's overhead, plus a margin), and why."""
+    need = boots * (memory_mb + QEMU_OVERHEAD_MB) + HOST_MARGIN_MB
+    if available_mb is None:
+        return False, "boots one after the other (MemAvailable unknown)"
+    if available_mb < need:
+        return False, (f"boots one after the other: {available_mb} MiB available, {need} MiB needed for "
+                       f"{boots} side by side")
+    return True, f"boots side by side: {available_mb} MiB available, {need} MiB needed"
+
+
+def run_boots(ctx: BuildContext, image: Path, info: dict[str, Any], tempdir: Path, plan: Plan | None,
+              settings: VerifySettings, *, side_by_side: bool, why: str) -> list[_Boot]:
+    """Both first boots, each with its own overlay, seed, port and undo; results in boot order."""
+    if not side_by_side:
+        ctx.reporter.line(why)
+        boots = []
+        for number in (1, 2):
+            with ctx.step(f"boot {number}"):
+                boots.append(_boot_once(ctx, image, info, number, tempdir, plan, settings))
+        return boots
+    results: dict[int, _Boot] = {}
+    errors: dict[int, BaseException] = {}
+
+    def one(number: int) -> None:
+        try:
+            results[number] = _boot_once(ctx, image, info, number, tempdir, plan, settings)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            errors[number] = exc
+
+    with ctx.step("boots 1 and 2, side by side"):
+        ctx.reporter.line(why)
+        # Daemon threads: an interrupt reaches the main thread, whose undo stops both VMs, and an exit does not
+        # wait for a thread. QEMU is started with PR_SET_PDEATHSIG from its boot's thread, so it also dies
+        # when that thread ends (each boot powers its VM off before its thread ends).
+        threads = [threading.Thread(target=one, args=(n,), name=f"verify-boot-{n}", daemon=True) for n in (1, 2)]
+        for thread in threads:
+            thread.start()
+        # Short joins keep the main thread responsive to signals; the first failure ends the wait (the undo then
+        # stops the other boot's VM).
+        while not errors and any(thread.is_alive() for thread in threads):
+            next(thread for thread in threads if thread.is_alive()).join(timeout=0.5)
+        if errors:
+            raise errors[min(errors)]
+    return [results[1], results[2]]
 
 
 # ---------------------------------------------------------------- one boot
 
 def _boot_once(ctx: BuildContext, image: Path, info: dict[str, Any], number: int, tempdir: Path,
-               plan: Plan | None, settings: VerifySettings, checks: list[CheckResult]) -> _Boot:
+               plan: Plan | None, settings: VerifySettings) -> _Boot:
     from snapbuild.sshkeys import KeyPair
 
     boot = _Boot()
+    checks = boot.checks
+    started = time.monotonic()
     overlay = tempdir / f"overlay-{number}.qcow2"
     grown = int(info["virtual-size"]) + GROW_BY_GIB * GIB
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", str(info["format"]), "-b", str(image.resolve()),
@@ -147,16 +224,17 @@ def _boot_once(ctx: BuildContext, image: Path, info: dict[str, Any], number: int
                       tempdir / f"seed-{number}.iso")
     spec = qemu.VMSpec(disk=overlay, memory_mb=settings.memory_mb, cpus=settings.cpus, seed=seed,
                        serial_log=tempdir / f"serial-{number}.log", firmware=settings.firmware,
-                       name=f"snapbuild-verify-{ctx.build_id}-{number}")
+                       network=settings.network, name=f"snapbuild-verify-{ctx.build_id}-{number}")
     vm = start_vm(ctx, spec, workdir=tempdir)
-    ctx.reporter.line(f"{vm.accel.describe()}; ssh on 127.0.0.1:{vm.ssh_port}")
+    ctx.reporter.line(f"boot {number}: {vm.accel.describe()}; {qemu.describe_network(settings.network)}; "
+                      f"ssh on 127.0.0.1:{vm.ssh_port}")
     deadline = vm.started + settings.boot_timeout_s
     host_keys = wait_console_host_keys(vm, deadline)
     users = [plan.distro.default_user] if plan else sorted({d.default_user for d in DISTROS.values()})
     guest = connect_as_default_user(ctx, vm, users=users, key=user_key, host_keys=host_keys, deadline=deadline)
     boot.user = guest.user
     boot.seconds_to_ssh = time.monotonic() - vm.started
-    ctx.reporter.line(f"SSH as {guest.user} after {boot.seconds_to_ssh:.1f} s")
+    ctx.reporter.line(f"boot {number}: SSH as {guest.user} after {boot.seconds_to_ssh:.1f} s")
     try:
         ci = guest.run(["cloud-init", "status", "--wait", "--long"], check=False,
                        timeout=settings.cloud_init_timeout_s)
@@ -170,6 +248,7 @@ def _boot_once(ctx: BuildContext, image: Path, info: dict[str, Any], number: int
             checks.extend(first_boot_checks(guest, plan, user_key=user_key, grown_size=grown))
     finally:
         _power_off(guest, vm)
+    boot.seconds = time.monotonic() - started
     return boot
 
 
@@ -184,17 +263,15 @@ def wait_console_host_keys(vm: qemu.VM, deadline: float) -> tuple[str, ...]:
     """The host keys cloud-init prints on the serial console: the pins for this boot's first SSH connection."""
     from snapbuild.sshkeys import parse_console_host_keys
 
+    userspace_by = min(deadline, vm.started + qemu.USERSPACE_TIMEOUT_S)
     while time.monotonic() < deadline:
         keys = parse_console_host_keys(vm.serial_text())
         if keys:
             return keys
-        if not vm.alive():
-            raise BuildError(f"QEMU exited ({vm.proc.returncode}) during boot: {vm.stderr_text().strip()[-300:]}\n"
-                             f"last lines of the serial console:\n{vm.serial_tail()}")
-        if vm.panicked():
-            raise BuildError("the guest kernel panicked during boot\nlast lines of the serial console:\n"
-                             + vm.serial_tail())
-        time.sleep(1)   # polling the console log; bounded by the deadline
+        problem = vm.boot_problem(userspace_by=userspace_by)   # firmware, panic, QEMU gone, no userspace
+        if problem is not None:
+            raise vm.boot_error(problem)
+        time.sleep(0.5)   # polling the console log; bounded by the deadline
     raise BuildError("guest never printed its SSH host keys on the serial console (did it boot? is cloud-init's "
                      "keys_to_console on?)\nlast lines of the serial console:\n" + vm.serial_tail())
 
@@ -334,6 +411,27 @@ def _power_off(guest: SSHGuest, vm: qemu.VM) -> None:
     if vm.wait_exit(time.monotonic() + 120) is None:
         log.warning("verify VM did not power off in time; stopping it")
         vm.kill()
+
+
+def check_image_offline(image: Path, fmt: str, plan: Plan | None) -> None:
+    """Before anything boots: a disk image with a root file system, and (with a recipe) of the recipe's distro."""
+    from snapbuild.host import baseprobe
+
+    try:
+        probe = baseprobe.probe_base(image, fmt)
+    except baseprobe.Unreadable as exc:
+        log.warning("%s not checked offline: cannot look inside it here (%s); booting it will tell", image, exc)
+        return
+    if plan is None:
+        return
+    if probe.os_release is None:
+        log.warning(baseprobe.unread_note(probe.unread, image))
+        return
+    mismatch = baseprobe.distro_mismatch(probe.os_release, plan.distro, recipe=plan.recipe_name,
+                                         supported=baseprobe.recipe_distros(plan), image=image, option="IMAGE",
+                                         what="image")
+    if mismatch is not None:
+        raise mismatch
 
 
 def _read_manifest(image: Path) -> dict[str, Any] | None:

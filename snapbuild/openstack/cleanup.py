@@ -40,7 +40,10 @@ def parse_duration(text: str) -> timedelta:
     match = DURATION.match(text or "")
     if not match:
         raise UserError(f"--older-than {text!r} is not a duration", hint="for example 30m, 2h or 1d")
-    return timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+    except OverflowError:
+        raise UserError(f"--older-than {text!r} is too long", hint="for example 30m, 2h or 1d") from None
 
 
 @dataclass(frozen=True, kw_only=True)

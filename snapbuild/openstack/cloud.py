@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import logging
+import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as sdk_exc
 
+from snapbuild import netcause
 from snapbuild.errors import CloudError, UserError
 from snapbuild.openstack import faults, marks
 from snapbuild.openstack.model import (
@@ -62,6 +66,14 @@ class WaitTimeout(CloudError):
     """A wait reached its deadline (as opposed to the resource failing)."""
 
 
+class NoCloudSelected(UserError):
+    """Neither --os-cloud/OS_CLOUD nor the OS_* variables name a cloud; `known` lists clouds.yaml's clouds."""
+
+    def __init__(self, message: str, *, hint: str, known: Sequence[str]) -> None:
+        super().__init__(message, hint=hint)
+        self.known = tuple(known)
+
+
 def close_matches(wanted: str, available: Iterable[str]) -> str:
     names = sorted({name for name in available if name})
     near = difflib.get_close_matches(wanted, names, n=5, cutoff=0.4)
@@ -96,17 +108,22 @@ class Cloud:
             # region passed explicitly: with clouds.yaml, OS_REGION_NAME alone does not select it
             conn = openstack.connect(cloud=cloud, region_name=region, **NO_HIDDEN_RETRIES)
         except sdk_exc.ConfigException as exc:
-            try:
-                known = openstack.config.OpenStackConfig().get_cloud_names()
-            except Exception:  # noqa: BLE001 - only for the hint
-                known = []
+            _refuse_unreadable_clouds_yaml()
             raise UserError(f"cloud {cloud!r} not found in clouds.yaml ({exc})",
-                            hint=close_matches(cloud or "", known)) from None
+                            hint=close_matches(cloud or "", _cloud_names())) from None
         except ksa_exc.auth_plugins.MissingRequiredOptions as exc:
-            raise UserError(f"no cloud to build on: {exc}",
-                            hint="name a clouds.yaml cloud with --os-cloud or OS_CLOUD (or set the OS_* variables)"
-                            ) from None
-        adapter = cls(conn, name=cloud or "default", **kwargs)
+            _refuse_unreadable_clouds_yaml()
+            known = _cloud_names()
+            raise NoCloudSelected(f"no cloud to build on: {exc}",
+                                  hint="name a clouds.yaml cloud with --os-cloud or OS_CLOUD (or set the OS_* "
+                                       "variables)" + (f"; clouds.yaml has: {', '.join(known)}" if known else ""),
+                                  known=known) from None
+        name = cloud or str(getattr(conn.config, "name", "") or "default")
+        auth_url = _auth_url(conn)
+        if auth_url and not auth_url.startswith(("http://", "https://")):
+            raise UserError(f"cloud {name!r}: auth_url {auth_url!r} is not an http(s) URL",
+                            hint=f"fix auth_url {_where_configured(name)}, e.g. https://keystone.example:5000/v3")
+        adapter = cls(conn, name=name, **kwargs)
         adapter.authorize()
         return adapter
 
@@ -118,9 +135,23 @@ class Cloud:
                 raise UserError(f"cloud {self.name!r}: authentication failed (401)",
                                 hint="check username, password, project and domain in clouds.yaml") from None
             if _caused_by(exc, ksa_exc.ConnectionError):
-                raise CloudError(f"cloud {self.name!r}: identity endpoint unreachable: {exc}",
-                                 hint="check auth_url in clouds.yaml and that this host can reach it") from None
+                raise self._unreachable(exc) from exc
             raise CloudError(f"cloud {self.name!r}: cannot authenticate: {faults.cloud_message(exc)}") from None
+
+    def _unreachable(self, exc: BaseException) -> CloudError | UserError:
+        """One line for an identity endpoint that cannot be reached (keystoneauth's own runs to 350 characters).
+
+        Refused or an unknown host name at the very first request: the cloud's configuration is wrong (or
+        names a cloud that is down), which is the user's to fix: exit 2. A timeout or a dropped connection
+        may be the network: a cloud error."""
+        cause = netcause.cause_of(exc)
+        url = _auth_url(self._conn) or "(no auth_url)"
+        message = f"cloud {self.name!r}: cannot reach its identity endpoint {url}: {cause.text}"
+        hint = (f"check auth_url {_where_configured(self.name)} and that this host can reach it, "
+                "or pick another cloud with --os-cloud")
+        if cause.kind in netcause.WRONG_ADDRESS:
+            return UserError(message, hint=hint)
+        return CloudError(message, hint=hint)
 
     @property
     def project_id(self) -> str:
@@ -781,6 +812,68 @@ def _image_data(data: Mapping[str, Any]) -> ImageData:
                      failed_import=str(data.get("os_glance_failed_import") or ""))
 
 
+def _auth_url(conn: Any) -> str | None:
+    """The connection's auth_url (None for a stand-in connection or a token-only cloud)."""
+    config = getattr(getattr(conn, "config", None), "config", None)
+    auth = config.get("auth") if isinstance(config, dict) else None
+    url = auth.get("auth_url") if isinstance(auth, dict) else None
+    return str(url) if url else None
+
+
+def _cloud_names() -> list[str]:
+    import openstack.config
+
+    try:
+        config = openstack.config.OpenStackConfig()
+        # without any clouds.yaml openstacksdk still lists one made-up cloud, "defaults"
+        return list(config.get_cloud_names()) if config.config_filename else []
+    except Exception:  # noqa: BLE001 - only for a hint
+        return []
+
+
+def _where_configured(name: str) -> str:
+    """Where cloud `name`'s settings come from, for a hint: its clouds.yaml file, or the OS_* variables."""
+    import openstack.config
+
+    if name == "envvars":
+        return "(OS_AUTH_URL)"
+    try:
+        path = openstack.config.OpenStackConfig().config_filename
+    except Exception:  # noqa: BLE001 - only for a hint
+        path = None
+    return f"of cloud {name!r} in {path or 'clouds.yaml'}"
+
+
+def _refuse_unreadable_clouds_yaml() -> None:
+    """openstacksdk skips a clouds.yaml it cannot parse (with a warning only the log file sees) and then
+    reports the cloud as unknown: name the broken file instead."""
+    import yaml
+    from openstack.config import loader
+
+    env = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    candidates = [env] if env else []
+    candidates += [str(c) for c in getattr(loader, "CONFIG_FILES", [])]
+    for candidate in candidates:
+        path = Path(candidate)
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+            if path.suffix == ".json":
+                json.loads(text)
+            else:
+                yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            where, problem = str(path), " ".join(str(exc).split())
+            mark = getattr(exc, "problem_mark", None)
+            if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+                where, problem = f"{path}:{mark.line + 1}", f"not valid YAML: {exc.problem}"
+            raise UserError(f"{where}: {problem}",
+                            hint="fix the file: openstacksdk skips a file it cannot read, and sees no cloud in it"
+                            ) from None
+        return   # the first existing file is the one openstacksdk uses
+
+
 def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
     seen = 0
     while exc is not None and seen < 10:
@@ -816,7 +909,8 @@ def _image(data: Mapping[str, Any]) -> Image:
     props = {k: str(v) for k, v in data.items() if k not in IMAGE_CORE and v is not None}
     checksum = data.get("checksum") or data.get("os_hash_value")
     return Image(id=str(data["id"]), name=str(data.get("name") or ""), status=str(data.get("status") or ""),
-                 size=data.get("size"), checksum=checksum, visibility=data.get("visibility"),
+                 size=data.get("size"), checksum=checksum, hash_algo=data.get("os_hash_algo") or None,
+                 hash_value=data.get("os_hash_value") or None, visibility=data.get("visibility"),
                  min_disk=int(data.get("min_disk") or 0), min_ram=int(data.get("min_ram") or 0),
                  created_at=str(data.get("created_at") or ""), tags=tuple(data.get("tags") or ()),
                  properties=props)

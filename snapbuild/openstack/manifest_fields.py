@@ -18,11 +18,15 @@ if TYPE_CHECKING:
 def snapshot_manifest(*, settings: SnapshotSettings, plan: Plan, build_id: str, flavor: Flavor, base_image: Image,
                       image: Image, patch: Sequence[Mapping[str, Any]], pulled_images: Mapping[str, str],
                       timings: Sequence[StepTiming]) -> dict[str, Any]:
+    content = plan.content_digest(base_image.content_checksum)     # as recorded in the image's properties
     return {
         "snapbuild_version": snapbuild.__version__,
         "builder": "openstack-snapshot",
         "build_id": build_id,
         "recipe": {"name": plan.recipe_name, "digest": plan.recipe_digest},
+        "variant": plan.variant,
+        "content_digest": content.value,
+        "content_digest_inputs": content.as_dict(),
         "distro": plan.distro.name,
         "components": dict(plan.components),
         "pulled_images": dict(pulled_images),

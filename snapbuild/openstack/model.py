@@ -27,12 +27,22 @@ class Image:
     status: str
     size: int | None = None
     checksum: str | None = None
+    hash_algo: str | None = None         # Glance's os_hash_algo (sha512 by default) and os_hash_value
+    hash_value: str | None = None
     visibility: str | None = None
     min_disk: int = 0
     min_ram: int = 0
     created_at: str = ""
     tags: tuple[str, ...] = ()
     properties: Mapping[str, str] = field(default_factory=dict)  # everything that is not a core field
+
+    @property
+    def content_checksum(self) -> str | None:
+        """`ALGO:HEX` naming the image's bytes: Glance's multihash where it has one (it survives copies
+        between stores and regions), else the legacy md5."""
+        if self.hash_algo and self.hash_value:
+            return f"{self.hash_algo}:{self.hash_value}"
+        return f"md5:{self.checksum}" if self.checksum else None
 
 
 @dataclass(frozen=True, kw_only=True)

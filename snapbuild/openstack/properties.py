@@ -27,7 +27,10 @@ _RESERVED = re.compile(r"^(os_glance_|stores$)")
 
 
 def provenance(*, recipe: str, recipe_digest: str, base_image_id: str, base_image_name: str, build_id: str,
-               build_date: str, components: Mapping[str, str]) -> dict[str, str]:
+               build_date: str, components: Mapping[str, str], content_digest: str | None = None,
+               variant: str | None = None) -> dict[str, str]:
+    """What snapbuild records about how an image was made; `content_digest` is snapbuild.digest's, base included
+    (what a catalogue compares to decide whether an image is current)."""
     props = {
         "snapbuild_version": snapbuild.__version__,
         "snapbuild_recipe": recipe,
@@ -37,6 +40,10 @@ def provenance(*, recipe: str, recipe_digest: str, base_image_id: str, base_imag
         "snapbuild_build_id": build_id,
         "snapbuild_build_date": build_date,
     }
+    if content_digest:
+        props["snapbuild_content_digest"] = content_digest
+    if variant:
+        props["snapbuild_variant"] = variant
     for name, version in components.items():
         props["snapbuild_component_" + re.sub(r"[^a-z0-9_]", "_", name.lower())] = str(version)[:255]
     return props

@@ -492,7 +492,8 @@ def finish(cloud: Cloud, settings: SnapshotSettings, plan: Plan, inputs: Inputs,
     provenance = properties.provenance(
         recipe=plan.recipe_name, recipe_digest=plan.recipe_digest, base_image_id=inputs.base_image.id,
         base_image_name=inputs.base_image.name, build_id=inputs.build_id,
-        build_date=datetime.now(UTC).replace(microsecond=0).isoformat(), components=plan.components)
+        build_date=datetime.now(UTC).replace(microsecond=0).isoformat(), components=plan.components,
+        content_digest=plan.content_digest(inputs.base_image.content_checksum).value, variant=plan.variant)
     wanted = properties.final_properties(recipe=plan.image.properties, user=settings.properties,
                                          provenance_props=provenance)
     remove = properties.to_remove(image.properties, keep=wanted, base_properties=inputs.base_image.properties)

@@ -137,7 +137,8 @@ def provenance_from(manifest: Mapping[str, Any] | None, *, sha256: str, upload_i
                     recorded[:16], sha256[:16])
         return props
     for key, prop in (("build_id", "snapbuild_build_id"), ("builder", "snapbuild_builder"),
-                      ("recipe", "snapbuild_recipe"), ("distro", "snapbuild_distro")):
+                      ("recipe", "snapbuild_recipe"), ("distro", "snapbuild_distro"), ("variant", "snapbuild_variant"),
+                      ("content_digest", "snapbuild_content_digest")):
         if manifest.get(key):
             props[prop] = str(manifest[key])[:255]
     built_with = manifest.get("snapbuild") or manifest.get("snapbuild_version")

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
+from snapbuild import netcause
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,10 @@ class ProgressBackoff:
     def retrying(self, what: str) -> Retrying:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("%s: %s; retrying (%d without progress)", what, exc, self.misses)
+            if exc is None:
+                return
+            log.warning("%s: %s; retrying (%d without progress)", what, netcause.short(exc), self.misses)
+            log.debug("%s: %s", what, exc)   # the libraries' full text, for the log file
 
         return Retrying(retry=retry_if_exception(self.transient), stop=self.stop, wait=self.wait, reraise=True,
                         before_sleep=before_sleep)

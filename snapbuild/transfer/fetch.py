@@ -9,14 +9,18 @@ import json
 import logging
 import os
 import shutil
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from snapbuild import paths
 from snapbuild.errors import BuildError, UserError
+from snapbuild.outputs import check_output_file
 from snapbuild.transfer.checksums import algorithm_of, file_digest, lookup
-from snapbuild.transfer.ranged import Downloader, DownloadSettings, fetch_text
+from snapbuild.transfer.ranged import Downloader, DownloadSettings, Unreachable, fetch_text
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +66,32 @@ def resolve(request: FetchRequest) -> tuple[str, str]:
     base = BASE_IMAGES.get(request.image)
     if base is None:
         raise UserError(f"unknown base image {request.image!r}", hint=f"known: {', '.join(sorted(BASE_IMAGES))}")
+    if request.url and request.mirror:
+        raise UserError("--url and --mirror exclude each other",
+                        hint="--url names the image itself; --mirror a base in the cloud-images layout")
+    option = "--url" if request.url else "--mirror"
     if request.url:
         url = request.url
     else:
         url = f"{(request.mirror or base.mirror).rstrip('/')}/{base.path}"
-    if not url.startswith(("http://", "https://")):
-        raise UserError(f"not an http(s) URL: {url!r}")
+    _check_url(url, option=option, given=request.url or request.mirror or url)
     return url, f"{url.rsplit('/', 1)[0]}/{base.sums}"
+
+
+def _check_url(url: str, *, option: str, given: str) -> None:
+    """A URL requests can use, checked before anything is fetched (else it fails deep inside urllib3)."""
+    example = ("https://mirror.example/images/debian-12-genericcloud-amd64.qcow2" if option == "--url"
+               else "https://mirror.example/cloud-images")
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"{option} {given!r} is not an http(s) URL", hint=f"for example {example}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # raises ValueError when out of range or not a number
+        if not parts.hostname:
+            raise ValueError("no host name")
+        requests.Request("GET", url).prepare()
+    except (ValueError, requests.exceptions.RequestException) as exc:
+        raise UserError(f"{option} {given!r} is not a valid URL: {exc}", hint=f"for example {example}") from None
 
 
 def cache_entry(url: str, digest: str) -> Path:
@@ -101,15 +124,29 @@ def _drop_stale(entry: Path) -> None:
 
 def _place(source: Path, output: Path) -> Path:
     """Hard-link (or copy) the cached image to `output`, atomically."""
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.snapbuild-tmp")
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, output)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write -o {output}: {exc.strerror or exc}",
+                        hint=f"the verified image is in the cache: {source}; pick another -o") from None
     return output
+
+
+def _unreachable_hint(request: FetchRequest) -> str:
+    if request.url:
+        return "check --url: the host name, the port, and that a web server runs there"
+    if request.mirror:
+        return "check --mirror: the host name, the port, and that a web server runs there"
+    return "this host cannot reach the distribution's server: pass --mirror BASE (cloud-images layout) or --url"
 
 
 def fetch_base(request: FetchRequest, *, settings: DownloadSettings | None = None,
@@ -117,6 +154,16 @@ def fetch_base(request: FetchRequest, *, settings: DownloadSettings | None = Non
     """Fetch, verify and cache a base image; see the module docstring."""
     settings = settings or DownloadSettings()
     url, sums_url = resolve(request)
+    if request.output is not None:
+        check_output_file(request.output, option="-o")   # before a byte is downloaded
+    try:
+        return _fetch(request, url, sums_url, settings, on_progress)
+    except Unreachable as exc:
+        raise Unreachable(exc.url, exc.cause, hint=_unreachable_hint(request)) from exc.__cause__
+
+
+def _fetch(request: FetchRequest, url: str, sums_url: str, settings: DownloadSettings,
+           on_progress: Callable[[str], None] | None) -> FetchResult:
     algorithm = algorithm_of(sums_url.rsplit("/", 1)[-1])
     digest = lookup(fetch_text(sums_url, settings), url.rsplit("/", 1)[-1], algorithm=algorithm, source=sums_url)
     entry = cache_entry(url, digest)

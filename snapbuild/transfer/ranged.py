@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import requests
 
+from snapbuild import netcause
 from snapbuild.errors import BuildError, UserError
 from snapbuild.transfer.backoff import ProgressBackoff
 
@@ -53,6 +55,29 @@ class _Transient(Exception):
 
 class _RangeIgnored(Exception):
     """The server answered a Range request with the whole file (200)."""
+
+
+class Unreachable(UserError):
+    """The first connection to a URL's server was refused, or its host name does not exist: the address is
+    wrong (or the server is down), which no retry fixes. Once a server has answered, the same failure is a
+    flaky link and is retried like any other drop."""
+
+    def __init__(self, url: str, cause: netcause.Cause, *, hint: str | None = None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if cause.kind is netcause.Kind.NO_SUCH_HOST:
+            why = f"host name {parts.hostname!r} not found"
+        else:
+            why = f"{parts.netloc} refused the connection (nothing listens on that port)"
+        super().__init__(f"cannot reach {url}: {why}",
+                         hint=hint or "check the address: host name, port, and that a web server runs there")
+        self.url, self.cause = url, cause
+
+
+def _fail_fast(url: str, exc: BaseException) -> None:
+    """Raise Unreachable when a first connection failed in a way no retry can fix."""
+    cause = netcause.cause_of(exc)
+    if cause.kind in netcause.WRONG_ADDRESS:
+        raise Unreachable(url, cause) from exc
 
 
 def _transient(exc: BaseException) -> bool:
@@ -143,6 +168,7 @@ class Downloader:
         self._received_lock = threading.Lock()
         self._local = threading.local()
         self._cancel = threading.Event()
+        self._answered = threading.Event()
 
     def _session(self) -> requests.Session:
         # requests.Session is not thread-safe: one per worker thread
@@ -152,8 +178,15 @@ class Downloader:
         return session
 
     def _get(self, headers: dict[str, str]) -> requests.Response:
-        return self._session().get(self.url, headers=headers, stream=True,
-                                   timeout=(self.settings.connect_timeout, self.settings.read_timeout))
+        try:
+            resp = self._session().get(self.url, headers=headers, stream=True,
+                                       timeout=(self.settings.connect_timeout, self.settings.read_timeout))
+        except requests.ConnectionError as exc:
+            if not self._answered.is_set():
+                _fail_fast(self.url, exc)
+            raise
+        self._answered.set()   # from now on a refused connection is a server restart or a flaky link
+        return resp
 
     def _count(self, n: int) -> None:
         with self._received_lock:
@@ -183,7 +216,8 @@ class Downloader:
             if self.state_path.exists():
                 done = " (what arrived is kept: rerun the same command to resume)"
             raise BuildError(f"download of {self.url} failed after {self.settings.attempts} attempts without "
-                             f"progress: {exc}{done}", hint="check the network or try another --mirror") from None
+                             f"progress: {netcause.short(exc)}{done}",
+                             hint="check the network or try another --mirror") from exc
 
     def _run(self) -> DownloadStats:
         started = time.monotonic()
@@ -304,14 +338,22 @@ class Downloader:
 def fetch_text(url: str, settings: DownloadSettings) -> str:
     """A small file (SHA256SUMS), retried like the image itself; 404 is a UserError naming the URL."""
     backoff = _backoff(settings, lambda: 0)
+    answered = False
     try:
         for attempt in backoff.retrying(url):
             with attempt:
-                resp = requests.get(url, timeout=(settings.connect_timeout, settings.read_timeout))
+                try:
+                    resp = requests.get(url, timeout=(settings.connect_timeout, settings.read_timeout))
+                except requests.ConnectionError as exc:
+                    if not answered:
+                        _fail_fast(url, exc)
+                    raise
+                answered = True
                 _check_status(resp, url)
                 return resp.text
     except Exception as exc:
         if _transient(exc):
-            raise BuildError(f"cannot fetch {url}: {exc}", hint="check the network or try another --mirror") from None
+            raise BuildError(f"cannot fetch {url}: {netcause.short(exc)}",
+                             hint="check the network or try another --mirror") from exc
         raise
     raise AssertionError("unreachable")  # pragma: no cover - reraise=True

@@ -31,7 +31,10 @@ class Failure(enum.Enum):
     AUTH = "permission denied"
     HOST_KEY = "host key verification failed"
     NO_SPACE = "no space left on device"
-    UNREACHABLE = "host unreachable"
+    # Final when the hop never answered during this ship (a wrong address or port, sshd not running);
+    # after it did, a restarting sshd or a flapping resolver: retried like TRANSIENT.
+    REFUSED = "connection refused"
+    UNKNOWN_HOST = "host name not found"
     OTHER = "rsync failed"
 
 
@@ -64,8 +67,11 @@ def classify(returncode: int, stderr: str) -> Failure:
         return Failure.AUTH
     if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
         return Failure.HOST_KEY
-    if "Could not resolve hostname" in stderr:
-        return Failure.UNREACHABLE
+    if ("Could not resolve hostname" in stderr or "open failed" in stderr) and any(
+            text in stderr for text in ("Name or service not known", "No address associated with hostname")):
+        return Failure.UNKNOWN_HOST   # by this host's resolver, or by a relay's for the next hop
+    if returncode in TRANSIENT_EXIT and "Connection refused" in stderr:
+        return Failure.REFUSED
     if returncode in TRANSIENT_EXIT:
         return Failure.TRANSIENT
     return Failure.OTHER

@@ -86,6 +86,15 @@ class _ProbeFailure(Exception):
         self.message = message
 
 
+class _WhichHop(Exception):
+    """A first connection was refused (or a host name not found) somewhere on the way to hop `index`, and
+    ssh's message does not say where (`channel 0: open failed` from a relay): probe the hops one by one."""
+
+    def __init__(self, kind: Failure, index: int, stderr: str) -> None:
+        super().__init__(f"{kind.value} on the way to hop {index + 1}")
+        self.kind, self.index, self.stderr = kind, index, stderr
+
+
 def _is_link_failure(exc: BaseException) -> bool:
     return isinstance(exc, _LinkFailure | _ProbeFailure)
 
@@ -104,6 +113,7 @@ def _ssh(chain: SSHChain, index: int, request: ShipRequest, *, argv: list[str] |
     except CommandFailed as exc:  # our deadline
         raise _ProbeFailure(f"{chain.describe(index)}: no answer within {timeout:.0f} s") from exc
     if done.returncode == 0:
+        chain.mark_reached(index)
         return done
     kind = classify(done.returncode, done.stderr)
     _raise_final(kind, chain, index, done.stderr)
@@ -124,16 +134,36 @@ def _raise_final(kind: Failure, chain: SSHChain, index: int, stderr: str) -> Non
         bad = _failing_hop(chain, index, stderr)
         raise UserError(f"host key of {chain.describe(bad)} is not known or has changed",
                         hint="verify its fingerprint and add it to known_hosts (ssh-keyscan), then retry")
-    if kind is Failure.UNREACHABLE:
-        raise UserError(f"cannot resolve a host name on the way to {chain.describe(index)}: {stderr.strip()}")
+    if kind in (Failure.REFUSED, Failure.UNKNOWN_HOST):
+        named = chain.hop_in(stderr)
+        if named is None and all(i in chain.reached for i in range(index)):
+            named = index   # every hop before it answered: the last relay could not connect onward to it
+        if named is None or named > index:
+            raise _WhichHop(kind, index, stderr)
+        if named not in chain.reached:
+            raise _wrong_address(kind, chain, named, stderr)
+        # it answered earlier in this run: an sshd restarting or a flaky resolver; retried by the caller
+
+
+def _wrong_address(kind: Failure, chain: SSHChain, bad: int, stderr: str) -> UserError:
+    """Hop `bad` refused its first connection, or its name does not exist: the address given is wrong."""
+    said = [line.strip() for line in stderr.splitlines()
+            if any(text in line for text in ("Connection refused", "resolve", "open failed"))]
+    detail = f" ({said[0]})" if said else ""
+    relay = f" (it is reached from {chain.hops[bad - 1]})" if bad else ""
+    if kind is Failure.REFUSED:
+        return UserError(f"{chain.describe(bad)} refuses SSH connections{detail}",
+                         hint=f"check that hop's host and port (user@host:port, or --port) and that sshd runs "
+                              f"there{relay}")
+    return UserError(f"host name of {chain.describe(bad)} not found{detail}",
+                     hint="check the host name"
+                          + (f"; it is resolved on {chain.hops[bad - 1]}, the hop before it" if bad else ""))
 
 
 def _failing_hop(chain: SSHChain, index: int, stderr: str) -> int:
     """ssh prefixes auth errors with `user@host:`; map that back to the hop (else blame `index`)."""
-    for i, hop in enumerate(chain.hops[: index + 1]):
-        if f"@{hop.host}:" in stderr or f"{hop.host} port" in stderr:
-            return i
-    return index
+    named = chain.hop_in(stderr)
+    return named if named is not None and named <= index else index
 
 
 def _retry(request: ShipRequest, progress: Callable[[], int], what: str) -> ProgressBackoff:
@@ -148,6 +178,8 @@ def _probe(chain: SSHChain, index: int, request: ShipRequest) -> None:
         for attempt in backoff.retrying(f"reach {chain.describe(index)}"):
             with attempt:
                 _ssh(chain, index, request, argv=["true"])
+    except _WhichHop as exc:   # cannot happen with every earlier hop reached; named here all the same
+        raise _wrong_address(exc.kind, chain, index, exc.stderr) from None
     except _ProbeFailure as exc:
         raise UserError(f"cannot reach {exc.message}",
                         hint="check the address and port, that sshd runs there, and the link from the previous "
@@ -181,6 +213,10 @@ def _reach(chain: SSHChain, index: int, request: ShipRequest) -> tuple[int, int]
         for attempt in backoff.retrying(f"reach {chain.describe(index)}"):
             with attempt:
                 return _space(chain, index, request)
+    except _WhichHop as exc:
+        for earlier in range(index):
+            _probe(chain, earlier, request)   # raises, naming the first hop that refuses
+        raise _wrong_address(exc.kind, chain, index, exc.stderr) from None
     except _ProbeFailure as exc:
         for earlier in range(index):
             _probe(chain, earlier, request)
@@ -247,7 +283,7 @@ def _transfer(chain: SSHChain, index: int, request: ShipRequest, local_digest: F
         if result.failure is Failure.NO_SPACE:
             raise _no_space(chain, index, request, size, None)
         _raise_final(result.failure, chain, index, result.stderr)
-        if result.failure is not Failure.TRANSIENT:
+        if result.failure not in (Failure.TRANSIENT, Failure.REFUSED, Failure.UNKNOWN_HOST):
             raise BuildError(f"{where}: rsync exited {result.returncode}\n{result.stderr[-2000:]}")
         # how far it got: progress2's position (it lags by up to a second); only when that shows nothing is the
         # hop asked (a round trip over a link that just failed). The next attempt resumes from what really

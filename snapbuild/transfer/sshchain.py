@@ -29,6 +29,10 @@ class Hop:
         if not m:
             raise UserError(f"not a host: {text!r}", hint="use user@host or user@host:port")
         port = int(m.group("port")) if m.group("port") else default_port
+        if port is not None and not 0 < port < 65536:
+            # ssh would refuse its config with "Badly formatted port number" on every retry
+            raise UserError(f"port {port} of {text.strip()!r} is out of range",
+                            hint="a TCP port is 1-65535 (user@host:port, or --port for hops without one)")
         return cls(host=m.group("host").strip("[]"), user=m.group("user"), port=port)
 
     def __str__(self) -> str:
@@ -56,6 +60,23 @@ class SSHChain:
     def __init__(self, hops: Sequence[Hop], config: Path) -> None:
         self.hops = tuple(hops)
         self.config = config
+        # hops that answered during this run: a refused connection to one of them later is a restarting sshd
+        # or a flaky link (retried); to one that never answered, a wrong address (fails at once)
+        self.reached: set[int] = set()
+
+    def mark_reached(self, index: int) -> None:
+        """Hop `index` answered, so every hop on the way to it did too."""
+        self.reached.update(range(index + 1))
+
+    def hop_in(self, text: str) -> int | None:
+        """The hop ssh's message `text` names (`connect to host H port P`, `user@H:`), if any."""
+        for i, hop in enumerate(self.hops):
+            if f"connect to host {hop.host} port {hop.port or 22}:" in text:
+                return i
+        for i, hop in enumerate(self.hops):
+            if f"@{hop.host}:" in text or f"hostname {hop.host}:" in text:
+                return i
+        return None
 
     @staticmethod
     def alias(index: int) -> str:
@@ -91,6 +112,10 @@ def render_config(hops: Sequence[Hop], options: SSHOptions) -> str:
             lines.append(f"  Port {hop.port}")
         jump = ",".join(SSHChain.alias(j) for j in range(i))
         lines.append(f"  ProxyJump {jump or 'none'}")
+        if i < len(hops) - 1:
+            # a relay's onward connection failing ("channel 0: open failed: connect failed: Connection
+            # refused") is logged at INFO: without it only "stdio forwarding failed" says anything went wrong
+            lines.append("  LogLevel INFO")
     lines += [
         "Host *",
         "  BatchMode yes",                       # never prompt: a missing key is an error, not a hang

@@ -6,7 +6,8 @@ What this machine cannot reach is stood in for, and nothing else:
   1.32.12-1.1, ...). The mirror profile maps the upstream URLs onto them. The only edit to the shipped recipes is
   the trusted key fingerprint (our repository cannot be signed with Docker's or Kubernetes' key).
 - registry.k8s.io and docker.io: Debian's docker-registry on 127.0.0.1 holding an image this test built, under
-  every name `kubeadm config images list` prints.
+  every name `kubeadm config images list` prints (the stand-in kubeadm prints what the real v1.32.12 does, so
+  the build's check against the recipe's expected images is the real one).
 Everything else is real: Debian's archive through the host's DNS, Debian's containerd (k8s installs it; the
 containerd.io stand-in depends on it), containerd running inside the chroot for the pre-pull, the seal, the
 compaction and the inspect the build runs on its own output.
@@ -35,9 +36,11 @@ from snapbuild.chroot.scope import undo_scope
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S, K8S_REVISION, DOCKER = "1.32.12", "1.1", "29.2.1"
+# What kubeadm v1.32.12 prints, in its order (etcd 3.5.24-0: the release-1.32 branch's SupportedEtcdVersion[32]
+# since kubernetes/kubernetes#135019); the recipe's prepull.expect must match it exactly or the build fails.
 K8S_IMAGES = [f"registry.k8s.io/{name}" for name in (
     f"kube-apiserver:v{K8S}", f"kube-controller-manager:v{K8S}", f"kube-scheduler:v{K8S}", f"kube-proxy:v{K8S}",
-    "coredns/coredns:v1.11.3", "pause:3.10", "etcd:3.5.16-0")]
+    "coredns/coredns:v1.11.3", "pause:3.10", "etcd:3.5.24-0")]
 
 pytestmark = pytest.mark.system
 

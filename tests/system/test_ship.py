@@ -12,9 +12,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from snapbuild import hostrun
 from snapbuild.errors import BuildError, UserError
 from snapbuild.sshkeys import KeyPair
 from snapbuild.transfer.ship import ShipRequest, ShipResult, ship
@@ -225,6 +227,29 @@ def test_unreachable_controller_is_named(lab: tuple[HostChain, Path, KeyPair], t
     with pytest.raises(UserError, match=rf"cannot reach root@{nowhere} \(hop 2 of 2, via root@") as err:
         ship(req)
     assert err.value.exit_code == 2
+
+
+def test_a_controller_port_that_refuses_fails_at_once_naming_that_hop(
+        lab: tuple[HostChain, Path, KeyPair], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The relay answers, but nothing listens on the controller's port: the relay's onward connection is
+    # refused ("channel 0: open failed"), which ssh does not attribute to a hop; one probe of the relay does.
+    chain, key, _ = lab
+    relay, controller = chain.hosts[0], chain.hosts[1]
+    req = request(chain, key, small_file(tmp_path, 1024), tmp_path / "d", via=(0,), to=1)
+    req = ShipRequest(**{**req.__dict__, "to": Hop(host=controller.address, user="root", port=1)})
+    runs: list[list[str]] = []
+    real_run = hostrun.run
+
+    def counting(argv: list[str], **kw: Any) -> Any:
+        runs.append(list(argv))
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(hostrun, "run", counting)
+    with pytest.raises(UserError, match=rf"root@{controller.address}:1 \(hop 2 of 2, via root@{relay.address}\) "
+                                        "refuses SSH connections") as err:
+        ship(req)
+    assert err.value.exit_code == 2 and err.value.hint and "sshd" in err.value.hint
+    assert len(runs) == 2, runs   # the attempt at the controller and one probe of the relay: no retries
 
 
 def test_wrong_key_is_permission_denied_naming_the_relay(lab: tuple[HostChain, Path, KeyPair],

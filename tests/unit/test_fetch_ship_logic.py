@@ -40,6 +40,10 @@ def test_hops_parse_with_users_and_ports() -> None:
     assert str(Hop.parse("root@[fd00::1]:2200")) == "root@fd00::1:2200"
     with pytest.raises(UserError):
         Hop.parse("a b")
+    with pytest.raises(UserError, match="port 65536 of 'ops@relay:65536' is out of range"):
+        Hop.parse("ops@relay:65536")
+    with pytest.raises(UserError, match="port 0 of 'relay' is out of range"):
+        parse_hops("relay", default_port=0)
 
 
 def test_each_hop_jumps_through_all_previous_ones_and_nothing_is_forwarded() -> None:
@@ -47,6 +51,7 @@ def test_each_hop_jumps_through_all_previous_ones_and_nothing_is_forwarded() -> 
     text = render_config(hops, SSHOptions(identity=None, known_hosts=None, connect_timeout=7))
     blocks = text.split("Host ")
     assert "ProxyJump none" in blocks[1]
+    assert "LogLevel INFO" in blocks[1] and "LogLevel INFO" in blocks[2] and "LogLevel" not in blocks[3]
     assert "ProxyJump snapbuild-hop0\n" in blocks[2]
     assert "ProxyJump snapbuild-hop0,snapbuild-hop1" in blocks[3] and "Port 2200" in blocks[3]
     for line in ("BatchMode yes", "StrictHostKeyChecking yes", "ForwardAgent no", "ConnectTimeout 7",
@@ -70,6 +75,12 @@ def test_rsync_resumes_by_appending_and_keeps_partial_data() -> None:
     (12, "rsync error: error in rsync protocol data stream (code 12)", Failure.TRANSIENT),
     (30, "rsync error: timeout in data send/receive (code 30)", Failure.TRANSIENT),
     (1, "rsync: syntax or usage error", Failure.OTHER),
+    (255, "ssh: connect to host 127.0.0.1 port 2222: Connection refused", Failure.REFUSED),
+    (255, "channel 0: open failed: connect failed: Connection refused\nstdio forwarding failed", Failure.REFUSED),
+    (255, "ssh: Could not resolve hostname ctl: Name or service not known", Failure.UNKNOWN_HOST),
+    (255, "ssh: Could not resolve hostname ctl: Temporary failure in name resolution", Failure.TRANSIENT),
+    (255, "channel 0: open failed: connect failed: Name or service not known\nstdio forwarding failed",
+     Failure.UNKNOWN_HOST),
 ])
 def test_rsync_failures_are_told_apart(code: int, stderr: str, verdict: Failure) -> None:
     assert classify(code, stderr) is verdict

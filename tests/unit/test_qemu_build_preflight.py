@@ -51,14 +51,19 @@ def test_a_text_file_is_not_a_disk_image(tmp_path: Path) -> None:
         _preflight(tmp_path, text)
 
 
-def test_existing_output_needs_force(tmp_path: Path) -> None:
+def test_existing_output_needs_force(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = _qcow2(tmp_path / "base.qcow2")
     out = tmp_path / "out.qcow2"
     out.write_bytes(b"x")
     with pytest.raises(UserError, match="output exists") as caught:
         _preflight(tmp_path, base, output=out)
     assert caught.value.hint and "--force" in caught.value.hint
+    # With --force the checks go on to the last one, the look inside the base (an empty qcow2 would fail it:
+    # tests/system/test_base_preflight.py), here replaced to see that it is reached.
+    probed: list[Path] = []
+    monkeypatch.setattr("snapbuild.local.build.check_base", lambda state: probed.append(state.settings.base))
     _preflight(tmp_path, base, output=out, force=True)
+    assert probed == [base]
 
 
 def test_base_bigger_than_the_recipe_disk_is_refused(tmp_path: Path) -> None:

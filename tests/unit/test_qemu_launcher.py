@@ -1,10 +1,13 @@
 """QEMU launcher: argv, free ports and their retry, the KVM→TCG decision, and process lifecycle.
 
 The lifecycle tests start a real QEMU (TCG, an empty disk: the firmware finds nothing to boot) for a second.
+The KVM trial runs against a fake QEMU (tests/fakeqemu.py) that plays each way KVM behaves, with the /dev/kvm
+probe injected: its branches are decided the same on any host, with or without KVM or QEMU.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -23,12 +26,14 @@ from snapbuild.local.qemu import (
     decide_accel,
     netdev_arg,
 )
+from tests import fakeqemu
 
 needs_qemu = pytest.mark.skipif(shutil.which(qemu.QEMU) is None or shutil.which("qemu-img") is None,
                                 reason="qemu not installed")
 
 
 def _spec(tmp_path: Path, **kw: object) -> VMSpec:
+    kw.setdefault("network", "isolated")
     return VMSpec(disk=tmp_path / "disk.qcow2", serial_log=tmp_path / "serial.log", **kw)  # type: ignore[arg-type]
 
 
@@ -42,27 +47,49 @@ def test_tcg_argv_uses_small_translation_cache_and_no_kvm(tmp_path: Path) -> Non
     assert "kvm" not in " ".join(argv)
 
 
-def test_argv_binds_ssh_forward_to_loopback_with_restricted_user_network(tmp_path: Path) -> None:
-    argv = build_argv(_spec(tmp_path), accel="kvm", ssh_port=40022, qmp_socket=tmp_path / "q.sock")
+def test_isolated_argv_restricts_user_network_and_binds_ssh_forward_to_loopback(tmp_path: Path) -> None:
+    argv = build_argv(_spec(tmp_path, network="isolated"), accel="kvm", ssh_port=40022, qmp_socket=tmp_path / "q")
     assert _opt(argv, "-netdev") == ["user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"]
-    assert "virtio-net-pci,netdev=n0" in _opt(argv, "-device")
+    # No option ROM: a disk that does not boot is not followed by a network boot.
+    assert "virtio-net-pci,netdev=n0,romfile=" in _opt(argv, "-device")
     assert _opt(argv, "-serial") == [f"file:{tmp_path / 'serial.log'}"]
-    assert _opt(argv, "-qmp") == ["unix:q.sock,server=on,wait=off"]    # relative: QEMU runs in its directory
+    assert _opt(argv, "-qmp") == ["unix:q,server=on,wait=off"]    # relative: QEMU runs in its directory
     (disk,) = _opt(argv, "-drive")
-    assert "if=virtio" in disk and "discard=unmap" in disk and "detect-zeroes=unmap" in disk
+    assert "if=none,id=disk0" in disk and "discard=unmap" in disk and "detect-zeroes=unmap" in disk
+    # The disk is the firmware's first boot device, so the first "Boot failed" is the disk's.
+    assert "virtio-blk-pci,drive=disk0,bootindex=0" in _opt(argv, "-device")
 
 
-def test_guestfwd_reaches_host_loopback_through_socat() -> None:
+def test_nat_argv_drops_restrict_but_still_listens_on_loopback_only(tmp_path: Path) -> None:
+    argv = build_argv(_spec(tmp_path, network="nat"), accel="tcg", ssh_port=40022, qmp_socket=tmp_path / "q")
+    (netdev,) = _opt(argv, "-netdev")
+    assert netdev == "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22"
+    assert "restrict" not in netdev
+    # Every listening socket QEMU opens is a hostfwd; each is bound to 127.0.0.1.
+    assert [p for p in netdev.split(",") if p.startswith("hostfwd=")] == ["hostfwd=tcp:127.0.0.1:40022-:22"]
+
+
+@pytest.mark.parametrize("network", ["nat", "isolated"])
+def test_guestfwd_reaches_host_loopback_through_socat_in_both_modes(network: qemu.Network) -> None:
     arg = netdev_arg(2222, [GuestForward(guest_ip="10.0.2.100", guest_port=5000, host_ip="127.0.0.1",
-                                         host_port=41234)])
+                                         host_port=41234)], network=network)
     assert arg.endswith(",guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:127.0.0.1:41234")
+    assert ("restrict=on" in arg) == (network == "isolated")
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in arg
+
+
+def test_seed_drive_comes_after_the_disk_so_the_disk_stays_vda(tmp_path: Path) -> None:
+    argv = build_argv(_spec(tmp_path, seed=tmp_path / "seed.iso"), accel="tcg", ssh_port=1, qmp_socket=tmp_path / "q")
+    devices = [d for d in _opt(argv, "-device") if d.startswith("virtio-blk-pci")]
+    assert devices == ["virtio-blk-pci,drive=disk0,bootindex=0", "virtio-blk-pci,drive=seed0"]
 
 
 def test_seed_is_a_readonly_second_drive_and_uefi_adds_pflash(tmp_path: Path) -> None:
     spec = _spec(tmp_path, seed=tmp_path / "seed.iso", firmware="uefi")
     argv = build_argv(spec, accel="tcg", ssh_port=1, qmp_socket=tmp_path / "q", efivars=tmp_path / "vars.fd")
     drives = _opt(argv, "-drive")
-    assert any(d.startswith(f"file={tmp_path / 'seed.iso'},format=raw") and "readonly=on" in d for d in drives)
+    assert any(d.startswith(f"file={tmp_path / 'seed.iso'},format=raw") and "readonly=on" in d and "id=seed0" in d
+               for d in drives)
     assert any("if=pflash" in d and "readonly=on" in d and str(qemu.OVMF_CODE) in d for d in drives)
     assert any("if=pflash" in d and str(tmp_path / "vars.fd") in d for d in drives)
 
@@ -118,7 +145,7 @@ def test_launch_retries_when_the_port_was_taken_and_kill_leaves_no_process(
     monkeypatch.setattr(qemu, "free_port", lambda host="127.0.0.1": next(ports))
     started: list[int] = []
     stopped: list[int] = []
-    spec = VMSpec(disk=empty_disk, serial_log=tmp_path / "serial.log", memory_mb=128, cpus=1)
+    spec = VMSpec(disk=empty_disk, serial_log=tmp_path / "serial.log", memory_mb=128, cpus=1, network="isolated")
     try:
         vm = qemu.launch(spec, workdir=tmp_path, on_started=lambda v: started.append(v.pid),
                          on_stopped=lambda v: stopped.append(v.pid))
@@ -141,7 +168,7 @@ def test_powerdown_and_wait_exit_within_deadline(tmp_path: Path, tcg: None, empt
     # A work dir deeper than a unix socket path may be (107 bytes): QMP must still work.
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
-    spec = VMSpec(disk=empty_disk, serial_log=deep / "serial.log", memory_mb=128, cpus=1)
+    spec = VMSpec(disk=empty_disk, serial_log=deep / "serial.log", memory_mb=128, cpus=1, network="isolated")
     vm = qemu.launch(spec, workdir=deep, on_started=lambda v: None, on_stopped=lambda v: None)
     try:
         # No OS is running to honour the ACPI button, so the deadline must end the wait.
@@ -161,33 +188,107 @@ def test_fixed_port_in_use_fails_with_qemus_message(tmp_path: Path, tcg: None, e
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         spec = VMSpec(disk=empty_disk, serial_log=tmp_path / "serial.log", memory_mb=128, cpus=1,
-                      ssh_port=taken.getsockname()[1])
+                      network="isolated", ssh_port=taken.getsockname()[1])
         with pytest.raises(BuildError, match="host forwarding"):
             qemu.launch(spec, workdir=tmp_path, on_started=lambda v: None, on_stopped=lambda v: None)
 
 
-@needs_qemu
-@pytest.mark.skipif(qemu.kvm_available() is not None, reason="no usable /dev/kvm device node")
-def test_kvm_without_kernel_output_falls_back_to_tcg_and_remembers(
-        tmp_path: Path, empty_disk: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+# ---------------------------------------------------------------- the KVM trial, on a fake QEMU
+
+@pytest.fixture
+def fake_kvm_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """/dev/kvm opens (injected), no verdict cached, no override, and QEMU is the fake: the trial will run."""
+    monkeypatch.setattr(qemu, "QEMU", str(fakeqemu.install(tmp_path)))
+    monkeypatch.setattr(qemu, "kvm_available", lambda: None)
     monkeypatch.delenv("SNAPBUILD_ACCEL", raising=False)
     monkeypatch.setenv("SNAPBUILD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(qemu, "_accel_cache", None)
+    return tmp_path / "cache"
+
+
+def _launch_fake(tmp_path: Path, *, trial_s: float = 30) -> tuple[qemu.VM, list[int]]:
     pids: list[int] = []
-    spec = VMSpec(disk=empty_disk, serial_log=tmp_path / "serial.log", memory_mb=128, cpus=1)
-    # An empty disk never prints a kernel banner, exactly like a KVM guest hung in GRUB.
+    spec = VMSpec(disk=tmp_path / "disk.qcow2", serial_log=tmp_path / "serial.log", network="isolated")
     vm = qemu.launch(spec, workdir=tmp_path, on_started=lambda v: pids.append(v.pid), on_stopped=lambda v: None,
-                     kvm_trial_s=2)
+                     kvm_trial_s=trial_s)
+    return vm, pids
+
+
+def _cached_verdict(cache: Path) -> str | None:
+    files = list(cache.glob("accel-*.json"))
+    return json.loads(files[0].read_text())["kvm_unusable"] if files else None
+
+
+@pytest.mark.parametrize("play", ["msr-at-start", "msr-in-trial"])
+def test_kvm_exiting_with_the_msr_error_falls_back_to_tcg_and_remembers(
+        play: str, tmp_path: Path, fake_kvm_host: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("FAKE_QEMU_KVM", play)
+    vm, pids = _launch_fake(tmp_path)
+    try:
+        assert vm.accel.accel == "tcg" and "tcg,tb-size=256" in vm.argv
+        assert len(pids) == 2 and not os.path.exists(f"/proc/{pids[0]}")
+        assert "accel: tcg (kvm unusable: qemu-system-x86_64: error: failed to set MSR 0x10a" in caplog.text
+    finally:
+        vm.kill()
+    assert "failed to set MSR 0x10a" in (_cached_verdict(fake_kvm_host) or "")
+    monkeypatch.setattr(qemu, "_accel_cache", None)      # a later process on this kernel skips the trial
+    assert qemu.current_accel().accel == "tcg"
+
+
+def test_kvm_guest_hung_before_userspace_falls_back_to_tcg_and_remembers(
+        tmp_path: Path, fake_kvm_host: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("FAKE_QEMU_KVM", "hung-in-grub")     # GRUB on the console, then nothing
+    vm, pids = _launch_fake(tmp_path, trial_s=1)
     try:
         assert vm.accel.accel == "tcg"
-        assert "-accel" in vm.argv and "tcg,tb-size=256" in vm.argv
         assert len(pids) == 2 and not os.path.exists(f"/proc/{pids[0]}")
         assert "accel: tcg (kvm unusable: the guest did not reach userspace" in caplog.text
     finally:
         vm.kill()
-    # A later process on this kernel skips the trial.
-    monkeypatch.setattr(qemu, "_accel_cache", None)
-    assert qemu.current_accel().accel == "tcg"
+    assert "did not reach userspace" in (_cached_verdict(fake_kvm_host) or "")
+
+
+def test_kvm_guest_reaching_userspace_keeps_kvm_and_caches_nothing(
+        tmp_path: Path, fake_kvm_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_KVM", "userspace")
+    vm, pids = _launch_fake(tmp_path)
+    try:
+        assert vm.accel.accel == "kvm" and _opt(vm.argv, "-accel") == ["kvm"]
+        assert len(pids) == 1 and vm.alive()
+    finally:
+        vm.kill()
+    assert _cached_verdict(fake_kvm_host) is None
+
+
+def test_an_unbootable_disk_under_kvm_is_not_blamed_on_kvm(
+        tmp_path: Path, fake_kvm_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The verdict is cached for every later build: a bad image must not switch this host to TCG for good.
+    monkeypatch.setenv("FAKE_QEMU_KVM", "no-boot-disk")
+    vm, pids = _launch_fake(tmp_path)
+    try:
+        assert vm.accel.accel == "kvm" and len(pids) == 1
+        with pytest.raises(BuildError, match="the firmware cannot boot the disk") as caught:
+            vm.wait_userspace(time.monotonic() + 120)
+        assert "Boot failed: not a bootable disk" in str(caught.value)     # the console's tail comes along
+    finally:
+        vm.kill()
+    assert _cached_verdict(fake_kvm_host) is None
+
+
+def test_no_userspace_within_the_bound_ends_the_boot_wait(tmp_path: Path, fake_kvm_host: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SNAPBUILD_ACCEL", "tcg")
+    monkeypatch.setenv("FAKE_QEMU_TCG", "hung-in-grub")
+    monkeypatch.setattr(qemu, "USERSPACE_TIMEOUT_S", 1.0)
+    vm, _ = _launch_fake(tmp_path)
+    try:
+        with pytest.raises(BuildError, match="showed no userspace within 1 s") as caught:
+            vm.wait_userspace(time.monotonic() + 600)
+        assert "Loading Linux" in str(caught.value) and "--boot-timeout" in (caught.value.hint or "")
+    finally:
+        vm.kill()
 
 
 def test_a_kernel_banner_alone_does_not_prove_kvm_works() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from snapbuild import actions
+from snapbuild.cli import main
 from snapbuild.paths import data_dir
 from snapbuild.plan import Plan, plan_from_names
 from snapbuild.recipes import Library
@@ -105,13 +106,89 @@ def test_versions_are_pinned_and_held_and_update_comes_first() -> None:
     assert plan.components["kubernetes"] == "1.31.4"
 
 
-def test_prepull_lists_kubeadm_images_into_k8s_io() -> None:
+def kubeadm_images(version: str = "1.32.12", coredns: str = "v1.11.3", pause: str = "3.10",
+                   etcd: str = "3.5.24-0") -> list[str]:
+    """What `kubeadm config images list --kubernetes-version vVERSION` prints, in its order."""
+    return [f"registry.k8s.io/{name}" for name in (
+        f"kube-apiserver:v{version}", f"kube-controller-manager:v{version}", f"kube-scheduler:v{version}",
+        f"kube-proxy:v{version}", f"coredns/coredns:{coredns}", f"pause:{pause}", f"etcd:{etcd}")]
+
+
+def test_prepull_expects_kubeadm_images_of_the_pinned_version_into_k8s_io() -> None:
     plan = make("k8s", extra_images="nginx:1.27,quay.io/x/y:1")
     (pull,) = plan.prepulls
     assert pull.namespace == "k8s.io"
     assert pull.list_command == ("kubeadm", "config", "images", "list", "--kubernetes-version", "v1.32.12")
+    assert [e.ref for e in pull.expect] == kubeadm_images()
     assert pull.images == ("docker.io/library/nginx:1.27", "quay.io/x/y:1")
+    assert pull.known_images == (*kubeadm_images(), "docker.io/library/nginx:1.27", "quay.io/x/y:1")
     assert pull.hosts_dir == "/etc/containerd/certs.d"
+    made_of = {e.ref: dict(e.variables) for e in pull.expect}
+    assert made_of["registry.k8s.io/etcd:3.5.24-0"] == {"etcd_version": "3.5.24-0"}
+    assert made_of["registry.k8s.io/pause:3.10"] == {"sandbox_image": "registry.k8s.io/pause:3.10"}
+    assert made_of["registry.k8s.io/kube-proxy:v1.32.12"] == {"kubernetes_version": "1.32.12"}
+
+
+OVERRIDE = {"kubernetes_version": "1.31.4", "etcd_version": "3.5.15-0", "coredns_version": "v1.11.1",
+            "sandbox_image": "registry.k8s.io/pause:3.9"}
+CASES = [({}, kubeadm_images()), (OVERRIDE, kubeadm_images("1.31.4", "v1.11.1", "3.9", "3.5.15-0"))]
+
+
+def cli_out(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    main(list(args))
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sets,images", CASES, ids=["default", "set"])
+def test_plan_render_and_json_list_exactly_the_images_with_their_mirror(
+        capsys: pytest.CaptureFixture[str], sets: dict[str, str], images: list[str]) -> None:
+    args = ["k8s", "--mirrors", "airgap-example", *(f"--set={k}={v}" for k, v in sets.items())]
+    mirror = "https://registry-k8s-io.mirror.example.internal"
+    text = cli_out(capsys, "plan", *args)
+    shown = [line.split()[1:] for line in text.splitlines() if line.startswith("        - ")]
+    assert shown == [[ref, "through", mirror] for ref in images]
+    rendered = cli_out(capsys, "render", *args)
+    section = rendered.split("(fill your mirrors with these first) =====\n", 1)[1].split("\n\n", 1)[0]
+    assert section.splitlines() == [f"# {ref}  through {mirror}" for ref in images]
+    (pull,) = json.loads(cli_out(capsys, "plan", *args, "--json"))["prepull"]
+    assert pull["checked"] is True and pull["namespace"] == "k8s.io"
+    assert [i["image"] for i in pull["images"]] == images
+    assert all(i["mirrors"] == [mirror] and not i["blocked"] and i["expected"] for i in pull["images"])
+
+
+def test_each_image_shows_its_own_registry_mirror_or_that_it_is_blocked(capsys: pytest.CaptureFixture[str]) -> None:
+    (pull,) = json.loads(cli_out(capsys, "plan", "k8s", "--json", "--set", "extra_images=nginx:1.27,ghcr.io/a/b:2"))[
+        "prepull"]
+    by_image = {i["image"]: i for i in pull["images"]}
+    etcd = by_image["registry.k8s.io/etcd:3.5.24-0"]
+    assert etcd["mirrors"] == [] and etcd["blocked"] is True and etcd["upstream"] == "https://registry.k8s.io"
+    assert etcd["variables"] == ["etcd_version"]
+    nginx = by_image["docker.io/library/nginx:1.27"]
+    assert nginx["mirrors"] == ["https://docker.cloudinative.com"] and nginx["extra"] and not nginx["expected"]
+    assert by_image["ghcr.io/a/b:2"]["blocked"] is True
+    text = cli_out(capsys, "plan", "k8s", "--set", "extra_images=nginx:1.27")
+    assert "        - docker.io/library/nginx:1.27 (extra)  through https://docker.cloudinative.com" in text
+    assert "        - registry.k8s.io/etcd:3.5.24-0  from https://registry.k8s.io (BLOCKED, no mirror)" in text
+
+
+def test_a_mirror_without_a_hosts_toml_does_not_count(tmp_path: Path) -> None:
+    # ctr pulls through hosts_dir: a profile mirror the recipe wrote no hosts.toml for is never used.
+    folder = tmp_path / "pull"
+    folder.mkdir()
+    (folder / "recipe.yaml").write_text("description: x\ndistros: [debian-12]\nimage: {name: x, category: x}\n"
+                                        "steps:\n  - prepull: {images: [registry.k8s.io/x:1]}\n"
+                                        "  - containerd_mirrors: {registries: [registry.k8s.io]}\n"
+                                        "  - prepull: {images: [registry.k8s.io/y:1]}\n")
+    plan = plan_from_names(library=Library([tmp_path, data_dir("recipes")]), recipe_name="pull",
+                           distro_name="debian-12", profile_name="airgap-example", config_variables={},
+                           set_values={})
+    before, after = plan.prepulls
+    assert before.routes[0].mirrors == () and before.routes[0].blocked
+    assert after.routes[0].mirrors == ("https://registry-k8s-io.mirror.example.internal",)
+    assert plan.blocked_without_mirror == ("image pre-pull: registry registry.k8s.io is blocked and profile "
+                                           "'airgap-example' has mirrors but the recipe writes no hosts.toml for it "
+                                           "under /etc/containerd/certs.d",)
 
 
 def test_k8s_from_blocked_registry_is_reported_for_default_profile_only() -> None:

@@ -26,7 +26,8 @@ def test_the_accel_chosen_by_a_fresh_trial_boots_the_base_image_to_userspace(
     disk = tmp_path / "overlay.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(debian_base_image),
                     str(disk)], check=True)
-    spec = qemu.VMSpec(disk=disk, serial_log=tmp_path / "serial.log", memory_mb=1024, name="snapbuild-t-accel")
+    spec = qemu.VMSpec(disk=disk, serial_log=tmp_path / "serial.log", memory_mb=1024, name="snapbuild-t-accel",
+                       network="isolated")
     vm = qemu.launch(spec, workdir=tmp_path, on_started=lambda v: None, on_stopped=lambda v: None)
     try:
         print(f"\n{vm.accel.describe()}")

@@ -30,7 +30,7 @@ def test_chroot_build_boots_and_passes_verify_with_the_recipes_checks(debian_bas
     built = subprocess.run([*common, "chroot", *recipe, "--base", str(debian_base_image), "-o", str(output)],
                            env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert built.returncode == 0, built.stderr[-4000:]
-    done = subprocess.run([*common, "verify", str(output), "--recipe", *recipe, "--json"],
+    done = subprocess.run([*common, "verify", str(output), "--network", "isolated", "--recipe", *recipe, "--json"],
                           env=env, capture_output=True, text=True, timeout=3600, cwd=ROOT)
     report = json.loads(done.stdout)
     failed = [c for c in report["checks"] if not c["ok"]]

@@ -3,16 +3,27 @@
 The build runs in a child process (this file is also its driver: `python test_local_build.py build …`), so
 the interrupt tests can send real signals. One build serves the whole module; the interrupt tests each boot
 only as far as they need.
+
+The module's build runs with outbound networking (`nat`, the users' default), and so inside a network namespace
+this test makes with nothing but its loopback: the whole driver, and so QEMU's NAT, runs there. The guest
+downloads its recipe's signing key and package from an APT repository the test serves in that namespace,
+reached at QEMU's NAT alias for the host (10.0.2.2) through a test-only mirror profile; nothing it sends can
+leave the machine. Every other VM here runs `isolated` (restrict=on), and verify proves that isolation holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +55,11 @@ def _driver(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["build"])
+    # No default: every build in these tests says whether its guest may go out (nat only inside a netns).
+    parser.add_argument("--network", choices=["nat", "isolated"], required=True)
+    parser.add_argument("--recipe", default="base")
+    parser.add_argument("--profile", default="upstream")
+    parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--base", type=Path, required=True)
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--compression", default="zstd")
@@ -52,12 +68,12 @@ def _driver(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    plan = make_plan()
+    plan = make_plan(args.recipe, args.profile, args.sets)
     build_id = new_build_id()
     ledger = Ledger.create(build_id=build_id, builder="local", recipe=plan.recipe_name)
     ctx = BuildContext(build_id=build_id, ledger=ledger, reporter=Reporter())
     settings = LocalSettings(base=args.base, output=args.output, compression=args.compression, seed=args.seed,
-                             memory_mb=args.memory, cpus=2)
+                             memory_mb=args.memory, cpus=2, network=args.network)
     print(f"build id {build_id}", file=sys.stderr, flush=True)
     try:
         with running_build(ctx):
@@ -73,12 +89,13 @@ def _driver(argv: list[str]) -> int:
     return 0
 
 
-def make_plan() -> Plan:
+def make_plan(recipe: str = "base", profile: str = "upstream", sets: list[str] | None = None) -> Plan:
     from snapbuild.plan import plan_from_names, shipped_recipes_dir
-    from snapbuild.recipes import Library
+    from snapbuild.recipes import Library, parse_set
 
-    return plan_from_names(library=Library([shipped_recipes_dir()]), recipe_name="base", distro_name="debian-12",
-                           profile_name="upstream", config_variables={}, set_values={})
+    return plan_from_names(library=Library([ROOT / "tests" / "recipes", shipped_recipes_dir()]), recipe_name=recipe,
+                           distro_name="debian-12", profile_name=profile, config_variables={},
+                           set_values=parse_set(tuple(sets or ())))
 
 
 # ---------------------------------------------------------------- helpers for the tests
@@ -128,7 +145,9 @@ def wait_until(predicate, deadline_s: float, what: str) -> None:  # type: ignore
 
 
 def start_build(env: Env, base: Path, output: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(DRIVER), "build", "--base", str(base), "-o", str(output), *extra],
+    """A build of `base`, isolated (restrict=on): these run in this machine's own network namespace."""
+    return subprocess.Popen([sys.executable, str(DRIVER), "build", "--network", "isolated", "--base", str(base),
+                             "-o", str(output), *extra],
                             env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -168,6 +187,12 @@ def _sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------- one real build for the module
 
+NAT_RECIPE = "nat-demo"
+NAT_UPSTREAM = "https://apt.snapbuild-nat-demo.invalid"     # what the recipe names; no such host exists
+REPO_PORT = 18080            # inside the test's own namespace, where nothing else listens
+REPO_REQUEST = re.compile(r'"GET (\S+) HTTP/1\.[01]" (\d{3})')
+
+
 @dataclass
 class Built:
     env: Env
@@ -177,6 +202,23 @@ class Built:
     result: dict[str, object]
     wall_s: float
     log: str
+    plan_args: tuple[str, str, list[str]]      # recipe, profile, --set: what verify needs to check the recipe
+    repo_requests: list[tuple[str, str]]       # (path, status) the repository in the namespace served
+
+
+def make_nat_repository(root: Path) -> str:
+    """A signed APT repository with one stand-in package, plus its key at /key.asc; the key's fingerprint."""
+    from aptrepo import StandIn, build_deb, dists_repository, signing_key
+
+    debs = root / "debs"
+    debs.mkdir(parents=True)
+    key = signing_key(root / "gnupg")
+    deb = build_deb(StandIn(name="snapbuild-nat-demo", version="1.0",
+                            files={"/usr/bin/snapbuild-nat-demo": "#!/bin/sh\necho installed through NAT\n"}), debs)
+    served = root / "served"
+    dists_repository(served / "debian", [deb], suite="bookworm", component="main", key=key)
+    (served / "key.asc").write_bytes(key.armored_public_key())
+    return key.fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -195,19 +237,46 @@ def accel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def built(base_image: Path, tmp_path_factory: pytest.TempPathFactory, accel_cache: Path) -> Iterator[Built]:
+    """The module's one build: NAT mode, the whole driver inside a loopback-only namespace with the repository."""
+    from tests.netns import loopback_netns
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("the NAT build runs in a network namespace of its own: needs root and iproute2")
     env = _env(tmp_path_factory.mktemp("local-build"), accel_cache)
     out_dir = env.root / "out"
     out_dir.mkdir()
-    output = out_dir / "base.qcow2"
+    output = out_dir / f"{NAT_RECIPE}.qcow2"
+    fingerprint = make_nat_repository(env.root / "repo")
+    profile = env.root / "nat-mirrors.yaml"
+    # Test-only mirror profile: the recipe's repository is the test's, at QEMU's NAT alias for the host. No
+    # forwards: only NAT can carry these requests.
+    profile.write_text(json.dumps({"description": "the test's repository through the local VM's NAT",
+                                   "apt_repositories": {NAT_UPSTREAM: f"http://10.0.2.2:{REPO_PORT}"}}))
+    plan_args = (NAT_RECIPE, str(profile), [f"repo_key_fingerprint={fingerprint}"])
     before = _sha256(base_image)
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(DRIVER), "build", "--base", str(base_image), "-o", str(output)],
-                          env=env.env, capture_output=True, text=True, timeout=3600, check=False)
-    wall = time.monotonic() - start
+    server_log = env.root / "repo-server.log"
+    with loopback_netns("nat") as ns, server_log.open("w") as log_file:
+        server = subprocess.Popen(ns.argv([sys.executable, "-u", "-m", "http.server", str(REPO_PORT), "--bind",
+                                           "127.0.0.1", "--directory", str(env.root / "repo" / "served")]),
+                                  stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: "Serving HTTP" in server_log.read_text() or server.poll() is not None, 30,
+                       "the repository server in the namespace")
+            assert server.poll() is None, server_log.read_text()
+            start = time.monotonic()
+            proc = subprocess.run(ns.argv([sys.executable, str(DRIVER), "build", "--network", "nat",
+                                           "--recipe", NAT_RECIPE, "--profile", str(profile),
+                                           "--set", plan_args[2][0], "--base", str(base_image), "-o", str(output)]),
+                                  env=env.env, capture_output=True, text=True, timeout=3600, check=False)
+            wall = time.monotonic() - start
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     (env.root / "build.log").write_text(proc.stderr)
     assert proc.returncode == 0, f"build failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
     yield Built(env=env, base=base_image, base_sha_before=before, output=output,
-                result=json.loads(proc.stdout.strip().splitlines()[-1]), wall_s=wall, log=proc.stderr)
+                result=json.loads(proc.stdout.strip().splitlines()[-1]), wall_s=wall, log=proc.stderr,
+                plan_args=plan_args, repo_requests=REPO_REQUEST.findall(server_log.read_text()))
 
 
 def test_local_build_writes_compressed_qcow2_and_manifest_and_leaves_nothing(built: Built) -> None:
@@ -216,10 +285,10 @@ def test_local_build_writes_compressed_qcow2_and_manifest_and_leaves_nothing(bui
     assert info["format"] == "qcow2"
     assert info["format-specific"]["data"].get("compression-type") == "zstd"
     assert "backing-filename" not in info
-    assert info["virtual-size"] == 4 * 1024 ** 3      # recipe base: disk_size_gb 4
+    assert info["virtual-size"] == 4 * 1024 ** 3      # recipe nat-demo (as base): disk_size_gb 4
     manifest = json.loads(Path(str(built.result["manifest"])).read_text())
     assert manifest["output"]["sha256"] == _sha256(built.output) == built.result["sha256"]
-    assert manifest["recipe"] == "base" and manifest["distro"] == "debian-12"
+    assert manifest["recipe"] == NAT_RECIPE and manifest["distro"] == "debian-12"
     assert manifest["guest_os"].startswith("Debian GNU/Linux 12")
     for key in ("boot_to_ssh_s", "ssh_to_first_command_s", "compact_s", "total_s"):
         assert manifest["timings"][key] > 0
@@ -231,6 +300,17 @@ def test_local_build_writes_compressed_qcow2_and_manifest_and_leaves_nothing(bui
           f"boot→SSH {manifest['timings']['boot_to_ssh_s']:.1f} s; "
           f"SSH→first command {manifest['timings']['ssh_to_first_command_s']:.2f} s; "
           f"zstd output {built.output.stat().st_size / 1e6:.1f} MB")
+
+
+def test_the_nat_build_downloaded_its_key_and_package_through_the_namespaces_repository(built: Built) -> None:
+    # The repository listens only inside the namespace, and the profile gives no forward: these came through NAT.
+    served = {path for path, status in built.repo_requests if status == "200"}
+    assert "/key.asc" in served, built.repo_requests
+    assert any(path.endswith("/snapbuild-nat-demo_1.0_amd64.deb") for path in served), built.repo_requests
+    assert any(path.endswith("/dists/bookworm/InRelease") for path in served), built.repo_requests
+    assert "network: nat (outbound through QEMU user-mode NAT" in built.log
+    # The NAT's SSH forward listened on the namespace's loopback: the build reached its guest there.
+    assert "SSH after" in built.log
 
 
 def test_zlib_and_zstd_outputs_of_the_same_image(built: Built, tmp_path: Path) -> None:
@@ -252,22 +332,61 @@ def test_zlib_and_zstd_outputs_of_the_same_image(built: Built, tmp_path: Path) -
           f"{seconds['zstd']:.1f} s; zlib {sizes['zlib'] / 1e6:.1f} MB in {seconds['zlib']:.1f} s")
 
 
-def test_verify_passes_on_the_built_image(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
-    from snapbuild.local.verify import verify_image
+def test_verify_passes_on_the_built_image_and_its_isolated_guests_cannot_reach_the_host(
+        built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify in `isolated` mode, in this machine's namespace: a server listens on 127.0.0.1 here, where NAT would
+    take the guest's 10.0.2.2; restrict=on must keep the guest's request from it."""
+    from snapbuild.local.verify import CheckResult, VerifySettings, verify_image
 
     for key in ("TMPDIR", "SNAPBUILD_STATE_DIR", "SNAPBUILD_CACHE_DIR"):
         monkeypatch.setenv(key, built.env.env[key])
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", None)     # re-read TMPDIR
-    result = verify_image(built.output, plan=make_plan())
-    print("\n" + result.render())
+    with _counting_server() as (port, requests):
+        probe = ("sh", "-c", f"! curl -sS --max-time 10 -o /dev/null http://10.0.2.2:{port}/probe")
+        plan = make_plan(*built.plan_args)
+        plan = dataclasses.replace(plan, verify_checks=(*plan.verify_checks, probe))
+        result = verify_image(built.output, plan=plan, settings=VerifySettings(network="isolated"))
+    print("\n" + result.render() + f"\ntimings: {result.timings}")
     names = [c.name for c in result.checks]
     assert any("cloud-init" in n for n in names) and any("machine-id" in n for n in names)
     assert any("host keys" in n for n in names) and any("builder" in n for n in names)
-    assert any("grown" in n for n in names) and any(n.startswith("recipe check") for n in names)
+    assert any("grown" in n for n in names) and "recipe check: snapbuild-nat-demo" in names
+    assert CheckResult(name=f"recipe check: {shlex.join(probe)}", ok=True, detail="exit 0") in result.checks
+    assert requests == [], "an isolated guest reached the host's loopback"
     assert result.ok, result.render()
     assert json.loads(result.render(json=True))["ok"] is True
+    # Both boots' checks, boot 1's first, as when they ran one after the other.
+    boots = [n.split(":")[0] for n in names if n.startswith("boot ")]
+    assert boots == sorted(boots) and set(boots) == {"boot 1", "boot 2"}
     assert_nothing_left(built.env)
+
+
+@contextlib.contextmanager
+def _counting_server() -> Iterator[tuple[int, list[str]]]:
+    """An HTTP server on 127.0.0.1 that records every request path (it should see none)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    requests: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def test_inspect_finds_no_violation_in_the_built_image(built: Built) -> None:

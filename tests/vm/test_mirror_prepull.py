@@ -63,7 +63,7 @@ def mirrored(debian_base_image: Path, tmp_path_factory: pytest.TempPathFactory) 
                       {"guest": REGISTRY_GUEST, "host": reg.address}])
         output = work / "out" / "k8s-mirror-demo.qcow2"
         output.parent.mkdir()
-        done = _snapbuild(env, "local", RECIPE, "--distro", "debian-12", "--mirrors", str(profile),
+        done = _snapbuild(env, "local", RECIPE, "--network", "isolated", "--distro", "debian-12", "--mirrors", str(profile),
                           "--base", str(debian_base_image), "-o", str(output), "--memory", "1536", "--json",
                           timeout=3600)
         assert done.returncode == 0, f"build failed ({done.returncode}):\n{done.stderr[-6000:]}"
@@ -97,8 +97,8 @@ def test_inspect_finds_the_mirrored_build_sealed(mirrored: MirroredBuild) -> Non
 
 
 def test_verify_finds_the_images_containerd_modules_and_sysctls_without_any_mirror(mirrored: MirroredBuild) -> None:
-    done = _snapbuild(mirrored.env, "verify", str(mirrored.output), "--recipe", RECIPE, "--distro", "debian-12",
-                      "--json", timeout=3600)
+    done = _snapbuild(mirrored.env, "verify", str(mirrored.output), "--network", "isolated", "--recipe", RECIPE,
+                      "--distro", "debian-12", "--json", timeout=3600)
     report = json.loads(done.stdout)
     failed = [c for c in report["checks"] if not c["ok"]]
     assert done.returncode == 0 and not failed, json.dumps(failed, indent=2) + done.stderr[-3000:]

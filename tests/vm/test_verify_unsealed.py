@@ -14,7 +14,7 @@ from snapbuild.ledger import Ledger
 from snapbuild.local import qemu
 from snapbuild.local.build import ssh_connect, start_vm
 from snapbuild.local.seed import SeedSpec, write_seed
-from snapbuild.local.verify import verify_image, verify_userdata, wait_console_host_keys
+from snapbuild.local.verify import VerifySettings, verify_image, verify_userdata, wait_console_host_keys
 from snapbuild.pipeline import BuildContext, Reporter, running_build
 from snapbuild.sshkeys import KeyPair
 
@@ -35,7 +35,7 @@ def unsealed_image(debian_base_image: Path, tmp_path: Path, monkeypatch: pytest.
         key = KeyPair.generate()
         seed = write_seed(SeedSpec(user_data=verify_userdata(key.public_openssh), hostname="once"), work / "seed.iso")
         vm = start_vm(ctx, qemu.VMSpec(disk=image, seed=seed, serial_log=work / "serial.log", memory_mb=1024,
-                                       name="snapbuild-t-unsealed"), workdir=work)
+                                       name="snapbuild-t-unsealed", network="isolated"), workdir=work)
         deadline = time.monotonic() + 900
         guest = ssh_connect(ctx, vm, user="debian", key=key, host_keys=wait_console_host_keys(vm, deadline),
                             deadline=deadline)
@@ -51,7 +51,8 @@ def test_verify_fails_an_unsealed_image_on_machine_id_and_stale_keys(
         unsealed_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)
-    result = verify_image(unsealed_image)      # no plan: finds the default user by trying debian/ubuntu
+    # No plan: finds the default user by trying debian/ubuntu. Isolated: no test VM reaches out.
+    result = verify_image(unsealed_image, settings=VerifySettings(network="isolated"))
     print("\n" + result.render())
     failed = {c.name for c in result.failed()}
     assert not result.ok

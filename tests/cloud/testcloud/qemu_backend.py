@@ -185,7 +185,7 @@ class QemuBackend:
         qmp.unlink(missing_ok=True)
         spec = VMSpec(disk=Path(str(record["disk"])), memory_mb=int(str(record["memory_mb"])),
                       cpus=int(str(record["cpus"])), seed=Path(str(record["seed"])), serial_log=serial,
-                      name=f"testcloud-{uuid}")
+                      name=f"testcloud-{uuid}", network="isolated")   # the -netdev below replaces it anyway
         argv = build_argv(spec, accel="tcg", ssh_port=0, qmp_socket=qmp)
         addresses = [str(a) for a in record["addresses"]]  # type: ignore[attr-defined]
         argv[argv.index("-netdev") + 1] = netdev(addresses, self.settings.guestfwds)

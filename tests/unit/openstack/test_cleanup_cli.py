@@ -31,7 +31,8 @@ def test_cloud_side_is_the_default_and_says_how_to_name_a_cloud(isolated_state: 
     monkeypatch.chdir(tmp_path)                      # no ./clouds.yaml
     monkeypatch.setenv("HOME", str(tmp_path))        # no ~/.config/openstack/clouds.yaml
     assert _run(["cleanup", "--dry-run"]) == 2
-    assert "--os-cloud or OS_CLOUD" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no cloud selected to clean up" in err and "--os-cloud NAME or set OS_CLOUD" in err and "--host" in err
 
 
 def test_bad_age_is_a_usage_error(isolated_state: Path, capsys: pytest.CaptureFixture[str]) -> None:
