@@ -177,7 +177,8 @@ def _variables(check: Checker, data: dict[str, Any]) -> dict[str, Variable]:
             raise check.fail(f"variables.{name}.type must be one of {', '.join(VARIABLE_TYPES)}", spec, "type")
         var = Variable(name=name, type=vtype, required="default" not in spec,
                        description=check.string(spec, "description", f"variables.{name}", default=""),
-                       pattern=spec.get("pattern"), choices=check.string_list(spec, "choices", f"variables.{name}"),
+                       pattern=check.string(spec, "pattern", f"variables.{name}") if "pattern" in spec else None,
+                       choices=check.string_list(spec, "choices", f"variables.{name}"),
                        line=yamlfile.line_of(node, name))
         if var.pattern is not None:
             try:

@@ -1,4 +1,5 @@
-"""A forwarding HTTP proxy on 127.0.0.1 for guests' apt (QEMU guestfwd reaches it; nothing else can).
+"""A forwarding HTTP proxy on 127.0.0.1 for guests' apt (QEMU guestfwd reaches it; nothing else can), and a
+mirror of the Debian archive at the same address (`http://ADDR/debian`, `http://ADDR/debian-security`).
 
 Test infrastructure, not a fake: every request goes to the real Debian archive. Only the archive's hosts are
 forwarded, so a guest cannot use it to reach anything else. It counts what it served, so a test can show the
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 ARCHIVE_HOSTS = frozenset({"deb.debian.org", "security.debian.org"})
+MIRROR_HOST = "deb.debian.org"      # serves /debian and /debian-security
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                         "transfer-encoding", "upgrade", "proxy-connection"})
 PASSED_ON = ("User-Agent", "Range", "If-Range", "If-Modified-Since", "Cache-Control", "Accept")
@@ -42,7 +44,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._forward(body=False)
 
     def _forward(self, *, body: bool) -> None:
-        url = urlsplit(self.path)
+        # Also a mirror: a plain path (`GET /debian/dists/…`, as apt asks a mirror URL) is the archive's own path.
+        target = f"http://{MIRROR_HOST}{self.path}" if self.path.split("/")[1:2] in (["debian"],
+                                                                                  ["debian-security"]) else self.path
+        url = urlsplit(target)
         if url.scheme != "http" or url.hostname not in ARCHIVE_HOSTS:
             with self.server.stats.lock:
                 self.server.stats.refused.append(self.path)

@@ -199,3 +199,29 @@ def loopback_netns(tag: str) -> Iterator[NetnsHost]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), 9)
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def bridge_in(host: NetnsHost, *, port: int, to_port: int, socket_dir: Path) -> Iterator[None]:
+    """Port `port` on the namespace's loopback leads to 127.0.0.1:`to_port` of the root namespace, and to
+    nothing else: two socat processes joined by a unix socket (a file, which crosses network namespaces). The
+    namespace gains exactly one service; no route, no veth, no forwarding."""
+    sock = socket_dir / f"bridge-{port}.sock"
+    outside = subprocess.Popen(["socat", f"UNIX-LISTEN:{sock},fork,unlink-early", f"TCP:127.0.0.1:{to_port}"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    inside = subprocess.Popen(host.argv(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+                                         f"UNIX-CONNECT:{sock}"]),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (sock.exists() and host.run(["sh", "-c", f"ss -Hltn 'sport = :{port}' | grep -q ."],
+                                              check=False).returncode == 0):
+            if time.monotonic() > deadline or outside.poll() is not None or inside.poll() is not None:
+                raise RuntimeError(f"the bridge to 127.0.0.1:{to_port} did not come up")
+            time.sleep(0.1)   # socat starts in milliseconds; bounded by the deadline
+        yield
+    finally:
+        for proc in (inside, outside):
+            proc.kill()
+            proc.wait(timeout=10)
+        sock.unlink(missing_ok=True)

@@ -109,6 +109,9 @@ class Problem:
 def plan_sources(plan: Plan) -> tuple[Source, ...]:
     """Every repository, key, registry endpoint and proxy URL the plan will use, in plan order, without duplicates."""
     profile, distro = plan.profile, plan.distro
+    # apt reads its sources only when the plan runs apt-get (the builder's user-data never does): a recipe that
+    # installs nothing downloads nothing, whatever sources the image is given for later.
+    uses_apt = any(isinstance(a, (actions.AptUpdate, actions.InstallPackages)) for a in plan.actions)
     proxied = bool(plan.build_apt_proxy)
     found: list[Source] = []
     step = _step_of(plan, lambda a: isinstance(a, actions.WriteFile) and a.path == distro.sources_file)
@@ -116,6 +119,8 @@ def plan_sources(plan: Plan) -> tuple[Source, ...]:
     for part, upstream, suites, mirror in (
             ("archive", distro.archive, distro.suites, apt.archive if apt else None),
             ("security", distro.security, (distro.security_suite,), apt.security if apt else None)):
+        if not uses_apt:
+            break
         url = profile.archive_for(distro.id, upstream) if part == "archive" else profile.security_for(distro.id,
                                                                                                      upstream)
         what = "distro archive" if part == "archive" else "distro security archive"
@@ -124,10 +129,11 @@ def plan_sources(plan: Plan) -> tuple[Source, ...]:
                             blocked=profile.url_blocked(url), mirrored=bool(mirror)))
     for number, action in enumerate(plan.actions, 1):
         if isinstance(action, actions.AptSource):
-            found += _apt_source(profile, action, number, proxied)
+            found += [source for source in _apt_source(profile, action, number, proxied)
+                      if uses_apt or source.kind == "apt-key"]   # the key is fetched by the step itself
         elif isinstance(action, actions.PrePull):
             found += _registries(profile, action, number)
-    if plan.build_apt_proxy:
+    if plan.build_apt_proxy and uses_apt:
         found.append(Source(kind="apt-proxy", url=plan.build_apt_proxy, need="apt during the build (build_apt_proxy)",
                             key="build_apt_proxy"))
     unique: dict[tuple[str, str, tuple[str, ...]], Source] = {}

@@ -58,12 +58,14 @@ def test_existing_output_needs_force(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(UserError, match="output exists") as caught:
         _preflight(tmp_path, base, output=out)
     assert caught.value.hint and "--force" in caught.value.hint
-    # With --force the checks go on to the last one, the look inside the base (an empty qcow2 would fail it:
-    # tests/system/test_base_preflight.py), here replaced to see that it is reached.
-    probed: list[Path] = []
-    monkeypatch.setattr("snapbuild.local.build.check_base", lambda state: probed.append(state.settings.base))
+    # With --force the checks go on to the last two, the look inside the base (an empty qcow2 would fail it:
+    # tests/system/test_base_preflight.py) and the download sources (tests/unit/test_reachability.py), here
+    # replaced to see that they are reached, in that order.
+    reached: list[str] = []
+    monkeypatch.setattr("snapbuild.local.build.check_base", lambda state: reached.append("base"))
+    monkeypatch.setattr("snapbuild.local.build.check_sources", lambda state: reached.append("sources"))
     _preflight(tmp_path, base, output=out, force=True)
-    assert probed == [base]
+    assert reached == ["base", "sources"]
 
 
 def test_base_bigger_than_the_recipe_disk_is_refused(tmp_path: Path) -> None:

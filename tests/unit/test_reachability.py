@@ -43,7 +43,7 @@ from snapbuild.plan import Plan, plan_from_names
 from snapbuild.profiles import Forward
 from snapbuild.recipes import Library
 
-LIBRARY = Library([data_dir("recipes")])
+LIBRARY = Library([Path(__file__).resolve().parents[1] / "recipes", data_dir("recipes")])
 K8S_DEB = "/k8s/core:/stable:/v1.32/deb"
 KEY = b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nstand-in\n-----END PGP PUBLIC KEY BLOCK-----\n"
 
@@ -245,8 +245,12 @@ def test_docker_ce_repository_and_key_name_the_profile_entry_that_rewrote_them()
     assert not any(s.kind == "registry" for s in sources)      # docker-ce pulls no image
 
 
-def test_base_with_the_upstream_profile_uses_only_the_distro_archives() -> None:
-    sources = plan_sources(make_plan("base", "upstream"))
+def test_a_recipe_that_runs_no_apt_get_needs_no_archive() -> None:
+    assert plan_sources(make_plan("base", "upstream")) == ()
+
+
+def test_a_package_step_with_the_upstream_profile_uses_only_the_distro_archives() -> None:
+    sources = plan_sources(make_plan("apt-demo", "upstream"))
     assert [(s.url, s.key, s.mirrored) for s in sources] == [
         ("http://deb.debian.org/debian", "apt.debian.archive", False),
         ("http://deb.debian.org/debian-security", "apt.debian.security", False)]
@@ -335,7 +339,7 @@ def test_a_chroot_build_asks_a_forwards_guest_side_as_written_and_says_what_it_i
         profile = local_profile(tmp_path / "vmonly.yaml", apt=f"http://127.0.0.1:{apt.port}",
                                 registry=f"http://127.0.0.1:{registry.port}", proxy="http://127.0.0.77:3142",
                                 forwards=[{"guest": "127.0.0.77:3142", "host": f"127.0.0.1:{apt.port}"}])
-        problems = check_sources(make_plan("base", profile), Route.HOST)
+        problems = check_sources(make_plan("apt-demo", profile), Route.HOST)
         assert apt.seen == []          # apt would go through the proxy, which is not there for a chroot
     assert [(p.url, p.what) for p in problems] == [("http://127.0.0.77:3142", "connection refused")]
     assert "is the guest side of a forward, which only local VMs have" in problems[0].hint
@@ -346,7 +350,7 @@ def test_a_nat_vm_cannot_use_this_hosts_loopback_address(tmp_path: Path, registr
     with http_site(archive_files()) as apt:
         profile = local_profile(tmp_path / "nat.yaml", apt=f"http://127.0.0.1:{apt.port}",
                                 registry=f"http://127.0.0.1:{registry.port}")
-        problems = check_sources(make_plan("base", profile), Route.NAT)
+        problems = check_sources(make_plan("apt-demo", profile), Route.NAT)
         assert apt.seen == []
     assert [p.url for p in problems] == [f"http://127.0.0.1:{apt.port}/debian",
                                          f"http://127.0.0.1:{apt.port}/debian-security"]
@@ -460,7 +464,7 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path, registry: Site) -
         port = silent.getsockname()[1]
         profile = local_profile(tmp_path / "slow.yaml", apt=f"http://127.0.0.1:{port}",
                                 registry=f"http://127.0.0.1:{registry.port}")
-        problems = check_sources(make_plan("base", profile), Route.HOST, timeout=0.3)
+        problems = check_sources(make_plan("apt-demo", profile), Route.HOST, timeout=0.3)
     assert [p.url for p in problems] == [f"http://127.0.0.1:{port}/debian", f"http://127.0.0.1:{port}/debian-security"]
     assert all(p.what.startswith("timed out") for p in problems)
 
@@ -543,8 +547,8 @@ def test_require_reachable_raises_for_a_closed_port_and_passes_when_all_answer(t
     bad = local_profile(tmp_path / "bad.yaml", apt=f"http://127.0.0.1:{closed_port()}",
                         registry=f"http://127.0.0.1:{registry.port}")
     with pytest.raises(UserError) as caught:
-        require_reachable(make_plan("base", bad), Route.HOST)
-    assert caught.value.message.startswith("2 download sources of recipe 'base' cannot be reached from this host:")
+        require_reachable(make_plan("apt-demo", bad), Route.HOST)
+    assert caught.value.message.startswith("2 download sources of recipe 'apt-demo' cannot be reached from this host:")
     assert "connection refused" in caught.value.message and "apt.debian.security in profile bad" in caught.value.message
 
 

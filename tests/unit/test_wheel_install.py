@@ -1,4 +1,5 @@
-"""The wheel carries cloudinit/ and recipes/: installed in a fresh venv, run from elsewhere, it works."""
+"""The wheel carries cloudinit/, recipes/ and the editors' JSON Schemas: installed in a fresh venv, run from
+elsewhere, it works."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     assert "snapbuild/_data/recipes/k8s/recipe.yaml" in names
     assert "snapbuild/_data/cloudinit/builder-userdata.yaml.j2" in names
+    assert {f"snapbuild/schemas/{k}.schema.json" for k in ("recipe", "profile", "config")} <= set(names)
     assert not any(n.startswith("cloudinit/") for n in names), "cloudinit must not be a top-level package"
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -190,6 +190,7 @@ def _sha256(path: Path) -> str:
 NAT_RECIPE = "nat-demo"
 NAT_UPSTREAM = "https://apt.snapbuild-nat-demo.invalid"     # what the recipe names; no such host exists
 REPO_PORT = 18080            # inside the test's own namespace, where nothing else listens
+ARCHIVE_PORT = 18081         # the Debian archive mirror, bridged into that namespace (tests/aptproxy.py)
 REPO_REQUEST = re.compile(r'"GET (\S+) HTTP/1\.[01]" (\d{3})')
 
 
@@ -204,6 +205,7 @@ class Built:
     log: str
     plan_args: tuple[str, str, list[str]]      # recipe, profile, --set: what verify needs to check the recipe
     repo_requests: list[tuple[str, str]]       # (path, status) the repository in the namespace served
+    archive_served: list[str]                  # what the archive mirror (bridged into the namespace) served
 
 
 def make_nat_repository(root: Path) -> str:
@@ -238,7 +240,9 @@ def accel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def built(base_image: Path, tmp_path_factory: pytest.TempPathFactory, accel_cache: Path) -> Iterator[Built]:
     """The module's one build: NAT mode, the whole driver inside a loopback-only namespace with the repository."""
-    from tests.netns import loopback_netns
+    from aptproxy import apt_proxy
+
+    from tests.netns import bridge_in, loopback_netns
 
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("the NAT build runs in a network namespace of its own: needs root and iproute2")
@@ -250,12 +254,17 @@ def built(base_image: Path, tmp_path_factory: pytest.TempPathFactory, accel_cach
     profile = env.root / "nat-mirrors.yaml"
     # Test-only mirror profile: the recipe's repository is the test's, at QEMU's NAT alias for the host. No
     # forwards: only NAT can carry these requests.
+    # The distro archive comes from a mirror in the namespace too (the test's apt proxy, bridged in): the build's
+    # preflight asks every source the plan uses, as a connected user's would, and the guest's apt-get reads them.
     profile.write_text(json.dumps({"description": "the test's repository through the local VM's NAT",
+                                   "apt": {"debian": {"archive": f"http://10.0.2.2:{ARCHIVE_PORT}/debian",
+                                                      "security": f"http://10.0.2.2:{ARCHIVE_PORT}/debian-security"}},
                                    "apt_repositories": {NAT_UPSTREAM: f"http://10.0.2.2:{REPO_PORT}"}}))
     plan_args = (NAT_RECIPE, str(profile), [f"repo_key_fingerprint={fingerprint}"])
     before = _sha256(base_image)
     server_log = env.root / "repo-server.log"
-    with loopback_netns("nat") as ns, server_log.open("w") as log_file:
+    with loopback_netns("nat") as ns, server_log.open("w") as log_file, apt_proxy() as (proxy_port, archive), \
+            bridge_in(ns, port=ARCHIVE_PORT, to_port=proxy_port, socket_dir=env.root):
         server = subprocess.Popen(ns.argv([sys.executable, "-u", "-m", "http.server", str(REPO_PORT), "--bind",
                                            "127.0.0.1", "--directory", str(env.root / "repo" / "served")]),
                                   stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)
@@ -276,7 +285,8 @@ def built(base_image: Path, tmp_path_factory: pytest.TempPathFactory, accel_cach
     assert proc.returncode == 0, f"build failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
     yield Built(env=env, base=base_image, base_sha_before=before, output=output,
                 result=json.loads(proc.stdout.strip().splitlines()[-1]), wall_s=wall, log=proc.stderr,
-                plan_args=plan_args, repo_requests=REPO_REQUEST.findall(server_log.read_text()))
+                plan_args=plan_args, repo_requests=REPO_REQUEST.findall(server_log.read_text()),
+                archive_served=list(archive.served))
 
 
 def test_local_build_writes_compressed_qcow2_and_manifest_and_leaves_nothing(built: Built) -> None:
@@ -309,6 +319,8 @@ def test_the_nat_build_downloaded_its_key_and_package_through_the_namespaces_rep
     assert any(path.endswith("/snapbuild-nat-demo_1.0_amd64.deb") for path in served), built.repo_requests
     assert any(path.endswith("/dists/bookworm/InRelease") for path in served), built.repo_requests
     assert "network: nat (outbound through QEMU user-mode NAT" in built.log
+    # The distro archive came through the namespace's mirror: asked by the preflight and by the guest's apt-get.
+    assert any(path.endswith("/dists/bookworm/InRelease") for path in built.archive_served), built.archive_served
     # The NAT's SSH forward listened on the namespace's loopback: the build reached its guest there.
     assert "SSH after" in built.log
 
