@@ -184,6 +184,7 @@ def recipes(session: Session, as_json: bool) -> None:
         items.append({
             "name": name, "description": recipe.description, "distros": list(recipe.distros),
             "path": str(recipe.path),
+            "variants": {v.name: v.description for v in recipe.variants.values()},
             "variables": {v.name: {"type": v.type, "default": v.default, "required": v.required,
                                    "description": v.description} for v in recipe.variables.values()},
         })
@@ -193,6 +194,8 @@ def recipes(session: Session, as_json: bool) -> None:
     for item in items:
         click.echo(f"{item['name']:<12} {item['description']}")
         click.echo(f"{'':<12} distros: {', '.join(item['distros'])}")
+        for number, (vname, description) in enumerate(item["variants"].items()):
+            click.echo(f"{'':<12} --variant {vname}{' (default)' if number == 0 else ''}  {description}")
         for vname, var in item["variables"].items():
             default = "(required)" if var["required"] else f"= {var['default']!r}"
             click.echo(f"{'':<12} --set {vname} {default}  {var['description']}")

@@ -206,13 +206,13 @@ def provision_in(plan: Any, guest: ChrootGuest, reporter: Reporter) -> Provision
 
 
 def seal_in(guest: ChrootGuest, reporter: Reporter) -> None:
-    from snapbuild.seal import seal  # type: ignore[import-not-found,unused-ignore]
+    from snapbuild.seal import seal
 
     seal(guest, reporter=reporter)
 
 
 def check_image(path: Path) -> None:
-    from snapbuild.inspect import inspect_image  # type: ignore[import-not-found,unused-ignore]
+    from snapbuild.inspect import inspect_image
 
     violations = inspect_image(path)
     if violations:

@@ -10,6 +10,7 @@ from pathlib import Path
 from snapbuild import hostrun
 from snapbuild.chroot.attach import Attached, Runner, partitions, rescan
 from snapbuild.errors import CommandFailed, UserError
+from snapbuild.host.baseprobe import pick_root
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +51,16 @@ def probe(attached: Attached, runner: Runner = hostrun.run, sysfs_root: Path = P
 
 
 def choose_root(parts: list[Partition], image: Path) -> Partition:
-    """The root: labelled cloudimg-rootfs, else the largest ext4. LVM and other layouts are refused."""
+    """The root as the offline probe picks it (labelled cloudimg-rootfs, else the largest Linux file system;
+    LVM and other layouts refused), and one this builder can grow: ext4."""
     if not parts:
         raise UserError(f"{image}: no partition table found",
                         hint="the chroot builder needs a partitioned cloud image (GPT or MBR)")
-    for part in parts:
-        if part.label in ROOT_LABELS:
-            if part.fstype not in GROWABLE:
-                raise UserError(f"{image}: root partition {part.number} is {part.fstype or 'unknown'}, not ext4",
-                                hint="use the snapshot or local builder for this image")
-            return part
-    ext4 = [p for p in parts if p.fstype in GROWABLE]
-    if ext4:
-        return max(ext4, key=lambda p: p.size)
-    if any(p.fstype == "LVM2_member" for p in parts):
-        raise UserError(f"{image}: the root file system is on LVM, which the chroot builder does not handle",
-                        hint="use the snapshot or local builder (`snapbuild local …`) for LVM images")
-    seen = ", ".join(f"p{p.number}={p.fstype or '?'}" for p in parts)
-    raise UserError(f"{image}: no ext4 root partition found ({seen})",
-                    hint="use the snapshot or local builder for this image")
+    root = pick_root(parts, image)
+    if root.fstype not in GROWABLE:
+        raise UserError(f"{image}: root partition {root.number} is {root.fstype or 'unknown'}, not ext4",
+                        hint="the chroot builder grows ext4 only: use the snapshot or local builder for this image")
+    return root
 
 
 def copy_base(base: Path, fmt: str, work: Path, runner: Runner = hostrun.run) -> None:

@@ -323,7 +323,10 @@ def _probe(attempt: _Attempt, timeout: float, tls: ssl.SSLContext) -> _Failure |
     client = _Client(attempt, timeout, tls)
     try:
         if source.kind == "apt-proxy":
-            client.status("/", ranged=True)      # any HTTP answer: an HTTP server listens there
+            # Connect only: what it serves is proven by the apt sources asked through it, and a request of its
+            # own ("GET /") is one a proxy that forwards only the archive would log as refused.
+            conn, _ = client._connection(source.url)
+            conn.connect()
             return None
         if source.kind == "registry":
             status = client.status(source.url.rstrip("/") + "/v2/", ranged=False)

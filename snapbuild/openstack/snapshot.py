@@ -542,14 +542,9 @@ def report_kept(ctx: BuildContext, ledger: Ledger) -> None:
 def _write_manifest(settings: SnapshotSettings, manifest: dict[str, Any]) -> None:
     if settings.manifest_path is None:
         return
-    try:
-        from snapbuild.manifest import write_manifest  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        import json
+    import json
 
-        settings.manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        return
-    write_manifest(settings.manifest_path, manifest)
+    settings.manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 

@@ -81,7 +81,7 @@ def test_root_is_the_labelled_partition_else_the_largest_ext4() -> None:
     ([], "no partition table"),
     ([part(1, "vfat"), part(2, "LVM2_member")], "on LVM"),
     ([part(1, "xfs", "cloudimg-rootfs")], "is xfs, not ext4"),
-    ([part(1, "btrfs")], "no ext4 root partition found"),
+    ([part(1, "btrfs")], "is btrfs, not ext4"),
 ])
 def test_layouts_the_builder_cannot_grow_are_refused(parts: list[grow.Partition], message: str) -> None:
     with pytest.raises(UserError, match=message):

@@ -249,3 +249,16 @@ def test_when_variant_needs_declared_variants(tmp_path: Path, capsys: pytest.Cap
     code, err = _run(capsys, "--recipes-dir", str(tmp_path), "plan", "plain", "--mirrors", "upstream")
     assert code == 2
     assert "plain/recipe.yaml:8: steps[1].when.variant: the recipe declares no variants" in err
+
+
+def test_recipes_lists_each_recipes_variants_with_the_default_first(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from snapbuild.cli import main
+
+    main(["recipes", "--json"])
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)["recipes"]}
+    assert list(listed["k8s"]["variants"]) == ["full", "slim"]
+    assert listed["docker-ce"]["variants"] == {}
+    main(["recipes"])
+    assert "--variant full (default)" in capsys.readouterr().out
