@@ -6,32 +6,38 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=${SNAPBUILD_QUICKSTART_DIR:-/var/lib/snapbuild-quickstart}
 venv=${SNAPBUILD_VENV:-/opt/snapbuild}
+# The local VMs' network: nat (default: the VM reaches out as a cloud server does) or isolated (restrict=on, for
+# a host that must not let a VM send anything out; the `base` recipe downloads nothing either way).
+network=${SNAPBUILD_QUICKSTART_NETWORK:-nat}
+started=$(date +%s)
+phase() { echo "== [$(( $(date +%s) - started )) s] $*"; }
 
 if [ "$(id -u)" != 0 ]; then
     echo "quickstart: run as root (sudo ./quickstart.sh): it installs packages and uses loop devices" >&2
     exit 2
 fi
-echo "== host packages"
+phase "host packages"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # shellcheck disable=SC2046
 apt-get install -y -qq --no-install-recommends $(grep -v '^#' "$here/.ci/host-packages.txt") >/dev/null
 
-echo "== snapbuild into $venv"
+phase "snapbuild into $venv"
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
 "$venv/bin/pip" install -q "$here"
 ln -sf "$venv/bin/snapbuild" /usr/local/bin/snapbuild
 
 mkdir -p "$work"
-echo "== Debian 12 base image (debootstrap; cached for the next run)"
+phase "Debian 12 base image (debootstrap; cached for the next run)"
 [ -f "$work/debian-12.qcow2" ] || snapbuild base debian-12 -o "$work/debian-12.qcow2"
 
-echo "== first image: recipe 'base', built in a local VM"
+phase "first image: recipe 'base', built in a local VM (network: $network)"
 snapbuild local base --distro debian-12 --mirrors upstream --base "$work/debian-12.qcow2" \
-    -o "$work/first-image.qcow2" --force
+    -o "$work/first-image.qcow2" --force --network "$network"
 
-echo "== verify: boot it twice, check cloud-init, machine-id, host keys, users, growth"
-snapbuild verify "$work/first-image.qcow2" --recipe base --distro debian-12 --mirrors upstream
+phase "verify: boot it twice, check cloud-init, machine-id, host keys, users, growth"
+snapbuild verify "$work/first-image.qcow2" --recipe base --distro debian-12 --mirrors upstream \
+    --network "$network"
 
-echo "== done: $work/first-image.qcow2 (see $work/first-image.qcow2.manifest.json)"
+phase "done: $work/first-image.qcow2 (see $work/first-image.qcow2.manifest.json)"

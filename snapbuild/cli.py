@@ -360,7 +360,8 @@ def vm_options(func: Any) -> Any:
         click.option("--boot-timeout", "boot_timeout", type=click.FloatRange(min=10), default=900.0,
                      show_default=True, metavar="SECONDS",
                      help="Launch to SSH; generous for TCG. A boot the serial console shows failing (no "
-                          "bootable disk, kernel panic, no userspace within 300 s) ends at once."),
+                          "bootable disk, kernel panic, no userspace on the console within a third of it) ends "
+                          "at once."),
     ]):
         func = option(func)
     return func

@@ -40,3 +40,12 @@ def require_tools(*names: str, hint: str = "install the host packages listed in 
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
         raise UserError(f"missing host tools: {', '.join(missing)}", hint=hint)
+
+
+def die_with_parent() -> list[str]:
+    """A prefix that makes a helper process (QEMU, qemu-nbd) get SIGKILL when snapbuild dies, even by kill -9
+    (setpriv execs: same pid). The parent is the spawning thread: spawn from a thread that outlives the helper.
+
+    setpriv rather than a preexec_fn: paramiko threads may be running when a helper process is started.
+    """
+    return ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []

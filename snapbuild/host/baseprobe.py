@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 from snapbuild.distros import DISTROS, Distro
 from snapbuild.errors import SnapbuildError, UserError
+from snapbuild.hostrun import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -529,7 +530,9 @@ def open_image(image: Path, fmt: str, *, timeout: float = 20.0) -> Iterator[_Fil
         with open(Path(tmp) / "qemu-nbd.log", "wb") as errors:
             try:
                 # Not persistent: qemu-nbd exits when our one connection closes, even if we are killed.
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=subprocess.STDOUT)
+                # And killed with us even by kill -9 before it saw a connection (it is in no ledger).
+                proc = subprocess.Popen([*die_with_parent(), *argv], stdin=subprocess.DEVNULL, stdout=errors,
+                                        stderr=subprocess.STDOUT)
             except FileNotFoundError:
                 raise Unreadable("qemu-nbd is not installed") from None
         try:

@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -28,6 +27,7 @@ from typing import IO, Any, Literal
 
 from snapbuild import paths
 from snapbuild.errors import BuildError, UserError
+from snapbuild.hostrun import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,10 @@ _FIRMWARE_GAVE_UP = ("No bootable device.",                              # SeaBI
                      "No bootable option or device was found",           # OVMF (newer edk2)
                      "UEFI Interactive Shell")                           # OVMF fell through to its shell
 _OVMF_DISK_FAILED = re.compile(r'(BdsDxe: failed to load Boot[0-9A-F]{4} "UEFI Misc Device[^"]*"[^\n]*)\n')
-# Without any userspace line on the serial console by then, a boot is taken as hung (GRUB, a silent kernel).
-# TCG reaches userspace in ~10-30 s here; the SSH deadline (--boot-timeout) caps this when it is shorter.
-USERSPACE_TIMEOUT_S = 300.0
+# Without any userspace line on the serial console by this share of the boot deadline (--boot-timeout: 300 s of
+# the default 900), a boot is taken as hung (GRUB, a kernel that stopped). TCG reaches userspace in ~10-30 s
+# here; a raised --boot-timeout raises this with it, for slow hosts.
+USERSPACE_SHARE = 1 / 3
 
 
 def boot_failure(serial_text: str) -> str | None:
@@ -300,14 +301,6 @@ class QMP:
 
 # ---------------------------------------------------------------- the running VM
 
-def _die_with_parent() -> list[str]:
-    """A prefix that makes QEMU get SIGKILL when snapbuild dies, even by kill -9 (setpriv execs, same pid).
-
-    setpriv rather than a preexec_fn: paramiko threads may be running when a VM is launched.
-    """
-    return ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
-
-
 def tail_text(path: Path, lines: int = 25, max_bytes: int = 64 * 1024) -> str:
     """The last lines of a (serial) log, without escape sequences; "" when missing."""
     try:
@@ -377,16 +370,21 @@ class VM:
         if problem.startswith("the firmware"):
             hint = "is the image a bootable disk (a cloud image, qcow2 or raw) for this firmware (bios/uefi)?"
         elif "no userspace" in problem:
-            hint = "a slow host (TCG) may need a longer --boot-timeout; the guest's kernel must log to ttyS0"
+            hint = ("a slow host (TCG) may need a longer --boot-timeout (a third of it is allowed for this); the "
+                    "image's kernel and init must log to the serial console (console=ttyS0), as cloud images do")
         return BuildError(f"guest never booted: {problem}\nlast lines of the serial console:\n{self.serial_tail()}",
                           hint=hint)
+
+    def userspace_by(self, deadline: float) -> float:
+        """When a boot with a `deadline` (monotonic) must have shown userspace on its console at the latest."""
+        return self.started + (deadline - self.started) * USERSPACE_SHARE
 
     def wait_userspace(self, deadline: float) -> None:
         """Return once the console shows userspace; raise `boot_error` at once when the boot has failed.
 
-        Userspace must show within USERSPACE_TIMEOUT_S of launch, or by `deadline` when that comes first.
+        Userspace must show on the console by `userspace_by(deadline)`.
         """
-        userspace_by = min(deadline, self.started + USERSPACE_TIMEOUT_S)
+        userspace_by = self.userspace_by(deadline)
         while not self.reached_userspace():
             problem = self.boot_problem(userspace_by=userspace_by)
             if problem is not None:
@@ -475,7 +473,7 @@ def _spawn(spec: VMSpec, *, accel: AccelChoice, ssh_port: int, workdir: Path,
     log.info("%s; qemu: %s", accel.describe(), " ".join(argv))
     err: IO[bytes]
     with stderr_path.open("wb") as err:
-        proc = subprocess.Popen([*_die_with_parent(), *argv], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+        proc = subprocess.Popen([*die_with_parent(), *argv], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                 cwd=qmp_socket.parent,
                                 start_new_session=True)  # Ctrl-C reaches snapbuild, whose undo stops QEMU
     vm = VM(spec=spec, proc=proc, ssh_port=ssh_port, accel=accel, qmp_socket=qmp_socket,

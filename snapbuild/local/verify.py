@@ -263,7 +263,7 @@ def wait_console_host_keys(vm: qemu.VM, deadline: float) -> tuple[str, ...]:
     """The host keys cloud-init prints on the serial console: the pins for this boot's first SSH connection."""
     from snapbuild.sshkeys import parse_console_host_keys
 
-    userspace_by = min(deadline, vm.started + qemu.USERSPACE_TIMEOUT_S)
+    userspace_by = vm.userspace_by(deadline)
     while time.monotonic() < deadline:
         keys = parse_console_host_keys(vm.serial_text())
         if keys:
