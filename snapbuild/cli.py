@@ -239,23 +239,14 @@ def plan_command(session: Session, recipe: str, distro: str | None, mirrors: str
         click.echo(rendering.steps_text(plan), nl=False)
 
 
-def _add_mirrors_hint(plan: Plan) -> str:
-    """How to give the plan's blocked downloads a mirror: edit one's own profile, or start one (never edit the
-    shipped files, which live inside the installed package)."""
-    from snapbuild.paths import data_dir
-
-    if Path(plan.profile.path).resolve().is_relative_to(data_dir("recipes").resolve()):
-        return (f"write your own profile with mirrors (`snapbuild profile init -o my-mirrors.yaml`, or --from "
-                f"{plan.profile.name} to start from this one), edit it, then pass --mirrors ./my-mirrors.yaml")
-    return f"add mirrors for them to your profile {plan.profile.path}"
-
-
 def _warn_plan(plan: Plan) -> None:
+    from snapbuild.profiles import mirrors_hint
+
     for line in plan.blocked_without_mirror:
         click.echo(f"WARNING: blocked without a mirror: {line}", err=True)
     if plan.blocked_without_mirror:
         click.echo("WARNING: a build refuses to start with these unless given --allow-blocked; "
-                   + _add_mirrors_hint(plan), err=True)
+                   + mirrors_hint(plan.profile), err=True)
     for host in plan.unreliable_hosts:
         click.echo(f"WARNING: {host} is unreliable where the image is used", err=True)
 
@@ -264,10 +255,11 @@ def refuse_blocked(plan: Plan, allow_blocked: bool) -> None:
     """A build does not start when it would pull from a blocked host without a mirror, unless told to."""
     if plan.blocked_without_mirror and not allow_blocked:
         from snapbuild.errors import UserError
+        from snapbuild.profiles import mirrors_hint
 
         raise UserError(f"recipe {plan.recipe_name!r} would download from blocked hosts without a mirror: "
                         + "; ".join(plan.blocked_without_mirror),
-                        hint=_add_mirrors_hint(plan) + "; or pass --allow-blocked to go ahead anyway")
+                        hint=mirrors_hint(plan.profile) + "; or pass --allow-blocked to go ahead anyway")
 
 
 @cli.group("profile")

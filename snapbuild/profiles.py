@@ -185,3 +185,14 @@ def write_new_profile(text: str, output: Path, *, force: bool) -> Path:
                         hint="pass --force to overwrite it, or choose another -o FILE") from None
     load_profile(output)
     return output
+
+
+def mirrors_hint(profile: Profile) -> str:
+    """How to change where a build downloads from: edit one's own profile, or start one from this one (never
+    the shipped files, which live inside the installed package)."""
+    from snapbuild.paths import data_dir
+
+    if Path(profile.path).resolve().is_relative_to(data_dir("recipes").resolve()):
+        return (f"write your own profile with mirrors (`snapbuild profile init -o my-mirrors.yaml`, or --from "
+                f"{profile.name} to start from this one), edit it, then pass --mirrors ./my-mirrors.yaml")
+    return f"change your profile {profile.path}"

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from snapbuild import __version__, actions
 from snapbuild.errors import UserError
 from snapbuild.plan import Plan
-from snapbuild.profiles import Forward, Profile
+from snapbuild.profiles import Forward, Profile, mirrors_hint
 
 log = logging.getLogger(__name__)
 
@@ -582,9 +582,8 @@ def sources_error(plan: Plan, route: Route, problems: Sequence[Problem]) -> User
     lines = [f"  - {p.line()}\n    fix: {p.hint}" for p in problems]
     message = (f"{count} download source{'' if count == 1 else 's'} of recipe {plan.recipe_name!r} cannot be "
                f"reached from {_PLACES[route]}:\n" + "\n".join(lines))
-    return UserError(message, hint=f"change profile {plan.profile.name} ({plan.profile.path}) as each line says, or "
-                                   f"start the mirrors; `snapbuild plan {plan.recipe_name} --mirrors ...` shows every "
-                                   "URL the build uses")
+    return UserError(message, hint=f"{mirrors_hint(plan.profile)}, as each line says (or start the mirrors); "
+                                   f"`snapbuild plan {plan.recipe_name} --mirrors ...` shows every URL the build uses")
 
 
 def require_reachable(plan: Plan, route: Route, *, timeout: float = DEFAULT_TIMEOUT,

@@ -109,4 +109,4 @@ def test_a_refused_build_with_ones_own_profile_names_that_file(
     mine.write_text("description: mine\nblocked: [registry.k8s.io]\n")
     code, _, err = run(capsys, "k8s", "--flavor", "m1.large", "--mirrors", str(mine))
     assert code == 2
-    assert f"add mirrors for them to your profile {mine}" in err
+    assert f"change your profile {mine}" in err
