@@ -76,7 +76,15 @@ def signing_key(gnupghome: Path) -> SigningKey:
                    check=True, capture_output=True)
     listing = subprocess.run(["gpg", "--batch", "--homedir", str(gnupghome), "--with-colons", "--list-keys"],
                              check=True, capture_output=True, text=True).stdout
+    stop_agent(gnupghome)
     return SigningKey(gnupghome, re.findall(r"^fpr:+([0-9A-F]{40}):", listing, flags=re.MULTILINE)[0])
+
+
+def stop_agent(gnupghome: Path) -> None:
+    """gpg starts a gpg-agent daemon for secret-key work that outlives the test: stop it (the next signing
+    starts it again), so a run leaves no process behind."""
+    subprocess.run(["gpgconf", "--homedir", str(gnupghome), "--kill", "gpg-agent"], check=False,
+                   capture_output=True)
 
 
 def _stanza(deb: Path, filename: str) -> str:
@@ -95,6 +103,7 @@ def _release(folder: Path, indexes: list[str], key: SigningKey, **fields: str) -
     (folder / "Release").write_text("\n".join(lines) + "\n")
     key.gpg("--yes", "--local-user", key.fingerprint, "--clearsign", "-o", str(folder / "InRelease"),
             str(folder / "Release"))
+    stop_agent(key.gnupghome)
 
 
 def _write_packages(folder: Path, stanzas: list[str]) -> list[str]:
