@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from snapbuild.chroot.compact import compact
+from snapbuild.host.compact import compact
 
 
 def main(images: list[str]) -> None:

@@ -32,7 +32,7 @@ SNAPBUILD_CHILD = """
 import sys
 from pathlib import Path
 from snapbuild.openstack.upload import UploadSettings, upload_image
-from snapbuild.pipeline import Reporter
+from snapbuild.run.context import Reporter
 import io
 result = upload_image(UploadSettings(file=Path(sys.argv[1]), name=sys.argv[2], progress_tty=False,
                                      timeout_active=3600), Reporter(io.StringIO()))

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from snapbuild import actions
 from snapbuild.errors import BuildError
 from snapbuild.guest.base import Guest, OutputCallback
-from snapbuild.pipeline import Reporter
 from snapbuild.plan import Plan, normalize_image
+from snapbuild.run.context import Reporter
 
 log = logging.getLogger(__name__)
 

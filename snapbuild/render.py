@@ -10,7 +10,7 @@ from snapbuild.actions import PrePull
 from snapbuild.errors import UserError
 from snapbuild.outputs import prepare_output_dir
 from snapbuild.plan import Plan
-from snapbuild.seal import POLICY_STEPS
+from snapbuild.sealing.policy import POLICY_STEPS
 from snapbuild.userdata import BUILDER_USER, PlaceholderKey, render_builder_userdata
 
 

@@ -12,7 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from snapbuild.local import baseimage, disk
+from snapbuild.host import loopdisk as disk
+from snapbuild.local import baseimage
 
 DEFAULT_CACHE = Path("/var/cache/snapbuild-test")
 STABLE_NAME = "debian-12-base.qcow2"   # the latest good image, for people and tools that want a fixed path

@@ -15,18 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from snapbuild import __version__, hostrun
-from snapbuild.chroot import attach as attaching
-from snapbuild.chroot import grow, mounts
-from snapbuild.chroot.compact import COMPRESSIONS, Compacted, compact
-from snapbuild.chroot.guest import ChrootGuest
-from snapbuild.chroot.scope import close, undo_scope
+from snapbuild import __version__
 from snapbuild.chroot.workdir import make_workdir
 from snapbuild.errors import BuildError, UserError
-from snapbuild.host import baseprobe
+from snapbuild.guest.chroot import ChrootGuest
+from snapbuild.host import attach as attaching
+from snapbuild.host import baseprobe, commands, grow, mounts
+from snapbuild.host.compact import COMPRESSIONS, Compacted, compact
 from snapbuild.host.reachability import require_reachable, route_for
 from snapbuild.ledger import Ledger, new_build_id
-from snapbuild.pipeline import BuildContext, Reporter, StepTiming, running_build
+from snapbuild.run.context import BuildContext, Reporter, StepTiming, running_build
+from snapbuild.run.scope import close, undo_scope
 
 if TYPE_CHECKING:
     from snapbuild.provision import ProvisionResult
@@ -81,7 +80,7 @@ def build_chroot(*, plan: Any, base: Path, output: Path, size: str | None, attac
             with ctx.step(f"attach ({job.backend})"):
                 attached = attaching.attach(disk, work, work_dir, backend=job.backend)
             with ctx.step("grow root file system"):
-                grow.grow_root(attached, _partition(attached, root), hostrun.run)
+                grow.grow_root(attached, _partition(attached, root), commands.run)
             with ctx.step("mount"):
                 guest = ChrootGuest(mounts.mount_chroot(disk, attached.partition(root.number), work_dir / "root"),
                                     ledger=ctx.ledger, name="chroot")
@@ -117,7 +116,7 @@ def check_inputs(*, plan: Any, base: Path, output: Path, size: str | None, attac
     if compression not in COMPRESSIONS:
         raise UserError(f"unknown compression {compression!r}", hint="use zstd, zlib or none")
     backend = attaching.resolve_backend(attach)
-    hostrun.require_tools(*HOST_TOOLS, "qemu-nbd" if backend == "nbd" else "qemu-storage-daemon")
+    commands.require_tools(*HOST_TOOLS, "qemu-nbd" if backend == "nbd" else "qemu-storage-daemon")
     base, output = base.absolute(), output.absolute()
     if not base.is_file():
         raise UserError(f"base image not found: {base}")
@@ -150,7 +149,7 @@ def check_inputs(*, plan: Any, base: Path, output: Path, size: str | None, attac
 def find_root_partition(ctx: BuildContext, job: ChrootJob, work_dir: Path, plan: Any = None) -> grow.Partition:
     """Look at the base through a read-only attach and mount: an LVM or odd layout, or a base of another distro
     than the recipe's, fails here, before any copy."""
-    from snapbuild.inspect import mount_root
+    from snapbuild.sealing.offline import mount_root
 
     with undo_scope(ctx.ledger, reporter=ctx.reporter) as probe_scope:
         top, root = mount_root(probe_scope, job.base, work_dir, backend=job.backend, fmt=job.base_format,
@@ -206,13 +205,13 @@ def provision_in(plan: Any, guest: ChrootGuest, reporter: Reporter) -> Provision
 
 
 def seal_in(guest: ChrootGuest, reporter: Reporter) -> None:
-    from snapbuild.seal import seal
+    from snapbuild.sealing.policy import seal
 
     seal(guest, reporter=reporter)
 
 
 def check_image(path: Path) -> None:
-    from snapbuild.inspect import inspect_image
+    from snapbuild.sealing.offline import inspect_image
 
     violations = inspect_image(path)
     if violations:
@@ -243,7 +242,7 @@ def finish(ctx: BuildContext, job: ChrootJob, result: Compacted, backend: str, p
         # What is inside, as the guest reported it: installed package versions and pre-pulled image digests.
         "packages": dict(provisioned.packages),
         "pulled_images": dict(provisioned.pulled_images),
-        "qemu_img": hostrun.run(["qemu-img", "--version"]).stdout.splitlines()[0],
+        "qemu_img": commands.run(["qemu-img", "--version"]).stdout.splitlines()[0],
         "steps": [{"name": t.name, "seconds": round(t.seconds, 2), "ok": t.ok} for t in ctx.timings],
     }
     tmp = manifest.with_name(f".{manifest.name}.partial")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from snapbuild import hostrun
-from snapbuild.chroot import mounts
-from snapbuild.chroot.scope import Scope
 from snapbuild.errors import BuildError
+from snapbuild.host import commands, mounts
+from snapbuild.run.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -28,4 +27,4 @@ def remove_workdir(path: Path) -> None:
     left = [*mounts.mounts_under(path), *([str(path)] if mounts.mounted(path) else [])]
     if left:
         raise BuildError(f"not removing {path}: still mounted: {', '.join(left)}")
-    hostrun.run(["rm", "-rf", "--one-file-system", "--", str(path)], timeout=600)
+    commands.run(["rm", "-rf", "--one-file-system", "--", str(path)], timeout=600)

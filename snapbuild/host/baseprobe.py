@@ -5,7 +5,7 @@ The layout (MBR or GPT, each partition's file system) and an ext2/3/4 root's /et
 root and without the kernel: a raw image straight from its file, a qcow2 through `qemu-nbd --read-only` on a
 private unix socket (QEMU does the qcow2 work: compression, backing files), parsed here. What this reader
 cannot read (an XFS or btrfs root, an ext4 feature it does not know) is read as root through the read-only
-attach + mount of `snapbuild.inspect.mounted_root`; without root it stays unread and the builder's in-guest
+attach + mount of `snapbuild.sealing.offline.mounted_root`; without root it stays unread and the builder's in-guest
 check is the backstop.
 """
 
@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 from snapbuild.distros import DISTROS, Distro
 from snapbuild.errors import SnapbuildError, UserError
-from snapbuild.hostrun import die_with_parent
+from snapbuild.host.commands import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -652,7 +652,7 @@ def _read_distro(read: Read, root: FoundPartition) -> tuple[dict[str, str] | Non
 
 
 def _read_distro_mounted(image: Path, fmt: str) -> dict[str, str] | None:
-    from snapbuild.inspect import mounted_root
+    from snapbuild.sealing.offline import mounted_root
 
     try:
         with mounted_root(image, fmt=fmt) as top:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from snapbuild import paths
 from snapbuild.errors import BuildError, UserError
-from snapbuild.hostrun import require_tools, run
+from snapbuild.host import loopdisk as disk
+from snapbuild.host.commands import require_tools, run
 from snapbuild.ledger import Ledger, new_build_id
-from snapbuild.local import disk
-from snapbuild.pipeline import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, running_build
 
 log = logging.getLogger(__name__)
 
@@ -420,9 +420,9 @@ def _empty_dir(path: Path, keep: tuple[str, ...] = ()) -> None:
 def check_sealed(root: Path) -> None:
     """Refuse to ship an image that breaks the sealing policy (the same checker `snapbuild inspect` runs)
     or that lacks what a cloud image needs to boot and be reached."""
-    from snapbuild import sealcheck
+    from snapbuild.sealing import checker
 
-    problems = [f"{v['path']}: {v['detail']}" for v in sealcheck.check_root(str(root))]
+    problems = [f"{v['path']}: {v['detail']}" for v in checker.check_root(str(root))]
     for needed in ("usr/sbin/sshd", "usr/bin/cloud-init", "usr/bin/growpart", "boot/grub/grub.cfg",
                    "boot/grub/i386-pc/core.img"):
         if not (root / needed).exists():

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import snapbuild
 from snapbuild.errors import BuildError, CommandFailed, UserError
-from snapbuild.hostrun import require_tools, run
+from snapbuild.host.commands import require_tools, run
 from snapbuild.local import qemu
 from snapbuild.local.seed import SeedKind, SeedSpec, write_seed
-from snapbuild.pipeline import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, running_build
 
 if TYPE_CHECKING:
     from snapbuild.guest.ssh import SSHGuest
@@ -291,8 +291,8 @@ def provision(ctx: BuildContext, state: _Run) -> None:
 
 
 def seal(ctx: BuildContext, state: _Run) -> None:
-    from snapbuild.seal import check_sealed
-    from snapbuild.seal import seal as seal_guest
+    from snapbuild.sealing.policy import check_sealed
+    from snapbuild.sealing.policy import seal as seal_guest
 
     assert state.guest is not None and state.builder_key is not None
     seal_guest(state.guest, reporter=ctx.reporter, resolv_symlink=state.plan.distro.resolv_conf_symlink)
@@ -305,7 +305,7 @@ def seal(ctx: BuildContext, state: _Run) -> None:
 
 def power_off(ctx: BuildContext, state: _Run) -> None:
     """The seal's last script removes the builder user and powers off; then QEMU must exit by itself."""
-    from snapbuild.seal import power_off_sealed
+    from snapbuild.sealing.policy import power_off_sealed
 
     assert state.vm is not None and state.guest is not None
     vm = state.vm
@@ -353,7 +353,7 @@ def compact(ctx: BuildContext, state: _Run) -> None:
 
 def inspect(state: _Run) -> None:
     """The offline policy checker on the captured image (needs root for its mounts)."""
-    from snapbuild.inspect import inspect_image
+    from snapbuild.sealing.offline import inspect_image
 
     if os.geteuid() != 0:
         # `local` itself needs no root; the live check inside the guest already passed the same policy.

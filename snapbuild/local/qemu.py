@@ -27,7 +27,7 @@ from typing import IO, Any, Literal
 
 from snapbuild import paths
 from snapbuild.errors import BuildError, UserError
-from snapbuild.hostrun import die_with_parent
+from snapbuild.host.commands import die_with_parent
 
 log = logging.getLogger(__name__)
 

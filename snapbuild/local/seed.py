@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from snapbuild.hostrun import require_tools, run
+from snapbuild.host.commands import require_tools, run
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapbuild.distros import DISTROS
 from snapbuild.errors import BuildError, CommandFailed, UserError
-from snapbuild.hostrun import require_tools, run
+from snapbuild.host.commands import require_tools, run
 from snapbuild.local import qemu
 from snapbuild.local.build import (
     GIB,
@@ -29,7 +29,7 @@ from snapbuild.local.build import (
     start_vm,
 )
 from snapbuild.local.seed import SeedKind, SeedSpec, write_seed
-from snapbuild.pipeline import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, running_build
 
 if TYPE_CHECKING:
     from snapbuild.guest.ssh import SSHGuest

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from snapbuild.errors import CloudError, UserError
-from snapbuild.hostcleanup import process_alive
+from snapbuild.host.cleanup import process_alive
 from snapbuild.ledger import Ledger, all_ledgers, installation_id
 from snapbuild.openstack import marks
 from snapbuild.openstack.cloud import Cloud

@@ -11,8 +11,8 @@ from snapbuild.openstack.model import Flavor, Image
 from snapbuild.openstack.settings import SnapshotSettings
 
 if TYPE_CHECKING:
-    from snapbuild.pipeline import StepTiming
     from snapbuild.plan import Plan
+    from snapbuild.run.context import StepTiming
 
 
 def snapshot_manifest(*, settings: SnapshotSettings, plan: Plan, build_id: str, flavor: Flavor, base_image: Image,

@@ -25,7 +25,7 @@ from snapbuild.openstack import manifest_fields, marks, properties
 from snapbuild.openstack.cloud import Cloud
 from snapbuild.openstack.model import Address, Flavor, FloatingIP, Image, Network, SecurityGroup, Server, ServerSpec
 from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
-from snapbuild.pipeline import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, running_build
 
 if TYPE_CHECKING:
     from snapbuild.guest.ssh import Bastion, SSHGuest
@@ -414,7 +414,7 @@ def provision_guest(plan: Plan, guest: SSHGuest, reporter: Reporter, machine: Ma
 
 
 def seal_guest(guest: SSHGuest, plan: Plan, settings: SnapshotSettings, inputs: Inputs, reporter: Reporter) -> None:
-    from snapbuild.seal import check_sealed, seal
+    from snapbuild.sealing.policy import check_sealed, seal
 
     # The whole policy, as on the local path: resolv.conf back to the distro's symlink included.
     seal(guest, reporter=reporter, resolv_symlink=plan.distro.resolv_conf_symlink)
@@ -429,7 +429,7 @@ def power_off(cloud: Cloud, guest: SSHGuest, settings: SnapshotSettings, machine
     import paramiko
 
     from snapbuild.errors import CommandFailed
-    from snapbuild.seal import power_off_sealed
+    from snapbuild.sealing.policy import power_off_sealed
 
     assert machine.server is not None
     try:

@@ -22,12 +22,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from snapbuild import hostrun
 from snapbuild.errors import BuildError, CloudError, CommandFailed, UserError
+from snapbuild.host import commands
 from snapbuild.ledger import Ledger, installation_id, new_build_id, now_iso
 from snapbuild.openstack import faults, marks, properties
 from snapbuild.openstack.cloud import Cloud, ImageData
-from snapbuild.pipeline import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, running_build
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class UploadResult:
 def detect_format(path: Path) -> str:
     """qcow2 or raw, as qemu-img sees it; anything else (or a qcow2 with a backing file) is refused."""
     try:
-        info = json.loads(hostrun.run(["qemu-img", "info", "--output=json", str(path)], timeout=120).stdout)
+        info = json.loads(commands.run(["qemu-img", "info", "--output=json", str(path)], timeout=120).stdout)
     except CommandFailed as exc:
         raise UserError(f"{path}: qemu-img cannot read it: {exc.output_tail.strip() or exc}") from None
     fmt = str(info.get("format", ""))
@@ -90,7 +90,7 @@ def detect_format(path: Path) -> str:
         raise UserError(f"{path}: has a backing file ({info.get('backing-filename')}); Glance needs a standalone image",
                         hint="flatten it: qemu-img convert -O qcow2 IN OUT")
     if fmt == "qcow2":
-        done = hostrun.run(["qemu-img", "check", "--output=json", str(path)], check=False, timeout=600)
+        done = commands.run(["qemu-img", "check", "--output=json", str(path)], check=False, timeout=600)
         try:
             report = json.loads(done.stdout or "{}")
         except ValueError:

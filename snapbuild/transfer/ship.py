@@ -24,9 +24,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snapbuild import hostrun
 from snapbuild.errors import BuildError, CommandFailed, UserError
 from snapbuild.guest.base import Completed
+from snapbuild.host import commands
 from snapbuild.transfer.backoff import ProgressBackoff
 from snapbuild.transfer.checksums import file_digest
 from snapbuild.transfer.rsync import Attempt, Failure, classify, rsync_argv, run_attempt
@@ -109,7 +109,7 @@ def _ssh(chain: SSHChain, index: int, request: ShipRequest, *, argv: list[str] |
     if timeout is None:
         timeout = request.ssh.connect_timeout * (index + 1) + 60.0
     try:
-        done = hostrun.run(chain.ssh_argv(index, argv, script=script), check=False, timeout=timeout)
+        done = commands.run(chain.ssh_argv(index, argv, script=script), check=False, timeout=timeout)
     except CommandFailed as exc:  # our deadline
         raise _ProbeFailure(f"{chain.describe(index)}: no answer within {timeout:.0f} s") from exc
     if done.returncode == 0:
@@ -351,7 +351,7 @@ def ship(request: ShipRequest, *, on_progress: Callable[[str], None] | None = No
     """Ship `request.file` along the chain; see the module docstring."""
     report = on_progress or (lambda text: log.info("%s", text))
     started = time.monotonic()
-    hostrun.require_tools("rsync", "ssh", "sha256sum")
+    commands.require_tools("rsync", "ssh", "sha256sum")
     if not request.file.is_file():
         raise UserError(f"not a file: {request.file}")
     if request.ssh.identity and not request.ssh.identity.is_file():
@@ -369,7 +369,7 @@ def ship(request: ShipRequest, *, on_progress: Callable[[str], None] | None = No
             last = len(hops) - 1
             argv = upload_argv(results[-1].path, request.upload)
             report(f"{chain.describe(last)}: {shlex.join(argv)}")
-            done = hostrun.run(chain.ssh_argv(last, argv), check=False)
+            done = commands.run(chain.ssh_argv(last, argv), check=False)
             if done.returncode != 0:
                 raise CommandFailed(argv, done.returncode, done.tail(), where=chain.describe(last))
             for line in done.stdout.splitlines():

@@ -197,7 +197,7 @@ SLOW_UPLOAD = (
     "import time\n"
     "from pathlib import Path\n"
     "import snapbuild.openstack.upload as u\n"
-    "from snapbuild.pipeline import Reporter\n"
+    "from snapbuild.run.context import Reporter\n"
     "class Slow:\n"
     "    def __init__(self, *a, **k): pass\n"
     "    def __call__(self, done):\n"

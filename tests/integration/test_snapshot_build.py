@@ -19,8 +19,8 @@ from snapbuild.openstack.cloud import NO_HIDDEN_RETRIES, Cloud
 from snapbuild.openstack.properties import NOVA_COPIES
 from snapbuild.openstack.settings import SnapshotSettings
 from snapbuild.openstack.snapshot import build_snapshot
-from snapbuild.pipeline import Reporter
 from snapbuild.plan import Plan
+from snapbuild.run.context import Reporter
 
 FLAVOR = "m1.small"
 NETWORK = "private"

@@ -18,7 +18,7 @@ from openstack.connection import Connection
 
 from snapbuild.openstack.cloud import Cloud
 from snapbuild.openstack.upload import UploadSettings, upload_image
-from snapbuild.pipeline import Reporter
+from snapbuild.run.context import Reporter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ def test_sigint_to_an_uploading_process_leaves_no_image(qcow2: Path, unique_name
         "import sys, time\n"
         "from pathlib import Path\n"
         "import snapbuild.openstack.upload as u\n"
-        "from snapbuild.pipeline import Reporter\n"
+        "from snapbuild.run.context import Reporter\n"
         "class Slow:\n"
         "    def __init__(self, *a, **k): pass\n"
         "    def __call__(self, done):\n"

@@ -125,7 +125,7 @@ def test_the_probe_reads_debian_12_from_the_real_base_offline(debian_base_image:
 
 
 def test_the_offline_reader_agrees_with_a_read_only_mount(debian_base_image: Path, workspace: Path) -> None:
-    from snapbuild.inspect import mounted_root
+    from snapbuild.sealing.offline import mounted_root
 
     probe = baseprobe.probe_base(debian_base_image, "qcow2", mount_if_root=False)
     with mounted_root(debian_base_image, fmt="qcow2") as top:
@@ -252,7 +252,7 @@ def test_a_matching_base_passes_the_chroot_inspect_step(debian_base_image: Path,
     from snapbuild.chroot import build
     from snapbuild.chroot.workdir import make_workdir
     from snapbuild.ledger import Ledger, new_build_id
-    from snapbuild.pipeline import BuildContext, Reporter, running_build
+    from snapbuild.run.context import BuildContext, Reporter, running_build
 
     monkeypatch.setenv("SNAPBUILD_STATE_DIR", str(workspace / "state"))
     plan = _debian_plan()

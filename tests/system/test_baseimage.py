@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from snapbuild.errors import UserError
-from snapbuild.hostrun import run
-from snapbuild.local import disk
+from snapbuild.host import loopdisk as disk
+from snapbuild.host.commands import run
 from snapbuild.local.baseimage import ROOT_LABEL, build_base_image
 
 pytestmark = [

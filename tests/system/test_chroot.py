@@ -24,15 +24,16 @@ from typing import Any
 
 import pytest
 
-from snapbuild.chroot import attach as attaching
-from snapbuild.chroot import build, grow, mounts, procs
-from snapbuild.chroot.compact import compact
-from snapbuild.chroot.guest import ChrootGuest, Daemon
-from snapbuild.chroot.scope import undo_scope
+from snapbuild.chroot import build
 from snapbuild.errors import BuildError, CommandFailed, UserError
-from snapbuild.hostsweep import sweep
+from snapbuild.guest.chroot import ChrootGuest, Daemon
+from snapbuild.host import attach as attaching
+from snapbuild.host import grow, mounts, procs
+from snapbuild.host.compact import compact
+from snapbuild.host.sweep import sweep
 from snapbuild.ledger import all_ledgers
-from snapbuild.pipeline import Reporter
+from snapbuild.run.context import Reporter
+from snapbuild.run.scope import undo_scope
 
 pytestmark = [
     pytest.mark.system,
@@ -520,7 +521,7 @@ import os
 import sys
 from pathlib import Path
 from snapbuild.chroot import build
-from snapbuild.pipeline import Reporter
+from snapbuild.run.context import Reporter
 from test_chroot import recipe_plan
 
 # A real recipe: it tells the host it is running (through /proc/<this process>/root), then waits.
@@ -576,8 +577,8 @@ def test_real_recipe_on_the_debian_cloud_base_installs_through_dns_and_passes_in
         mnt.mkdir()
         sh("mount", "-o", "ro", root.device, mnt)
         try:
-            from snapbuild import sealcheck
-            assert sealcheck.check_root(str(mnt)) == []
+            from snapbuild.sealing import checker
+            assert checker.check_root(str(mnt)) == []
             assert (mnt / "usr/bin/less").exists()
             conf = mnt / "etc/snapbuild-demo/greeting.conf"
             assert "greeting = hi there" in conf.read_text() and (conf.stat().st_mode & 0o777) == 0o640

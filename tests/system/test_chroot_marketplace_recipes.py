@@ -29,10 +29,10 @@ import pytest
 from aptrepo import StandIn, build_deb, dists_repository, flat_repository, serve, signing_key
 from ociregistry import oci_layout, push, registry
 
-from snapbuild.chroot import attach as attaching
-from snapbuild.chroot import grow
 from snapbuild.chroot.build import sha256
-from snapbuild.chroot.scope import undo_scope
+from snapbuild.host import attach as attaching
+from snapbuild.host import grow
+from snapbuild.run.scope import undo_scope
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S, K8S_REVISION, DOCKER = "1.32.12", "1.1", "29.2.1"

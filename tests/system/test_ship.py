@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from snapbuild import hostrun
 from snapbuild.errors import BuildError, UserError
+from snapbuild.host import commands
 from snapbuild.sshkeys import KeyPair
 from snapbuild.transfer.ship import ShipRequest, ShipResult, ship
 from snapbuild.transfer.sshchain import Hop, SSHOptions
@@ -238,13 +238,13 @@ def test_a_controller_port_that_refuses_fails_at_once_naming_that_hop(
     req = request(chain, key, small_file(tmp_path, 1024), tmp_path / "d", via=(0,), to=1)
     req = ShipRequest(**{**req.__dict__, "to": Hop(host=controller.address, user="root", port=1)})
     runs: list[list[str]] = []
-    real_run = hostrun.run
+    real_run = commands.run
 
     def counting(argv: list[str], **kw: Any) -> Any:
         runs.append(list(argv))
         return real_run(argv, **kw)
 
-    monkeypatch.setattr(hostrun, "run", counting)
+    monkeypatch.setattr(commands, "run", counting)
     with pytest.raises(UserError, match=rf"root@{controller.address}:1 \(hop 2 of 2, via root@{relay.address}\) "
                                         "refuses SSH connections") as err:
         ship(req)

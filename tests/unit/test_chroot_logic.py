@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from snapbuild.chroot import grow, mounts
-from snapbuild.chroot.attach import qsd_argv
-from snapbuild.chroot.compact import convert_argv
-from snapbuild.chroot.guest import ChrootGuest, EscapesRoot, resolve_inside
-from snapbuild.chroot.scope import undo_scope
 from snapbuild.errors import BuildError, UserError
+from snapbuild.guest.chroot import ChrootGuest, EscapesRoot, resolve_inside
+from snapbuild.host import grow, mounts
+from snapbuild.host.attach import qsd_argv
+from snapbuild.host.compact import convert_argv
+from snapbuild.run.scope import undo_scope
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from snapbuild.chroot import attach as attaching
-from snapbuild.chroot.scope import Scope, undo_scope
 from snapbuild.errors import BuildError, UserError
 from snapbuild.guest.base import Completed
+from snapbuild.host import attach as attaching
 from snapbuild.ledger import Ledger
+from snapbuild.run.scope import Scope, undo_scope
 
 IMAGE = Path("/images/work.qcow2")
 

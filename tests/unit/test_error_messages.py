@@ -25,10 +25,10 @@ import paramiko
 import pytest
 import urllib3.util.connection
 
-from snapbuild import hostrun
 from snapbuild.cli import main
 from snapbuild.errors import BuildError, UserError
 from snapbuild.guest.ssh import SSHGuest
+from snapbuild.host import commands
 from snapbuild.sshkeys import KeyPair
 from snapbuild.transfer.rsync import Failure
 from snapbuild.transfer.ship import _raise_final
@@ -313,13 +313,13 @@ needs_ssh = pytest.mark.skipif(any(shutil.which(t) is None for t in ("ssh", "rsy
 @pytest.fixture
 def ssh_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     ran: list[list[str]] = []
-    real = hostrun.run
+    real = commands.run
 
     def counting(argv: Any, **kwargs: Any) -> Any:
         ran.append([str(a) for a in argv])
         return real(argv, **kwargs)
 
-    monkeypatch.setattr(hostrun, "run", counting)
+    monkeypatch.setattr(commands, "run", counting)
     return ran
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from snapbuild.ledger import Ledger, all_ledgers, installation_id
-from snapbuild.pipeline import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, running_build
 
 
 def context(tmp_path: Path, keep: bool = False) -> BuildContext:
@@ -81,7 +81,7 @@ def test_sigterm_runs_the_undo_and_second_signal_is_ignored(tmp_path: Path) -> N
         import os, signal, sys, time
         from pathlib import Path
         from snapbuild.ledger import Ledger
-        from snapbuild.pipeline import BuildContext, Reporter, running_build
+        from snapbuild.run.context import BuildContext, Reporter, running_build
         ledger = Ledger.create(build_id="b2", builder="test", recipe="base", directory=Path({str(tmp_path)!r}))
         ctx = BuildContext(build_id="b2", ledger=ledger, reporter=Reporter())
         def slow_undo():

@@ -88,7 +88,7 @@ def test_mem_available_is_read_from_meminfo(tmp_path: Path) -> None:
 
 def _ctx(tmp_path: Path) -> Any:
     from snapbuild.ledger import Ledger
-    from snapbuild.pipeline import BuildContext, Reporter
+    from snapbuild.run.context import BuildContext, Reporter
 
     ledger = Ledger.create(build_id="t-verify", builder="verify", recipe="-", directory=tmp_path / "ledgers")
     return BuildContext(build_id="t-verify", ledger=ledger, reporter=Reporter())

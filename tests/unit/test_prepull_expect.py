@@ -19,10 +19,10 @@ import pytest
 from snapbuild.errors import BuildError, CommandFailed
 from snapbuild.guest.base import Completed, OutputCallback
 from snapbuild.paths import data_dir
-from snapbuild.pipeline import Reporter
 from snapbuild.plan import Plan, plan_from_names
 from snapbuild.provision import provision
 from snapbuild.recipes import Library
+from snapbuild.run.context import Reporter
 
 KUBEADM = """#!/bin/sh
 [ "$*" = "config images list --kubernetes-version v1.32.12" ] || { echo "unexpected: $*" >&2; exit 3; }

@@ -16,7 +16,7 @@ from snapbuild.errors import BuildError
 from snapbuild.ledger import Ledger
 from snapbuild.local import qemu
 from snapbuild.local.build import ssh_connect, start_vm
-from snapbuild.pipeline import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, running_build
 from snapbuild.sshkeys import KeyPair
 from tests import fakeqemu
 

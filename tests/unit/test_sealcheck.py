@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sealplants import PLANTS, code_of
 
-from snapbuild.sealcheck import check_root
+from snapbuild.sealing.checker import check_root
 
 
 def clean_root(tmp_path: Path, distro: str = "ubuntu") -> Path:

@@ -51,7 +51,7 @@ def _driver(argv: list[str]) -> int:
     from snapbuild.errors import SnapbuildError
     from snapbuild.ledger import Ledger, new_build_id
     from snapbuild.local.build import LocalSettings, build_local
-    from snapbuild.pipeline import BuildContext, Reporter, running_build
+    from snapbuild.run.context import BuildContext, Reporter, running_build
 
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["build"])
@@ -402,7 +402,7 @@ def _counting_server() -> Iterator[tuple[int, list[str]]]:
 
 
 def test_inspect_finds_no_violation_in_the_built_image(built: Built) -> None:
-    inspect = pytest.importorskip("snapbuild.inspect", reason="snapbuild.inspect (lead) not written yet")
+    inspect = pytest.importorskip("snapbuild.sealing.offline", reason="snapbuild.sealing.offline (lead) not written yet")
     if os.geteuid() != 0:
         pytest.skip("offline inspection mounts the image: needs root")
     assert inspect.inspect_image(built.output) == []
@@ -414,10 +414,9 @@ def test_inspect_reports_each_violation_planted_in_a_copy_of_the_built_image(bui
         pytest.skip("planting into an image mounts it: needs root")
     from sealplants import PLANTS, code_of, plant_all
 
-    from snapbuild import hostrun
-    from snapbuild.chroot import attach as attaching
-    from snapbuild.chroot import grow
-    from snapbuild.chroot.scope import undo_scope
+    from snapbuild.host import attach as attaching
+    from snapbuild.host import commands, grow
+    from snapbuild.run.scope import undo_scope
 
     planted = tmp_path / "planted.qcow2"
     shutil.copyfile(built.output, planted)
@@ -426,8 +425,8 @@ def test_inspect_reports_each_violation_planted_in_a_copy_of_the_built_image(bui
         root = grow.choose_root(grow.probe(attached), planted)
         mountpoint = tmp_path / "root"
         mountpoint.mkdir()
-        hostrun.run(["mount", root.device, str(mountpoint)])
-        scope.add_undo("unmount", hostrun.run, ["umount", str(mountpoint)])
+        commands.run(["mount", root.device, str(mountpoint)])
+        scope.add_undo("unmount", commands.run, ["umount", str(mountpoint)])
         plant_all(mountpoint)
     done = subprocess.run([sys.executable, "-m", "snapbuild", "inspect", "--json", str(planted)], env=built.env.env,
                           capture_output=True, text=True, timeout=300)

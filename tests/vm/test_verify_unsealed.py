@@ -15,7 +15,7 @@ from snapbuild.local import qemu
 from snapbuild.local.build import ssh_connect, start_vm
 from snapbuild.local.seed import SeedSpec, write_seed
 from snapbuild.local.verify import VerifySettings, verify_image, verify_userdata, wait_console_host_keys
-from snapbuild.pipeline import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, running_build
 from snapbuild.sshkeys import KeyPair
 
 pytestmark = pytest.mark.vm

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from click.testing import CliRunner
 
-from snapbuild.openstack.cli_options import settings_from_options, snapshot_options
+from snapbuild.cli.cloud_options import settings_from_options, snapshot_options
 from snapbuild.openstack.settings import SnapshotSettings
 
 captured: list[SnapshotSettings] = []

@@ -12,9 +12,9 @@ from httpcloud import HTTPCloud
 from snapbuild.openstack.cloud import Cloud
 from snapbuild.openstack.settings import SnapshotSettings
 from snapbuild.openstack.snapshot import build_snapshot
-from snapbuild.pipeline import Reporter
 from snapbuild.plan import Plan, plan_from_names, shipped_recipes_dir
 from snapbuild.recipes import Library
+from snapbuild.run.context import Reporter
 
 
 def _settings(**kw: Any) -> SnapshotSettings:

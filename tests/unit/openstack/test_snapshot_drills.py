@@ -19,7 +19,7 @@ from snapbuild.openstack.cloud import Cloud
 from snapbuild.openstack.model import Address, FloatingIP, Server
 from snapbuild.openstack.settings import SnapshotSettings
 from snapbuild.openstack.snapshot import build_snapshot, ssh_address
-from snapbuild.pipeline import Reporter
+from snapbuild.run.context import Reporter
 
 if TYPE_CHECKING:
     from snapbuild.plan import Plan

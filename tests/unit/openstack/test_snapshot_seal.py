@@ -13,7 +13,7 @@ import pytest
 from snapbuild.guest.base import Completed
 from snapbuild.openstack.settings import SnapshotSettings
 from snapbuild.openstack.snapshot import seal_guest
-from snapbuild.pipeline import Reporter
+from snapbuild.run.context import Reporter
 
 
 class ScriptGuest:

@@ -21,7 +21,7 @@ from httpcloud import HTTPCloud
 from snapbuild.errors import BuildError, CloudError, UserError
 from snapbuild.openstack.cloud import Cloud
 from snapbuild.openstack.upload import HashingReader, Progress, UploadSettings, find_manifest, upload_image
-from snapbuild.pipeline import Reporter
+from snapbuild.run.context import Reporter
 
 
 class GlanceUpload(HTTPCloud):

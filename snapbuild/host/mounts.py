@@ -9,10 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from snapbuild import hostrun
-from snapbuild.chroot import procs
-from snapbuild.chroot.scope import Scope
 from snapbuild.errors import CommandFailed
+from snapbuild.host import commands, procs
+from snapbuild.run.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def mount_chroot(scope: Scope, device: str, root: Path, *, resolv_conf: Path = P
         _mount(scope, argv, target, what, kill_root=root)
         if argv[1] == "--bind":
             # A bind of a shared mount joins its peer group: keep our mounts from propagating to the host.
-            hostrun.run(["mount", "--make-rslave", str(target)], timeout=30)
+            commands.run(["mount", "--make-rslave", str(target)], timeout=30)
     # Runs before the API file systems go: whatever the build mounted below the root (package scripts, containerd).
     scope.add_undo(f"unmount what the build mounted under {root}", unmount_strays, root,
                    {str(root / inside) for _, inside, _ in _API_MOUNTS})
@@ -90,14 +89,14 @@ def unmount_strays(root: Path, ours: set[str]) -> None:
 def _mount(scope: Scope, argv: list[str], target: Path, what: str, kill_root: Path | None = None) -> None:
     if scope.ledger:
         scope.ledger.record("mount", str(target), what=what)
-    hostrun.run([*argv, str(target)], timeout=60)
+    commands.run([*argv, str(target)], timeout=60)
     scope.add_undo(f"unmount {target}", unmount, target, kill_root=kill_root or target,
                    forget=("mount", str(target)))
 
 
 def fstrim(root: Path) -> None:
     """Hand freed blocks back to the image file, so the compacted image carries no deleted data."""
-    done = hostrun.run(["fstrim", "-v", str(root)], check=False, timeout=600)
+    done = commands.run(["fstrim", "-v", str(root)], check=False, timeout=600)
     if done.returncode == 0:
         log.info("%s", done.stdout.strip())
     else:
@@ -111,7 +110,7 @@ def unmount(target: Path, *, kill_root: Path | None = None, patience: float = 10
     deadline = time.monotonic() + patience
     delay = 0.1
     while True:
-        done = hostrun.run(["umount", str(target)], check=False, timeout=60)
+        done = commands.run(["umount", str(target)], check=False, timeout=60)
         if done.returncode == 0 or not mounted(target):
             return
         if "busy" not in done.stderr:
@@ -128,7 +127,7 @@ def unmount(target: Path, *, kill_root: Path | None = None, patience: float = 10
         delay = min(delay * 2, 2.0)
     log.warning("%s still busy after %.0f s (%s): lazy unmount", target, patience,
                 _describe(procs.holders(target)) or "no process found")
-    hostrun.run(["umount", "-l", str(target)], timeout=60)
+    commands.run(["umount", "-l", str(target)], timeout=60)
 
 
 def _describe(holders: list[procs.Holder]) -> str:

@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from snapbuild.chroot import procs
 from snapbuild.errors import BuildError, CommandFailed
 from snapbuild.guest.base import Completed, OutputCallback
+from snapbuild.host import procs
 from snapbuild.ledger import Ledger
 
 log = logging.getLogger(__name__)

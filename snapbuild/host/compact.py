@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapbuild import hostrun
 from snapbuild.errors import UserError
+from snapbuild.host import commands
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def compact(src: Path, dst: Path, compression: str = "zstd", *, src_format: str 
     partial = dst.with_name(f".{dst.name}.partial")
     start = time.monotonic()
     try:
-        hostrun.run(convert_argv(src, partial, compression, src_format), timeout=timeout)
+        commands.run(convert_argv(src, partial, compression, src_format), timeout=timeout)
         os.replace(partial, dst)
     except BaseException:
         partial.unlink(missing_ok=True)

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapbuild import hostrun
-from snapbuild.chroot.attach import Attached, Runner, partitions, rescan
 from snapbuild.errors import CommandFailed, UserError
+from snapbuild.host import commands
+from snapbuild.host.attach import Attached, Runner, partitions, rescan
 from snapbuild.host.baseprobe import pick_root
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Partition:
     size: int        # bytes
 
 
-def probe(attached: Attached, runner: Runner = hostrun.run, sysfs_root: Path = Path("/sys")) -> list[Partition]:
+def probe(attached: Attached, runner: Runner = commands.run, sysfs_root: Path = Path("/sys")) -> list[Partition]:
     """What the kernel and blkid see on each partition of an attached disk (no udev needed)."""
     found = []
     for number in partitions(attached, sysfs_root):
@@ -63,17 +63,17 @@ def choose_root(parts: list[Partition], image: Path) -> Partition:
     return root
 
 
-def copy_base(base: Path, fmt: str, work: Path, runner: Runner = hostrun.run) -> None:
+def copy_base(base: Path, fmt: str, work: Path, runner: Runner = commands.run) -> None:
     """A full, independent qcow2 copy: the base is only read (-U: even if something else has it open)."""
     runner(["qemu-img", "convert", "-U", "-f", fmt, "-O", "qcow2", "-m", "4", "-W", str(base), str(work)],
            timeout=3600)
 
 
-def resize_image(work: Path, size: int, runner: Runner = hostrun.run) -> None:
+def resize_image(work: Path, size: int, runner: Runner = commands.run) -> None:
     runner(["qemu-img", "resize", "-f", "qcow2", str(work), str(size)], timeout=300)
 
 
-def grow_root(attached: Attached, root: Partition, runner: Runner = hostrun.run) -> None:
+def grow_root(attached: Attached, root: Partition, runner: Runner = commands.run) -> None:
     """Move the GPT backup header to the new end, grow the partition, check and grow the ext4."""
     table = runner(["blkid", "-p", "-o", "value", "-s", "PTTYPE", attached.device], check=False, timeout=60)
     if table.stdout.strip() == "gpt":

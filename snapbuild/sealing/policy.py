@@ -1,6 +1,6 @@
 """The one generalisation (sealing) policy, applied through any Guest, and its in-guest check.
 
-The checks live in snapbuild.sealcheck, which runs unchanged offline (`snapbuild inspect`) and inside
+The checks live in snapbuild.sealing.checker, which runs unchanged offline (`snapbuild inspect`) and inside
 the guest (its source is piped to the guest's python3, which every cloud-init image has).
 """
 
@@ -12,10 +12,10 @@ import logging
 import shlex
 from dataclasses import dataclass
 
-from snapbuild import sealcheck
 from snapbuild.errors import BuildError
 from snapbuild.guest.base import Guest
-from snapbuild.pipeline import Reporter
+from snapbuild.run.context import Reporter
+from snapbuild.sealing import checker
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def seal_script(*, resolv_symlink: str | None) -> str:
         "if [ -e /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then "
         "rm -f /var/lib/dbus/machine-id; fi; rm -f /etc/ssh/ssh_host_*key*; "
         "for h in /root /home/*; do rm -f \"$h/.ssh/authorized_keys\" \"$h/.ssh/authorized_keys2\" "
-        + " ".join(f"\"$h/{n}\"" for n in sealcheck.HISTORY_NAMES) + "; done",
+        + " ".join(f"\"$h/{n}\"" for n in checker.HISTORY_NAMES) + "; done",
     ]
     if resolv_symlink:
         blocks.append(f"[ \"$(readlink /etc/resolv.conf)\" = {shlex.quote(resolv_symlink)} ] || "
@@ -122,7 +122,7 @@ def check_sealed(guest: Guest, *, builder_user: str = "snapbuild", builder_keys:
     """Run the policy checker inside the guest (python3 from the image) and return its violations."""
     live = guest.kind == "vm" if live is None else live
     args = json.dumps({"root": "/", "builder_user": builder_user, "builder_keys": list(builder_keys), "live": live})
-    source = pyinspect.getsource(sealcheck).encode()
+    source = pyinspect.getsource(checker).encode()
     done = guest.run(["python3", "-", args], stdin=source, timeout=120)
     return [Violation(**item) for item in json.loads(done.stdout.strip().splitlines()[-1])]
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from snapbuild import hostrun
-from snapbuild.chroot import attach as attaching
-from snapbuild.chroot import mounts, procs
 from snapbuild.chroot.workdir import remove_workdir
+from snapbuild.host import attach as attaching
+from snapbuild.host import commands, mounts, procs
 from snapbuild.ledger import Entry, Ledger
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def undo_entry(entry: Entry) -> None:
         for pid in _storage_daemons_exporting(ref):
             procs.stop(pid)
         if mounts.mounted(ref):
-            hostrun.run(["umount", "-l", str(ref)], timeout=60)
+            commands.run(["umount", "-l", str(ref)], timeout=60)
     elif entry.kind == "mount":
         if entry.info.get("what") == "root file system":
             procs.kill_chroot_processes(ref)
@@ -104,7 +103,7 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _loops_backed_by(backing: Path) -> list[str]:
-    done = hostrun.run(["losetup", "--noheadings", "--output", "NAME", "--associated", str(backing)],
+    done = commands.run(["losetup", "--noheadings", "--output", "NAME", "--associated", str(backing)],
                        check=False, timeout=60)
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from snapbuild import __version__
+from snapbuild.cli.cloud_options import snapshot_options  # click and dataclasses only: --help stays light
 from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError
-from snapbuild.openstack.cli_options import snapshot_options  # click and dataclasses only: --help stays light
 
 if TYPE_CHECKING:
     from snapbuild.config import Config
@@ -289,7 +289,7 @@ def profile_init_command(session: Session, source: str, output: Path | None, for
 
 
 def _reporter() -> Any:
-    from snapbuild.pipeline import Reporter
+    from snapbuild.run.context import Reporter
 
     return Reporter()
 
@@ -316,7 +316,7 @@ def build_options(func: Any) -> Any:
 def build_command(session: Session, /, recipe: str, distro: str | None, mirrors: str | None,
                   sets: tuple[str, ...], **options: Any) -> None:
     """Build RECIPE's image on OpenStack from a snapshot of a temporary builder server."""
-    from snapbuild.openstack.cli_options import settings_from_options
+    from snapbuild.cli.cloud_options import settings_from_options
     from snapbuild.openstack.snapshot import build_snapshot
 
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
@@ -545,7 +545,7 @@ def ship_command(file: Path, upload_args: tuple[str, ...], via: str, to: str, de
 def cleanup_command(session: Session, host: bool, cloud: bool, older_than: str | None, build_id: str | None,
                     all_owners: bool, dry_run: bool, as_json: bool) -> None:
     """Remove what interrupted or crashed builds left behind: in the cloud (default) and/or on this host."""
-    from snapbuild.hostcleanup import cleanup_host
+    from snapbuild.host.cleanup import cleanup_host
 
     do_cloud = cloud or not host
     if not do_cloud and (older_than or all_owners):
@@ -619,8 +619,8 @@ def upload_command(session: Session, file: Path, recipe: str | None, name: str |
                    mirrors: str | None, sets: tuple[str, ...], properties: tuple[str, ...], tags: tuple[str, ...],
                    visibility: str, use_import: bool, timeout_active: float, as_json: bool) -> None:
     """Upload a qcow2/raw FILE to Glance: streamed, hashed, verified, with the recipe's properties."""
+    from snapbuild.cli.cloud_options import parse_properties
     from snapbuild.errors import UserError
-    from snapbuild.openstack.cli_options import parse_properties
     from snapbuild.openstack.upload import UploadSettings, upload_image
 
     if not recipe and not name:
@@ -649,7 +649,7 @@ def upload_command(session: Session, file: Path, recipe: str | None, name: str |
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect_command(image: Path, as_json: bool) -> None:
     """Check a built image offline against the sealing policy (mounts it read-only; root)."""
-    from snapbuild.inspect import inspect_image
+    from snapbuild.sealing.offline import inspect_image
 
     violations = inspect_image(image)
     if as_json:

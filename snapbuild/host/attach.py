@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from snapbuild import hostrun
-from snapbuild.chroot import procs
-from snapbuild.chroot.scope import Scope
 from snapbuild.errors import BuildError, UserError
 from snapbuild.guest.base import Completed
+from snapbuild.host import commands, procs
+from snapbuild.run.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +64,14 @@ def resolve_backend(choice: str, *, dev_root: Path = Path("/dev")) -> str:
     return choice
 
 
-def image_info(image: Path, runner: Runner = hostrun.run) -> dict[str, Any]:
+def image_info(image: Path, runner: Runner = commands.run) -> dict[str, Any]:
     done = runner(["qemu-img", "info", "--output=json", "-U", str(image)], timeout=60)
     info: dict[str, Any] = json.loads(done.stdout)
     return info
 
 
 def attach(scope: Scope, image: Path, workdir: Path, *, backend: str, fmt: str = "qcow2",
-           read_only: bool = False, runner: Runner = hostrun.run, sysfs_root: Path = Path("/sys"),
+           read_only: bool = False, runner: Runner = commands.run, sysfs_root: Path = Path("/sys"),
            dev_root: Path = Path("/dev"), lock_dir: Path = Path("/run/lock")) -> Attached:
     """Attach `image` with `backend` ("nbd" or "loop"); undo registered on `scope`. `workdir` is the caller's."""
     if backend == "nbd":
@@ -94,7 +93,7 @@ def attach(scope: Scope, image: Path, workdir: Path, *, backend: str, fmt: str =
     return attached
 
 
-def rescan(attached: Attached, runner: Runner = hostrun.run, sysfs_root: Path = Path("/sys"),
+def rescan(attached: Attached, runner: Runner = commands.run, sysfs_root: Path = Path("/sys"),
            timeout: float = 10.0) -> None:
     """Tell the kernel about the partitions: it does not scan loop devices here, and drops them whenever
     the table is re-read (sgdisk, growpart), so call this after every table change.
@@ -190,7 +189,7 @@ def _stop_qsd(proc: subprocess.Popen[bytes]) -> None:
 def _unmount_stale(raw: Path) -> None:
     if _is_mountpoint(raw):
         log.warning("stale FUSE mount on %s: unmounting", raw)
-        hostrun.run(["umount", "-l", str(raw)], timeout=30)
+        commands.run(["umount", "-l", str(raw)], timeout=30)
 
 
 def _losetup(scope: Scope, image: Path, backing: Path, backend: str, read_only: bool, runner: Runner,
@@ -207,7 +206,7 @@ def _losetup(scope: Scope, image: Path, backing: Path, backend: str, read_only: 
     return Attached(device=device, backend=backend, image=image, data_path=backing, read_only=read_only)
 
 
-def detach_loop(device: str, backing: Path, *, runner: Runner = hostrun.run,
+def detach_loop(device: str, backing: Path, *, runner: Runner = commands.run,
                 sysfs_root: Path = Path("/sys"), timeout: float = 15.0) -> None:
     """Drop the partitions, detach, and check the device really let go of `backing`."""
     runner(["partx", "-d", device], check=False, timeout=60)
@@ -229,7 +228,7 @@ def detach_loop(device: str, backing: Path, *, runner: Runner = hostrun.run,
 # ---- nbd -------------------------------------------------------------------------------------------------
 
 def attach_nbd(scope: Scope, image: Path, *, fmt: str = "qcow2", read_only: bool = False,
-               runner: Runner = hostrun.run, sysfs_root: Path = Path("/sys"), dev_root: Path = Path("/dev"),
+               runner: Runner = commands.run, sysfs_root: Path = Path("/sys"), dev_root: Path = Path("/dev"),
                lock_dir: Path = Path("/run/lock"), connect_timeout: float = 30.0,
                disconnect_timeout: float = 15.0) -> Attached:
     """Connect `image` to the first free /dev/nbdN.
@@ -303,7 +302,7 @@ def _wait_nbd_pid(sysfs_root: Path, name: str, deadline: float) -> int:
         time.sleep(0.05)
 
 
-def disconnect_nbd(device: str, *, runner: Runner = hostrun.run, sysfs_root: Path = Path("/sys"),
+def disconnect_nbd(device: str, *, runner: Runner = commands.run, sysfs_root: Path = Path("/sys"),
                    timeout: float = 15.0) -> None:
     pidfile = sysfs_root / "block" / Path(device).name / "pid"
     runner(["qemu-nbd", "--disconnect", device], timeout=60)

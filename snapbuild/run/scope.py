@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from snapbuild.errors import BuildError
 from snapbuild.ledger import Ledger
-from snapbuild.pipeline import Reporter, shielded
+from snapbuild.run.context import Reporter, shielded
 
 log = logging.getLogger(__name__)
 

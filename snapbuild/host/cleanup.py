@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from snapbuild.hostsweep import HOST_KINDS, sweep
+from snapbuild.host.sweep import HOST_KINDS, sweep
 from snapbuild.ledger import Ledger, all_ledgers
 
 

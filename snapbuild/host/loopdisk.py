@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapbuild.errors import BuildError, CommandFailed
-from snapbuild.hostrun import run
+from snapbuild.host.commands import run
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The Run layer: one build's context, undo, ledger touches and monitor."""

@@ -1,0 +1,1 @@
+"""The sealing policy: seal, check, and the offline checker."""
