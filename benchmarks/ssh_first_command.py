@@ -10,12 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import sshd as sshd_helper
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository root, for `tests`
 
 from snapbuild.guest.ssh import SSHGuest
 from snapbuild.sshkeys import KeyPair
+from tests import sshd as sshd_helper
 
 
 def main() -> None:

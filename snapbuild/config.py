@@ -9,9 +9,44 @@ from typing import Any
 
 from snapbuild import paths, yamlfile
 from snapbuild.errors import UserError
-from snapbuild.schema import Checker
+from snapbuild.schema import Checker, type_name
+from snapbuild.yamlfile import LineDict
 
 CONFIG_NAME = "snapbuild.yaml"
+
+# The `build:` section: per-site defaults for the options of `snapbuild build` (and of its shortcuts `k8s`,
+# `docker-ce`), by long option name (`floating_network` or `floating-network`). This is the one list: the values
+# are shaped and converted by the options' own click types (snapbuild/cli/cloud_options.py `site_defaults`), the
+# schema lists the same keys, and tests/unit/test_config_build_defaults.py proves that these keys and
+# BUILD_REFUSED together are exactly the commands' options.
+BUILD_KEYS = (
+    "flavor", "network", "floating_network", "security_group", "ssh_cidr", "availability_zone", "config_drive",
+    "volume_size", "volume_disk_format", "ssh_user", "ssh_port", "ssh_interface", "ssh_ip_version", "ssh_bastion",
+    "ssh_bastion_key", "visibility", "share_with", "property", "tag",
+    "timeout_boot", "timeout_ssh", "timeout_provision", "timeout_snapshot",
+)
+
+# Options that make no sense as one default for every build on a site, with why (the hint of the error).
+BUILD_REFUSED: Mapping[str, str] = {
+    "distro": "set the top-level `distro:` key instead (it serves every command, not only builds)",
+    "mirrors": "set the top-level `mirrors:` key instead (it serves every command, not only builds)",
+    "set": "give recipe variables under the top-level `variables:` key instead",
+    "variant": "variants belong to one recipe (k8s: full or slim; others have none); pass --variant per build",
+    "base_image": "a base image fits one distro, and by default the newest active image whose os_distro and "
+                  "os_version match the recipe's is found; pass --base-image per build",
+    "port": "an existing port serves one builder at a time; pass --port per build",
+    "image_name": "it names one image (the default name already carries the recipe and the date); "
+                  "pass --image-name per build",
+    "insecure_accept_any_host_key": "it turns off host-key pinning, which must be asked for on the command line "
+                                    "of each build, never by a file",
+    "keep_on_failure": "it is for debugging one build; as a default every failed build would leave servers, "
+                       "volumes and floating IPs behind",
+    "no_provision": "it is a test/debug mode that captures an unprovisioned image; pass it per build",
+    "allow_blocked": "it overrides a safety check for one build; fix the mirror profile (or choose another) instead",
+    "manifest": "it names one build's manifest (each build writes its own by default); pass --manifest per build",
+    "json": "it chooses how one command prints its result; pass --json where a program reads it",
+    "events": "it names one build's event stream; pass --events per build",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,7 +56,7 @@ class Config:
     mirrors: str | None = None
     distro: str | None = None
     variables: Mapping[str, Any] = field(default_factory=dict)
-    build: Mapping[str, Any] = field(default_factory=dict)   # defaults for `snapbuild build` options
+    build: Mapping[str, Any] = field(default_factory=dict)   # BUILD_KEYS (underscores) → value, as in the file
 
 
 def find_config(explicit: str | None) -> Path | None:
@@ -52,10 +87,35 @@ def load_config(explicit: str | None) -> Config:
     variables = data.get("variables") or {}
     if not isinstance(variables, dict):
         raise check.fail("variables must be a mapping of name: value", data, "variables")
-    build = data.get("build") or {}
-    if not isinstance(build, dict):
-        raise check.fail("build must be a mapping of option: value", data, "build")
+    build = _build_section(check, data)
     return Config(path=str(path), recipes_path=tuple(folders),
                   mirrors=check.string(data, "mirrors", "config", default="") or None,
                   distro=check.string(data, "distro", "config", default="") or None,
-                  variables=dict(variables), build=dict(build))
+                  variables=dict(variables), build=build)
+
+
+def _build_section(check: Checker, data: dict[str, Any]) -> dict[str, Any]:
+    """The `build:` section by underscore key, keeping each key's line (its values are checked by the command
+    that takes them: they need that command's click options)."""
+    section = data.get("build") or {}
+    if not isinstance(section, dict):
+        raise check.fail(f"build must be a mapping of option: value, not {type_name(section)}", data, "build")
+    for key in section:
+        if key.replace("-", "_") in BUILD_REFUSED:
+            raise check.fail(f"build: --{key.replace('_', '-')} cannot have a default in the config file",
+                             section, key, hint=BUILD_REFUSED[key.replace("-", "_")])
+    check.mapping(section, "build", optional=(*BUILD_KEYS, *(k.replace("_", "-") for k in BUILD_KEYS if "_" in k)),
+                  parent=data, parent_key="build")
+    out = LineDict()
+    out.line, out.key_lines = getattr(section, "line", 0), {}
+    for key, value in section.items():
+        name = key.replace("-", "_")
+        if name in out:
+            other = name if "-" in key else name.replace("_", "-")
+            raise check.fail(f"build: {key!r} and {other!r} are the same option", section, key,
+                             hint="keep one of the two")
+        if value is None:
+            raise check.fail(f"build.{key} has no value", section, key, hint="give it one, or remove the line")
+        out[name] = value
+        out.key_lines[name] = yamlfile.line_of(section, key) or 0
+    return out

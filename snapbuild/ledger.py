@@ -65,6 +65,30 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (as snapbuild.host.procs reads it; the ledger imports no host code)."""
+    try:
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _running(pid: int, started: int | None) -> bool:
+    """The build's process is still there: the pid exists and, where both are known, started at the same time
+    (a later process that got the same pid is not the build). When in doubt, it runs: it is never swept."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass    # another user's process: it exists
+    now = _start_time(pid)
+    return started is None or now is None or now == started
+
+
 @dataclass(frozen=True, kw_only=True)
 class Entry:
     kind: str          # "server", "floating_ip", "mount", "loop", "process", "tempdir", ...
@@ -91,6 +115,7 @@ class Ledger:
             "recipe": recipe,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "pid_started": _start_time(os.getpid()),
             "created_at": now_iso(),
             "status": "running",
             "resources": [],
@@ -114,6 +139,21 @@ class Ledger:
     @property
     def pid(self) -> int:
         return int(self._data["pid"])
+
+    @property
+    def here(self) -> bool:
+        """Written on this host (a shared home directory may hold other machines' ledgers)."""
+        return self._data.get("host") == socket.gethostname()
+
+    @property
+    def abandoned(self) -> bool:
+        """Nobody will undo what this ledger lists: a build still "running" on this host whose process is gone,
+        or a finished one that still lists resources. A build running on another host is never abandoned here:
+        its process cannot be seen from this one."""
+        with self._lock:
+            if self._data["status"] == "running":
+                return self.here and not _running(self.pid, self._data.get("pid_started"))
+            return bool(self._data["resources"])
 
     @property
     def data(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class Plan:
     recipe_name: str
     recipe_digest: str
     recipe_file: str
+    recipe_distros: tuple[str, ...]              # every distro the recipe supports (a base of another is refused)
     distro: Distro
     profile: Profile
     variables: Mapping[str, Any]
@@ -204,7 +205,8 @@ class _PlanBuilder:
                                       *(self.text(g, None) for g in self.recipe.image.default_user_groups))))
         return Plan(
             recipe_name=self.recipe.name, recipe_digest=self.recipe.digest, recipe_file=self.recipe.file,
-            distro=self.distro, profile=self.profile, variables=self.variables, actions=tuple(self.actions),
+            recipe_distros=tuple(self.recipe.distros), distro=self.distro, profile=self.profile,
+            variables=self.variables, actions=tuple(self.actions),
             image=image, components=components, blocked_without_mirror=tuple(dict.fromkeys(self.blocked)),
             unreliable_hosts=tuple(sorted(self.unreliable)), verify_checks=checks, default_user_groups=groups,
             build_apt_proxy=self.profile.build_apt_proxy, mirror_forwards=self.profile.forwards,

@@ -14,7 +14,7 @@ from snapbuild import actions
 from snapbuild.errors import BuildError
 from snapbuild.guest.base import Guest, OutputCallback
 from snapbuild.plan import Plan, normalize_image
-from snapbuild.run.context import Reporter
+from snapbuild.run.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +33,17 @@ class ProvisionResult:
 
 
 class _Provisioner:
-    def __init__(self, plan: Plan, guest: Guest, reporter: Reporter, *, step_timeout: float | None) -> None:
+    def __init__(self, plan: Plan, guest: Guest, monitor: Monitor, *, step_timeout: float | None) -> None:
         self.plan = plan
         self.guest = guest
-        self.reporter = reporter
+        self.monitor = monitor
         self.step_timeout = step_timeout
         self.result = ProvisionResult()
 
     def stream(self, prefix: str = "│") -> OutputCallback:
         def echo(stream: str, line: str) -> None:
             log.info("%s %s", self.guest.name, line)
-            self.reporter.line(f"{prefix} {line}")
+            self.monitor.line(f"{prefix} {line}")
         return echo
 
     def run(self, argv: list[str] | tuple[str, ...], *, timeout: float | None = None,
@@ -106,7 +106,7 @@ class _Provisioner:
 
     def do_RunCommand(self, a: actions.RunCommand) -> None:
         if a.only_kind and a.only_kind != self.guest.kind:
-            self.reporter.line(f"skipped: only on {a.only_kind} guests")
+            self.monitor.line(f"skipped: only on {a.only_kind} guests")
             return
         self.run(a.argv, timeout=a.timeout)
 
@@ -155,20 +155,22 @@ class _Provisioner:
             images = [*listed, *images]
         images = [i for i in dict.fromkeys(i.strip() for i in images) if i and " " not in i]
         with self.guest.service("containerd"):
-            self.reporter.line(f"pulling {len(images)} images into {a.namespace}, {a.parallel} at once")
+            self.monitor.line(f"pulling {len(images)} images into {a.namespace}, {a.parallel} at once")
 
             def pull(ref: str) -> None:
                 start = time.monotonic()
                 self.guest.run(["ctr", "-n", a.namespace, "images", "pull", "--hosts-dir", a.hosts_dir, ref],
                                timeout=self.step_timeout or 1800)
-                self.reporter.line(f"pulled {ref} in {time.monotonic() - start:.1f} s")
+                self.monitor.line(f"pulled {ref} in {time.monotonic() - start:.1f} s")
 
             with concurrent.futures.ThreadPoolExecutor(max_workers=a.parallel) as pool:
                 futures = {pool.submit(pull, ref): ref for ref in images}
                 errors = []
-                for future in concurrent.futures.as_completed(futures):
+                self.monitor.progress("pre-pull", 0, len(images), unit="images")
+                for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
                     if future.exception() is not None:
                         errors.append(f"{futures[future]}: {future.exception()}")
+                    self.monitor.progress("pre-pull", done, len(images), unit="images")
             if errors:
                 raise BuildError(f"pre-pull failed for {len(errors)} of {len(images)} images:\n" + "\n".join(errors),
                                  hint="check the registry mirrors in the profile and hosts.toml")
@@ -252,23 +254,20 @@ def parse_ctr_images(listing: str) -> dict[str, str]:
     return found
 
 
-def provision(plan: Plan, guest: Guest, reporter: Reporter, *, step_timeout: float | None = None) -> ProvisionResult:
+def provision(plan: Plan, guest: Guest, monitor: Monitor, *, step_timeout: float | None = None) -> ProvisionResult:
     """Apply every action of the plan, in order, each timed and with its output streamed."""
-    worker = _Provisioner(plan, guest, reporter, step_timeout=step_timeout)
+    worker = _Provisioner(plan, guest, monitor, step_timeout=step_timeout)
     total = len(plan.actions)
     begin = time.monotonic()
     for number, action in enumerate(plan.actions, 1):
         text = f"[{number}/{total}] {action.describe()}"
-        reporter.heading(text)
-        reporter.depth += 1
+        monitor.step_started(text, level="action")
         start = time.monotonic()
         ok = False
         try:
             worker.apply(action)
             ok = True
         finally:
-            reporter.depth -= 1
-            if time.monotonic() - start >= 1 or not ok:
-                reporter.done(text, time.monotonic() - start, ok)
+            monitor.step_finished(text, time.monotonic() - start, ok, level="action")
     worker.result.seconds = time.monotonic() - begin
     return worker.result

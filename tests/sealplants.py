@@ -24,6 +24,14 @@ def _write(path: Path, text: str | bytes) -> None:
         path.write_text(text)
 
 
+def _own_file(path: Path, text: str) -> None:
+    """A file of its own where the image may have a symlink (Debian's /var/lib/dbus/machine-id points to
+    /etc/machine-id): writing through the link would plant into the other file instead."""
+    if path.is_symlink():
+        path.unlink()
+    _write(path, text)
+
+
 def _replace_resolv(root: Path) -> None:
     resolv = root / "etc/resolv.conf"
     if resolv.is_symlink() or resolv.exists():
@@ -42,7 +50,7 @@ def _cloud_init_state(root: Path) -> None:
 
 PLANTS: dict[str, Callable[[Path], None]] = {
     "machine-id": lambda r: _write(r / "etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
-    "dbus-machine-id": lambda r: _write(r / "var/lib/dbus/machine-id", "0123456789abcdef0123456789abcdef\n"),
+    "dbus-machine-id": lambda r: _own_file(r / "var/lib/dbus/machine-id", "0123456789abcdef0123456789abcdef\n"),
     "ssh-host-key": lambda r: _write(r / "etc/ssh/ssh_host_ed25519_key", "KEY"),
     "authorized-keys": lambda r: _write(r / "root/.ssh/authorized_keys", "ssh-ed25519 AAAA planted\n"),
     "builder-user": lambda r: _append(r / "etc/passwd", "snapbuild:x:1001:1001::/home/snapbuild:/bin/bash"),

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from snapbuild.errors import BuildError
-from snapbuild.host import commands, mounts
+from snapbuild.host import mounts
 from snapbuild.run.scope import Scope
 
 log = logging.getLogger(__name__)
@@ -18,13 +17,5 @@ def make_workdir(scope: Scope, output: Path, build_id: str) -> Path:
     if scope.ledger:
         scope.ledger.record("tempdir", str(path))
     path.mkdir(mode=0o700)
-    scope.add_undo(f"remove {path}", remove_workdir, path, forget=("tempdir", str(path)))
+    scope.add_undo(f"remove {path}", mounts.remove_tree, path, forget=("tempdir", str(path)))
     return path
-
-
-def remove_workdir(path: Path) -> None:
-    """Never recurse into something still mounted there: a bind of /dev would take the host's /dev with it."""
-    left = [*mounts.mounts_under(path), *([str(path)] if mounts.mounted(path) else [])]
-    if left:
-        raise BuildError(f"not removing {path}: still mounted: {', '.join(left)}")
-    commands.run(["rm", "-rf", "--one-file-system", "--", str(path)], timeout=600)

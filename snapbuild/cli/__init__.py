@@ -7,6 +7,7 @@ openstacksdk or paramiko.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from snapbuild import __version__
-from snapbuild.cli.cloud_options import snapshot_options  # click and dataclasses only: --help stays light
-from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError
+from snapbuild.cli.cloud_options import site_defaults, snapshot_options  # click and dataclasses: --help stays light
+from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError, UserError
 
 if TYPE_CHECKING:
     from snapbuild.config import Config
@@ -75,6 +76,9 @@ class Session:
 
 pass_session = click.make_pass_decorator(Session)
 
+# The commands whose options take defaults from snapbuild.yaml's `build:` section (snapbuild.config.BUILD_KEYS).
+BUILD_COMMANDS = ("build", "k8s", "docker-ce")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--os-cloud", envvar="OS_CLOUD", help="Cloud name from clouds.yaml (env OS_CLOUD).")
@@ -92,6 +96,14 @@ def cli(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, co
     ctx.obj = Session(config_file=config_file, recipes_dirs=recipes_dir, os_cloud=os_cloud,
                       os_region=os_region_name, verbose=verbose)
     _setup_logging(verbose)
+    if ctx.invoked_subcommand in BUILD_COMMANDS:
+        # snapbuild.yaml's `build:` section becomes their options' defaults: click applies them with its own types,
+        # a command-line value wins, and they count for required=True (--flavor). Only these commands read the
+        # config here; the others (and `snapbuild --help`, which ends before this) load it when they need it.
+        command = cli.get_command(ctx, ctx.invoked_subcommand)
+        defaults = site_defaults(ctx.obj.config, command, ctx) if command is not None else {}
+        if defaults:
+            ctx.default_map = {**(ctx.default_map or {}), ctx.invoked_subcommand: defaults}
 
 
 # Libraries whose DEBUG output is noise, or shows request bodies (user-data) and so is only for --debug-http.
@@ -289,9 +301,45 @@ def profile_init_command(session: Session, source: str, output: Path | None, for
 
 
 def _reporter() -> Any:
-    from snapbuild.run.context import Reporter
+    from snapbuild.run.monitor import TerminalMonitor
 
-    return Reporter()
+    return TerminalMonitor()
+
+
+EVENTS_HELP = ("Stream the build as JSON lines to FILE, or to stdout with '-' (the result is then the stream's "
+               "last event): build, steps with timings, resources, progress, warnings, result.")
+
+
+def events_option(func: Any) -> Any:
+    return click.option("--events", "events", metavar="FILE|-", help=EVENTS_HELP)(func)
+
+
+@contextlib.contextmanager
+def build_monitor(events: str | None) -> Iterator[Any]:
+    """The terminal, plus the JSON-lines event stream when --events asks for one."""
+    from snapbuild.run.monitor import EventStream, Monitors, TerminalMonitor
+
+    if not events:
+        yield TerminalMonitor()
+        return
+    if events == "-":
+        yield Monitors(TerminalMonitor(), EventStream(sys.stdout))
+        return
+    try:
+        handle = open(events, "a", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--events {events}: cannot write it: {exc.strerror}",
+                        hint="pass a writable file, or '-' for stdout") from None
+    try:
+        yield Monitors(TerminalMonitor(), EventStream(handle))
+    finally:
+        handle.close()
+
+
+def _echo_result(events: str | None, text: str) -> None:
+    """stdout carries the result, unless it carries the event stream (whose last event is the result)."""
+    if events != "-":
+        click.echo(text)
 
 
 def build_options(func: Any) -> Any:
@@ -303,6 +351,7 @@ def build_options(func: Any) -> Any:
         click.option("--keep-on-failure", is_flag=True,
                      help="Keep temporary resources when the build fails, and print how to remove them."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+        click.option("--events", "events", metavar="FILE|-", help=EVENTS_HELP),
     ]):
         func = option(func)
     return func
@@ -312,9 +361,10 @@ def build_options(func: Any) -> Any:
 @click.argument("recipe")
 @with_recipe_options
 @snapshot_options
+@events_option
 @pass_session
 def build_command(session: Session, /, recipe: str, distro: str | None, mirrors: str | None,
-                  sets: tuple[str, ...], **options: Any) -> None:
+                  sets: tuple[str, ...], events: str | None, **options: Any) -> None:
     """Build RECIPE's image on OpenStack from a snapshot of a temporary builder server."""
     from snapbuild.cli.cloud_options import settings_from_options
     from snapbuild.openstack.snapshot import build_snapshot
@@ -322,17 +372,18 @@ def build_command(session: Session, /, recipe: str, distro: str | None, mirrors:
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
     _warn_plan(plan)
     refuse_blocked(plan, options["allow_blocked"])   # before any cloud is contacted
-    with build_log("build", recipe) as log_path:
-        settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
-        result = build_snapshot(settings, plan, _reporter())
+    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
+    with build_log("build", recipe) as log_path, build_monitor(events) as monitor:
+        result = build_snapshot(dataclasses.replace(settings, log_path=log_path), plan, monitor)
     log.info("build log: %s", log_path)
-    click.echo(result.to_json() if settings.json else result.image_id)
+    _echo_result(events, result.to_json() if settings.json else result.image_id)
 
 
 def _shortcut(name: str) -> None:
     @cli.command(name, help=f"Build the {name} image on OpenStack (same as: snapbuild build {name}).")
     @with_recipe_options
     @snapshot_options
+    @events_option
     @click.pass_context
     def command(ctx: click.Context, /, **kw: Any) -> None:
         ctx.invoke(build_command, recipe=name, **kw)
@@ -374,28 +425,28 @@ def vm_options(func: Any) -> Any:
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @pass_session
 def local_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
-                  allow_blocked: bool, keep_on_failure: bool, as_json: bool, network: str, boot_timeout: float,
-                  base: Path, output: Path, compression: str, memory_mb: int, cpus: int, seed: str,
-                  force: bool) -> None:
+                  allow_blocked: bool, keep_on_failure: bool, as_json: bool, events: str | None, network: str,
+                  boot_timeout: float, base: Path, output: Path, compression: str, memory_mb: int, cpus: int,
+                  seed: str, force: bool) -> None:
     """Build in a throw-away QEMU VM on this host; the result is a compressed qcow2."""
     from snapbuild.local.build import LocalSettings, run_local
 
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
     _warn_plan(plan)
     refuse_blocked(plan, allow_blocked)
-    with build_log("local", recipe) as log_path:
+    with build_log("local", recipe) as log_path, build_monitor(events) as monitor:
         result = run_local(plan, LocalSettings(base=base, output=output, compression=compression,  # type: ignore[arg-type]
                                                memory_mb=memory_mb, cpus=cpus, seed=seed,  # type: ignore[arg-type]
                                                force=force, network=network,  # type: ignore[arg-type]
                                                allow_blocked=allow_blocked, boot_timeout_s=boot_timeout),
-                           keep_on_failure=keep_on_failure, log_path=log_path)
+                           monitor=monitor, keep_on_failure=keep_on_failure, log_path=log_path)
     if as_json:
-        click.echo(json.dumps({"output": str(result.output), "manifest": str(result.manifest),
-                               "sha256": result.sha256, "size_bytes": result.size_bytes,
-                               "virtual_size_bytes": result.virtual_size_bytes, "accel": result.accel,
-                               "timings": result.timings}, indent=2))
+        _echo_result(events, json.dumps({"output": str(result.output), "manifest": str(result.manifest),
+                                         "sha256": result.sha256, "size_bytes": result.size_bytes,
+                                         "virtual_size_bytes": result.virtual_size_bytes, "accel": result.accel,
+                                         "timings": result.timings}, indent=2))
     else:
-        click.echo(str(result.output))
+        _echo_result(events, str(result.output))
 
 
 @cli.command("verify")
@@ -431,21 +482,22 @@ def verify_command(session: Session, image: Path, recipe: str | None, distro: st
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @pass_session
 def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
-                   allow_blocked: bool, keep_on_failure: bool, as_json: bool, base: Path, output: Path,
-                   size: str | None, attach: str, compression: str, force: bool) -> None:
+                   allow_blocked: bool, keep_on_failure: bool, as_json: bool, events: str | None, base: Path,
+                   output: Path, size: str | None, attach: str, compression: str, force: bool) -> None:
     """Build on this host: customise a copy of the base in a chroot, seal, compact (root)."""
-    from snapbuild.chroot.build import build_chroot
+    from snapbuild.chroot.build import ChrootSettings, build_chroot
 
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
     refuse_blocked(plan, allow_blocked)
-    with build_log("chroot", recipe):
-        result = build_chroot(plan=plan, base=base, output=output, size=size, attach=attach,
-                              compression=compression, keep_on_failure=keep_on_failure, force=force,
-                              allow_blocked=allow_blocked, reporter=_reporter())
+    with build_log("chroot", recipe) as log_path, build_monitor(events) as monitor:
+        settings = ChrootSettings(base=base, output=output, size=size, attach=attach, compression=compression,
+                                  keep_on_failure=keep_on_failure, force=force, allow_blocked=allow_blocked,
+                                  log_path=log_path)
+        result = build_chroot(plan, settings, monitor)
     summary = {"build_id": result.build_id, "output": str(result.output), "manifest": str(result.manifest),
                "attach": result.backend, "size_bytes": result.compacted.after_bytes,
                "uncompressed_bytes": result.compacted.before_bytes}
-    click.echo(json.dumps(summary, indent=2) if as_json else str(result.output))
+    _echo_result(events, json.dumps(summary, indent=2) if as_json else str(result.output))
 
 
 @cli.command("base")

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from snapbuild.openstack.settings import SnapshotSettings
+
+if TYPE_CHECKING:
+    from snapbuild.config import Config
+    from snapbuild.schema import Checker
 
 _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--flavor", required=True, help="Flavor (name or id) of the builder server."),
@@ -27,7 +31,8 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--ssh-cidr", default="0.0.0.0/0", show_default=True,
                  help="Who may reach port 22 through the temporary security group."),
     click.option("--availability-zone", metavar="AZ"),
-    click.option("--config-drive", is_flag=True, help="Boot the builder with a config drive."),
+    # A switch pair, so the command line can turn off a config file's `config_drive: true`.
+    click.option("--config-drive/--no-config-drive", default=False, help="Boot the builder with a config drive."),
     click.option("--volume-size", "volume_size_gb", type=click.IntRange(min=1), metavar="GB",
                  help="Boot from a Cinder volume of this size; the image is the volume uploaded to Glance."),
     click.option("--volume-disk-format", default="qcow2", show_default=True,
@@ -60,7 +65,8 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--no-provision", is_flag=True,
                  help="Test/debug mode: boot, stop, snapshot, set properties; no SSH, provisioning or sealing."),
     click.option("--allow-blocked", is_flag=True, help="Build even if the recipe pulls from blocked hosts."),
-    click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), help="Write manifest.json here."),
+    click.option("--manifest", "manifest_path", type=click.Path(path_type=Path),
+                 help="Where to write the build's manifest (default: the state directory's manifests/)."),
     click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
 ]
 
@@ -95,3 +101,90 @@ def settings_from_options(*, cloud: str | None, region: str | None, log_path: Pa
         networks=tuple(options.pop("networks")), security_groups=tuple(options.pop("security_groups")),
         share_with=tuple(options.pop("share_with")), tags=tuple(options.pop("tags")),
         **options)
+
+
+# -- snapbuild.yaml's `build:` section ------------------------------------------------------------------------
+
+def long_name(param: click.Parameter) -> str:
+    """An option as the `build:` section names it: `--floating-network` is `floating_network`."""
+    longs = [opt for opt in param.opts if opt.startswith("--")]
+    return longs[0][2:].replace("-", "_") if longs else param.name or ""
+
+
+def site_defaults(config: Config, command: click.Command, ctx: click.Context) -> dict[str, Any]:
+    """The config file's `build:` section as `command`'s `default_map`: by parameter name, each value shaped as the
+    option takes it (one string for a repeatable option is one item; a `property` mapping is KEY=VALUE items; a
+    relative path is the config file's) and converted by the option's own click type. Click converts them again
+    when it applies them; converting here first makes a bad value fail with the file and line."""
+    if not config.build:
+        return {}
+    from snapbuild.schema import Checker
+
+    check = Checker(config.path or "snapbuild.yaml")
+    options = {long_name(param): param for param in command.params if isinstance(param, click.Option)}
+    base = Path(config.path).absolute().parent if config.path else Path.cwd()
+    defaults: dict[str, Any] = {}
+    for key, value in config.build.items():
+        param = options.get(key)
+        if param is None or param.name is None:   # config.BUILD_KEYS names an option the command lacks (a bug)
+            raise check.fail(f"build.{key} is not an option of `snapbuild {command.name}`", config.build, key)
+        if not param.multiple:
+            defaults[param.name] = _convert(check, ctx, param, f"build.{key}", value, config.build, key, base)
+            continue
+        # Each item with where it is: a list's items, a property mapping's entries, or one value alone.
+        entries: list[tuple[Any, str, Any, str | int]]
+        if isinstance(value, list):
+            entries = [(item, f"build.{key}[{index}]", value, index) for index, item in enumerate(value)]
+        elif key == "property" and isinstance(value, dict):
+            entries = [(_property(check, name, item, value), f"build.property.{name}", value, name)
+                       for name, item in value.items()]
+        else:
+            entries = [(value, f"build.{key}", config.build, key)]
+        converted = [_convert(check, ctx, param, where, item, node, at, base, listable=node is config.build)
+                     for item, where, node, at in entries]
+        if key == "property":
+            try:
+                parse_properties(converted)
+            except click.BadParameter as exc:
+                raise check.fail(f"build.property: {exc.message}", config.build, key,
+                                 hint="give a mapping of name: value, or a list of KEY=VALUE items") from None
+        defaults[param.name] = tuple(converted)
+    return defaults
+
+
+def _property(check: Checker, name: str, value: Any, node: Any) -> str:
+    """A `property:` mapping entry as --property takes it; booleans read as a recipe's image properties read them."""
+    from snapbuild.schema import type_name
+
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    if not isinstance(value, str | int | float):
+        raise check.fail(f"build.property.{name} must be a string or number, not {type_name(value)}", node, name)
+    return f"{name}={value}"
+
+
+def _convert(check: Checker, ctx: click.Context, param: click.Option, where: str, value: Any, node: Any,
+             at: str | int, base: Path, listable: bool = False) -> Any:
+    """One value (or item) as click would take it from the command line, or an error naming file, line and key."""
+    from snapbuild.schema import type_name
+
+    kind = param.type
+    flag = f"--{long_name(param).replace('_', '-')}"
+    if isinstance(kind, click.types.BoolParamType):
+        if not isinstance(value, bool):
+            raise check.fail(f"{where} must be true or false, not {type_name(value)}", node, at)
+        return value
+    number = isinstance(kind, click.types.IntParamType | click.types.FloatParamType)
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or (number and isinstance(value, str)):
+        wanted = ("a number" if number else "a string") + (", or a list of them" if listable else "")
+        raise check.fail(f"{where} must be {wanted}, not {type_name(value)}", node, at,
+                         hint=f"the values {flag} takes: see `snapbuild build --help`")
+    if isinstance(kind, click.types.IntParamType) and isinstance(value, float) and not value.is_integer():
+        raise check.fail(f"{where} must be a whole number, not {value}", node, at)
+    if isinstance(kind, click.Path) and not isinstance(value, int | float):
+        value = base / Path(value).expanduser()   # relative to the config file, as recipes_path is
+    try:
+        return kind(value, param, ctx)
+    except click.BadParameter as exc:
+        raise check.fail(f"{where}: {exc.message}", node, at,
+                         hint=f"the values {flag} takes: see `snapbuild build --help`") from None

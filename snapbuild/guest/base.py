@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 # Called once per line of output as it arrives (stream name "stdout"/"stderr", line without newline).
@@ -27,11 +28,14 @@ class Guest(Protocol):
     """A machine-like place to run commands and move files, as root.
 
     `kind` is "vm" (a booted system with systemd: SSH to a local VM or a cloud server) or
-    "chroot" (a mounted root on the build host: no init, daemons only while asked for).
+    "chroot" (a mounted root on the build host: no init, daemons only while asked for). `host_root` is where
+    its file system is on this host, if it is (a chroot): what reads the tree can then run here, with this
+    host's python3, not the image's.
     """
 
     kind: str
     name: str
+    host_root: Path | None
 
     def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
             env: Mapping[str, str] | None = None, stdin: bytes | None = None,

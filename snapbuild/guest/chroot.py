@@ -85,6 +85,7 @@ class ChrootGuest:
     def __init__(self, root: Path, *, ledger: Ledger | None = None, name: str | None = None,
                  daemons: Mapping[str, Daemon] | None = None) -> None:
         self.root = root
+        self.host_root: Path | None = root
         self.name = name or f"chroot:{root}"
         self.ledger = ledger
         self.daemons = dict(DAEMONS if daemons is None else daemons)

@@ -182,6 +182,7 @@ class SSHGuest:
     """The Guest protocol over one SSH connection. Use `SSHGuest.connect(...)`, then `close()` (or `with`)."""
 
     kind = "vm"
+    host_root: Path | None = None      # a remote machine: nothing of it is on this host
 
     def __init__(self, *, transport: paramiko.Transport, user: str, name: str,
                  bastion_transport: paramiko.Transport | None = None, kill_after: float = 10.0) -> None:

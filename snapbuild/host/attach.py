@@ -9,18 +9,17 @@ daemon), "loop" (ref = the backing file; `losetup -j FILE` finds it after a cras
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from snapbuild.errors import BuildError, UserError
 from snapbuild.guest.base import Completed
-from snapbuild.host import commands, procs
+from snapbuild.host import commands, mounts, procs
 from snapbuild.run.scope import Scope
 
 log = logging.getLogger(__name__)
@@ -62,12 +61,6 @@ def resolve_backend(choice: str, *, dev_root: Path = Path("/dev")) -> str:
     if choice == "auto":
         return "nbd" if has_nbd else "loop"
     return choice
-
-
-def image_info(image: Path, runner: Runner = commands.run) -> dict[str, Any]:
-    done = runner(["qemu-img", "info", "--output=json", "-U", str(image)], timeout=60)
-    info: dict[str, Any] = json.loads(done.stdout)
-    return info
 
 
 def attach(scope: Scope, image: Path, workdir: Path, *, backend: str, fmt: str = "qcow2",
@@ -153,7 +146,7 @@ def _fuse_export(scope: Scope, image: Path, workdir: Path, *, read_only: bool) -
     scope.add_undo(f"stop qemu-storage-daemon (pid {proc.pid}) exporting {image}", _stop_qsd, proc,
                    forget=("process", str(proc.pid)))
     deadline = time.monotonic() + 30
-    while not pidfile.exists() or not _is_mountpoint(raw):
+    while not pidfile.exists() or not mounts.mounted(raw):
         if proc.poll() is not None:
             text = logfile.read_text(errors="replace").strip()
             raise BuildError(f"qemu-storage-daemon failed to export {image}: {text or proc.returncode}")
@@ -162,15 +155,6 @@ def _fuse_export(scope: Scope, image: Path, workdir: Path, *, read_only: bool) -
         time.sleep(0.05)
     log.info("exported %s as %s via qemu-storage-daemon pid %d", image, raw, proc.pid)
     return raw
-
-
-def _is_mountpoint(path: Path) -> bool:
-    target = str(path)
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return False
-    return any(line.split()[1] == target for line in lines if line.strip())
 
 
 def _stop_qsd(proc: subprocess.Popen[bytes]) -> None:
@@ -187,7 +171,7 @@ def _stop_qsd(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _unmount_stale(raw: Path) -> None:
-    if _is_mountpoint(raw):
+    if mounts.mounted(raw):
         log.warning("stale FUSE mount on %s: unmounting", raw)
         commands.run(["umount", "-l", str(raw)], timeout=30)
 

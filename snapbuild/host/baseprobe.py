@@ -174,20 +174,6 @@ def _a(noun: str) -> str:
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
-def recipe_distros(plan: Any) -> tuple[str, ...]:
-    """The distros the plan's recipe supports (read from its recipe file); () when unknown."""
-    from snapbuild.recipes import load_recipe
-
-    recipe_file = getattr(plan, "recipe_file", None)
-    if not recipe_file:
-        return ()
-    try:
-        return tuple(load_recipe(Path(recipe_file).parent).distros)
-    except (OSError, UserError) as exc:
-        log.debug("cannot read the distros of %s: %s", recipe_file, exc)
-        return ()
-
-
 # ---------------------------------------------------------------- partition tables
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 
 from snapbuild.host.sweep import HOST_KINDS, sweep
@@ -19,24 +17,10 @@ class SweptBuild:
     actions: tuple[str, ...]
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_abandoned(ledger: Ledger) -> bool:
-    """A ledger whose build is over (or whose process died) but still lists resources on this host."""
-    data = ledger.data
-    if data.get("host") != socket.gethostname():
-        return False   # another machine's build (a shared home directory): not ours to touch
-    if ledger.status == "running" and process_alive(ledger.pid):
-        return False
-    return any(e.kind in HOST_KINDS for e in ledger.entries())
+def _ours_to_sweep(ledger: Ledger) -> bool:
+    """An abandoned build (Ledger.abandoned) that still lists resources on this host. Another machine's build
+    (a shared home directory) is not ours to touch, even when it is over."""
+    return ledger.here and ledger.abandoned and any(e.kind in HOST_KINDS for e in ledger.entries())
 
 
 def cleanup_host(*, dry_run: bool = False, build_id: str | None = None) -> list[SweptBuild]:
@@ -44,7 +28,7 @@ def cleanup_host(*, dry_run: bool = False, build_id: str | None = None) -> list[
     for ledger in all_ledgers():
         if build_id and ledger.build_id != build_id:
             continue
-        if not is_abandoned(ledger):
+        if not _ours_to_sweep(ledger):
             continue
         data = ledger.data
         actions = sweep(ledger, dry_run=dry_run)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,18 +13,7 @@ from snapbuild.host.baseprobe import pick_root
 
 log = logging.getLogger(__name__)
 
-ROOT_LABELS = ("cloudimg-rootfs",)   # Ubuntu's cloud images label their root
 GROWABLE = ("ext4",)
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """"10G", "512M", "2.5G", "1073741824" → bytes (binary units, as qemu-img reads them)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTB]?)(?:I?B)?\s*", text.upper())
-    if not match:
-        raise UserError(f"cannot read size {text!r}", hint="write it like 10G, 20480M or 2T")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 @dataclass(frozen=True, kw_only=True)

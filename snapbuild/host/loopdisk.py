@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapbuild.errors import BuildError, CommandFailed
+from snapbuild.host import mounts
 from snapbuild.host.commands import run
 
 log = logging.getLogger(__name__)
 
 # Registers an undo: (description, func, *args, forget=(kind, ref)). BuildContext.add_undo has this shape.
-AddUndo = Callable[..., None]
+AddUndo = Callable[..., object]
 # Writes a resource down before it exists: (kind, ref, **info). Ledger.record has this shape.
 Record = Callable[..., None]
 
@@ -33,24 +34,6 @@ class Partition:
     size_mib: int | None  # None: the rest of the disk
     type_code: str        # sgdisk type code: ef02 BIOS boot, ef00 EFI system, 8300 Linux
     name: str
-
-
-def parse_size(text: str) -> int:
-    """'2G', '512M', '2048' (MiB) or '2147483648B' -> bytes."""
-    value = text.strip().upper().removesuffix("IB")
-    units = {"K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB, "B": 1}
-    factor = MIB
-    if value and value[-1] in units:
-        factor = units[value[-1]]
-        value = value[:-1]
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (use e.g. 2G or 1536M)") from None
-    size = int(number * factor)
-    if size <= 0:
-        raise ValueError(f"not a size: {text!r}")
-    return size
 
 
 def create_gpt(image: Path, partitions: Sequence[Partition]) -> None:
@@ -158,18 +141,8 @@ def unmount(target: Path, *, attempts: int = 20) -> None:
     raise CommandFailed(["umount", str(target)], 32, f"{target} is still busy; see `fuser -vm {target}`")
 
 
-def mount_points() -> list[str]:
-    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-        return [line.split()[4].encode().decode("unicode_escape") for line in handle]
-
-
 def is_mounted(target: Path) -> bool:
-    return os.path.realpath(target) in mount_points()
-
-
-def mounts_under(directory: Path) -> list[str]:
-    base = os.path.realpath(directory)
-    return [point for point in mount_points() if point == base or point.startswith(base + "/")]
+    return os.path.realpath(target) in mounts.mount_points()
 
 
 def bind_system_dirs(root: Path, add_undo: AddUndo, record: Record) -> None:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from snapbuild.errors import CommandFailed
+from snapbuild.errors import BuildError, CommandFailed
 from snapbuild.host import commands, procs
 from snapbuild.run.scope import Scope
 
@@ -31,13 +31,14 @@ _API_MOUNTS: tuple[tuple[str, str, list[str]], ...] = (
 )
 
 
+def mount_points() -> list[str]:
+    """Every mount point on this host (as this process sees them), in mount order."""
+    lines = Path("/proc/self/mounts").read_text().splitlines()
+    return [_unescape(fields[1]) for fields in map(str.split, lines) if len(fields) > 1]
+
+
 def mounted(path: Path) -> bool:
-    target = str(path)
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 1 and _unescape(fields[1]) == target:
-            return True
-    return False
+    return str(path) in mount_points()
 
 
 def _unescape(field: str) -> str:
@@ -45,8 +46,12 @@ def _unescape(field: str) -> str:
 
 
 def mount_chroot(scope: Scope, device: str, root: Path, *, resolv_conf: Path = Path("/etc/resolv.conf"),
-                 resolved_conf: Path = Path("/run/systemd/resolve/resolv.conf")) -> Path:
-    """Mount `device` on `root` with the API file systems under it; undo registered on `scope`."""
+                 resolved_conf: Path = Path("/run/systemd/resolve/resolv.conf"),
+                 build_files: list[Callable[[], None]] | None = None) -> Path:
+    """Mount `device` on `root` with the API file systems under it; undo registered on `scope`.
+
+    The build's own resolv.conf and policy-rc.d replace the image's while it is provisioned; `build_files`, when
+    given, receives the callables that put the image's back early (before the seal check), each at most once."""
     root.mkdir(parents=True, exist_ok=True)
     _mount(scope, ["mount", device], root, "root file system")
     # Runs just before the root is unmounted, after everything above it is gone.
@@ -61,22 +66,29 @@ def mount_chroot(scope: Scope, device: str, root: Path, *, resolv_conf: Path = P
     # Runs before the API file systems go: whatever the build mounted below the root (package scripts, containerd).
     scope.add_undo(f"unmount what the build mounted under {root}", unmount_strays, root,
                    {str(root / inside) for _, inside, _ in _API_MOUNTS})
-    set_aside(scope, root / "etc/resolv.conf", resolv_text(resolv_conf, resolved_conf).encode(), 0o644)
-    set_aside(scope, root / "usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)
+    restorers = [set_aside(scope, root / "etc/resolv.conf", resolv_text(resolv_conf, resolved_conf).encode(), 0o644),
+                 set_aside(scope, root / "usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)]
+    if build_files is not None:
+        build_files.extend(restorers)
     # Runs first on the way out: nothing the build started may keep the mounts busy.
     scope.add_undo(f"stop processes left in {root}", procs.kill_chroot_processes, root)
     return root
 
 
-def mounts_under(top: Path) -> list[str]:
-    """Mount points strictly below `top`, in mount order."""
+def mounts_under(top: Path, *, include_top: bool = False) -> list[str]:
+    """Mount points strictly below `top` (and `top` itself with `include_top`), in mount order."""
     prefix = str(top).rstrip("/") + "/"
-    found = []
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 1 and _unescape(fields[1]).startswith(prefix):
-            found.append(_unescape(fields[1]))
-    return found
+    return [point for point in mount_points()
+            if point.startswith(prefix) or (include_top and point == str(top))]
+
+
+def remove_tree(path: Path) -> None:
+    """Never recurse into something still mounted there: a bind of /dev would take the host's /dev with it."""
+    real = Path(os.path.realpath(path))   # the mount table lists resolved paths
+    left = mounts_under(real, include_top=True)
+    if left:
+        raise BuildError(f"not removing {path}: still mounted: {', '.join(left)}")
+    commands.run(["rm", "-rf", "--one-file-system", "--", str(path)], timeout=600)
 
 
 def unmount_strays(root: Path, ours: set[str]) -> None:
@@ -134,19 +146,28 @@ def _describe(holders: list[procs.Holder]) -> str:
     return ", ".join(f"pid {h.pid} {h.comm} ({h.why})" for h in holders)
 
 
-def set_aside(scope: Scope, path: Path, data: bytes, mode: int) -> None:
+def set_aside(scope: Scope, path: Path, data: bytes, mode: int) -> Callable[[], None]:
     """Put our own file at `path` (inside a mounted image); the original, a symlink or a file or nothing,
-    goes to `path.snapbuild-orig` and comes back exactly as it was."""
+    goes to `path.snapbuild-orig` and comes back exactly as it was: by the returned callable or by the undo,
+    whichever comes first (the other is then a no-op)."""
     aside = path.with_name(path.name + ASIDE)
     had_original = os.path.lexists(path)
     if had_original:
         os.rename(path, aside)   # rename keeps a (dangling) symlink as it is
-    scope.add_undo(f"restore {path.name} in the image", _restore, path, aside, had_original)
+    restored: list[bool] = []
+
+    def restore() -> None:
+        if not restored:
+            _restore(path, aside, had_original)
+            restored.append(True)
+
+    scope.add_undo(f"restore {path.name} in the image", restore)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.chmod(path, mode)
+    return restore
 
 
 def _restore(path: Path, aside: Path, had_original: bool) -> None:

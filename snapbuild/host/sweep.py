@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from snapbuild.chroot.workdir import remove_workdir
 from snapbuild.host import attach as attaching
 from snapbuild.host import commands, mounts, procs
 from snapbuild.ledger import Entry, Ledger
@@ -83,7 +82,7 @@ def undo_entry(entry: Entry) -> None:
             log.info("%s now serves another qemu-nbd (pid %s): left alone", ref, serving)
     elif entry.kind == "tempdir":
         if ref.exists():
-            remove_workdir(ref)
+            mounts.remove_tree(ref)
 
 
 def _processes_with(marker: bytes) -> list[int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -24,8 +23,11 @@ from snapbuild import paths
 from snapbuild.errors import BuildError, UserError
 from snapbuild.host import loopdisk as disk
 from snapbuild.host.commands import require_tools, run
-from snapbuild.ledger import Ledger, new_build_id
-from snapbuild.run.context import BuildContext, Reporter, running_build
+from snapbuild.host.images import image_info
+from snapbuild.host.mounts import remove_tree
+from snapbuild.host.sizes import parse_size
+from snapbuild.run.context import BuildContext, Reporter, new_context, running_build
+from snapbuild.run.scope import UndoScope
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +97,7 @@ def build_base_image(*, distro: str, output: Path, mirror: str = DEFAULT_MIRROR,
         raise UserError(f"{output} already exists", hint="pass --force to overwrite it")
     if not output.parent.is_dir():
         raise UserError(f"directory {output.parent} does not exist")
-    try:
-        size_bytes = disk.parse_size(size)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    size_bytes = parse_size(size, default_unit="M")   # `--size 2048` has always meant MiB here
     if size_bytes < 1024 * disk.MIB:
         raise UserError(f"size {size} is too small", hint="a Debian cloud image needs at least 1G")
     if not mirror.startswith(("http://", "https://", "file:/")):
@@ -109,9 +108,8 @@ def build_base_image(*, distro: str, output: Path, mirror: str = DEFAULT_MIRROR,
     cache = (cache_dir or paths.cache_dir()) / "debootstrap"
 
     reporter = reporter or Reporter()
-    build_id = new_build_id()
-    ctx = BuildContext(build_id=build_id, ledger=Ledger.create(build_id=build_id, builder="base", recipe=distro),
-                       reporter=reporter)
+    ctx = new_context(builder="base", recipe=distro, monitor=reporter,
+                      cleanup_command="snapbuild cleanup --host --build-id {build_id}")
     start = time.monotonic()
     with running_build(ctx):
         work = _tempdir(ctx, output.parent)
@@ -127,10 +125,10 @@ def build_base_image(*, distro: str, output: Path, mirror: str = DEFAULT_MIRROR,
             run(["mkfs.ext4", "-q", "-L", ROOT_LABEL, "-E", "lazy_itable_init=0,lazy_journal_init=0", root_dev])
             run(["mkfs.vfat", "-F", "32", "-n", "EFI", efi_dev])
             root_uuid = disk.fs_uuid(root_dev)
-            # A mount stack of its own (a BuildContext only for its undo stack): it must come off before the loop
-            # device detaches, and on success before convert.
-            mounts = BuildContext(build_id=build_id, ledger=ctx.ledger, reporter=reporter)
-            ctx.add_undo("unmount the image", mounts.undo.close)
+            # A mount stack of its own: it must come off before the loop device detaches, and on success before
+            # convert.
+            mounts = UndoScope(ctx.ledger)
+            ctx.add_undo("unmount the image", mounts.stack.close)
             disk.mount(root_dev, root, mounts.add_undo, ctx.ledger.record)
         with ctx.step("debootstrap"):
             debootstrap(spec, root, mirror=mirror, cache=cache, reporter=reporter)
@@ -145,17 +143,16 @@ def build_base_image(*, distro: str, output: Path, mirror: str = DEFAULT_MIRROR,
             check_sealed(root)
             run(["sync", "--file-system", str(root)])
             run(["fstrim", str(root)])  # deleted files stay in the raw file otherwise
-            mounts.undo.close()
+            mounts.stack.close()
             verify_on_disk(root_dev)
         with ctx.step("convert"):
-            partial = output.with_name(f".{output.name}.{build_id}.partial")
-            ctx.ledger.record("file", str(partial))
-            ctx.add_undo(f"remove {partial}", partial.unlink, True, forget=("file", str(partial)))
+            partial = output.with_name(f".{output.name}.{ctx.build_id}.partial")
+            done = ctx.own("file", str(partial), f"remove {partial}", partial.unlink, True)
             run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd",
                  str(raw), str(partial)], timeout=1800)
             os.replace(partial, output)
-    info = run(["qemu-img", "info", "--output=json", str(output)]).stdout
-    virtual = int(json.loads(info)["virtual-size"])
+            done.release()
+    virtual = int(image_info(output)["virtual-size"])
     return BaseImageResult(path=output, distro=distro, virtual_size=virtual, file_size=output.stat().st_size,
                            root_uuid=root_uuid, seconds=time.monotonic() - start,
                            step_seconds={t.name: t.seconds for t in ctx.timings})
@@ -164,17 +161,8 @@ def build_base_image(*, distro: str, output: Path, mirror: str = DEFAULT_MIRROR,
 def _tempdir(ctx: BuildContext, near: Path) -> Path:
     # Next to the output: the raw disk is as big as the virtual size (sparse) and convert reads it at once.
     path = Path(tempfile.mkdtemp(prefix=".snapbuild-base-", dir=near))
-    ctx.ledger.record("tempdir", str(path))
-    ctx.add_undo(f"remove {path}", _remove_tempdir, path, forget=("tempdir", str(path)))
+    ctx.own("tempdir", str(path), f"remove {path}", remove_tree, path)
     return path
-
-
-def _remove_tempdir(path: Path) -> None:
-    # Never rmtree through a mount that failed to come off: the chroot has the host's /dev bound into it.
-    still = disk.mounts_under(path)
-    if still:
-        raise BuildError(f"not removing {path}: still mounted: {', '.join(still)}")
-    shutil.rmtree(path)
 
 
 @contextmanager

@@ -18,18 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from snapbuild.distros import DISTROS
 from snapbuild.errors import BuildError, CommandFailed, UserError
+from snapbuild.host.baseprobe import parse_os_release
 from snapbuild.host.commands import require_tools, run
+from snapbuild.host.images import image_info
 from snapbuild.local import qemu
-from snapbuild.local.build import (
-    GIB,
-    image_info,
-    manifest_path_for,
-    parse_os_release,
-    ssh_connect,
-    start_vm,
-)
+from snapbuild.local.build import GIB, ssh_connect, start_vm
 from snapbuild.local.seed import SeedKind, SeedSpec, write_seed
-from snapbuild.run.context import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, new_context, running_build
+from snapbuild.run.manifest import manifest_path_for
 
 if TYPE_CHECKING:
     from snapbuild.guest.ssh import SSHGuest
@@ -106,7 +102,7 @@ class _Boot:
 def verify_image(image: Path, *, plan: Plan | None = None, settings: VerifySettings | None = None,
                  reporter: Reporter | None = None, build_id: str | None = None) -> VerifyResult:
     """Boot `image` twice through overlays and check it; a result per check (failures are results, not errors)."""
-    from snapbuild.ledger import Ledger, new_build_id
+    from snapbuild.ledger import new_build_id
 
     settings = settings or VerifySettings()
     reporter = reporter or Reporter()
@@ -114,13 +110,13 @@ def verify_image(image: Path, *, plan: Plan | None = None, settings: VerifySetti
                   hint="apt-get install qemu-system-x86 qemu-utils xorriso")
     if not image.is_file():
         raise UserError(f"image not found: {image}")
-    info = image_info(image)
+    info = image_info(image, force_share=False)   # booted next: an image still being written is refused
     if info.get("format") not in ("qcow2", "raw"):
         raise UserError(f"{image} is {info.get('format')!r}, not a qcow2 or raw disk image")
     check_image_offline(image, str(info["format"]), plan)
     build_id = build_id or new_build_id()
-    ledger = Ledger.create(build_id=build_id, builder="verify", recipe=plan.recipe_name if plan else "-")
-    ctx = BuildContext(build_id=build_id, ledger=ledger, reporter=reporter)
+    ctx = new_context(builder="verify", recipe=plan.recipe_name if plan else "-", monitor=reporter,
+                      cleanup_command="snapbuild cleanup --host --build-id {build_id}", build_id=build_id)
     manifest = _read_manifest(image)
     checks: list[CheckResult] = []
     side_by_side, why = boots_side_by_side(memory_mb=settings.memory_mb, available_mb=mem_available_mb())
@@ -173,7 +169,7 @@ def run_boots(ctx: BuildContext, image: Path, info: dict[str, Any], tempdir: Pat
               settings: VerifySettings, *, side_by_side: bool, why: str) -> list[_Boot]:
     """Both first boots, each with its own overlay, seed, port and undo; results in boot order."""
     if not side_by_side:
-        ctx.reporter.line(why)
+        ctx.monitor.line(why)
         boots = []
         for number in (1, 2):
             with ctx.step(f"boot {number}"):
@@ -189,7 +185,7 @@ def run_boots(ctx: BuildContext, image: Path, info: dict[str, Any], tempdir: Pat
             errors[number] = exc
 
     with ctx.step("boots 1 and 2, side by side"):
-        ctx.reporter.line(why)
+        ctx.monitor.line(why)
         # Daemon threads: an interrupt reaches the main thread, whose undo stops both VMs, and an exit does not
         # wait for a thread. QEMU is started with PR_SET_PDEATHSIG from its boot's thread, so it also dies
         # when that thread ends (each boot powers its VM off before its thread ends).
@@ -226,7 +222,7 @@ def _boot_once(ctx: BuildContext, image: Path, info: dict[str, Any], number: int
                        serial_log=tempdir / f"serial-{number}.log", firmware=settings.firmware,
                        network=settings.network, name=f"snapbuild-verify-{ctx.build_id}-{number}")
     vm = start_vm(ctx, spec, workdir=tempdir)
-    ctx.reporter.line(f"boot {number}: {vm.accel.describe()}; {qemu.describe_network(settings.network)}; "
+    ctx.monitor.line(f"boot {number}: {vm.accel.describe()}; {qemu.describe_network(settings.network)}; "
                       f"ssh on 127.0.0.1:{vm.ssh_port}")
     deadline = vm.started + settings.boot_timeout_s
     host_keys = wait_console_host_keys(vm, deadline)
@@ -234,7 +230,7 @@ def _boot_once(ctx: BuildContext, image: Path, info: dict[str, Any], number: int
     guest = connect_as_default_user(ctx, vm, users=users, key=user_key, host_keys=host_keys, deadline=deadline)
     boot.user = guest.user
     boot.seconds_to_ssh = time.monotonic() - vm.started
-    ctx.reporter.line(f"boot {number}: SSH as {guest.user} after {boot.seconds_to_ssh:.1f} s")
+    ctx.monitor.line(f"boot {number}: SSH as {guest.user} after {boot.seconds_to_ssh:.1f} s")
     try:
         ci = guest.run(["cloud-init", "status", "--wait", "--long"], check=False,
                        timeout=settings.cloud_init_timeout_s)
@@ -285,7 +281,9 @@ def connect_as_default_user(ctx: BuildContext, vm: qemu.VM, *, users: Sequence[s
             # Host keys are printed after sshd is up, so a short attempt per user is enough.
             attempt_deadline = deadline if len(users) == 1 else min(deadline, time.monotonic() + 15)
             try:
-                return ssh_connect(ctx, vm, user=user, key=key, host_keys=host_keys, deadline=attempt_deadline)
+                guest = ssh_connect(vm, user=user, key=key, host_keys=host_keys, deadline=attempt_deadline)
+                ctx.add_undo(f"close SSH to {vm.spec.name}", guest.close)
+                return guest
             except BuildError as exc:
                 last = exc
         if time.monotonic() >= deadline or len(users) == 1:
@@ -379,7 +377,7 @@ def compare_boots(boots: Sequence[_Boot], manifest: dict[str, Any] | None) -> li
     shared = set(first.host_keys) & set(second.host_keys)
     detail = f"{len(first.host_keys)} + {len(second.host_keys)} keys, {len(shared)} shared"
     ok = bool(first.host_keys) and bool(second.host_keys) and not shared
-    builder_host = (manifest or {}).get("builder_keys", {}).get("host")
+    builder_host = (manifest or {}).get("details", {}).get("builder_keys", {}).get("host")
     if builder_host:
         reused = [k for k in (*first.host_keys, *second.host_keys) if fingerprint(k) == builder_host]
         ok = ok and not reused
@@ -428,7 +426,7 @@ def check_image_offline(image: Path, fmt: str, plan: Plan | None) -> None:
         log.warning(baseprobe.unread_note(probe.unread, image))
         return
     mismatch = baseprobe.distro_mismatch(probe.os_release, plan.distro, recipe=plan.recipe_name,
-                                         supported=baseprobe.recipe_distros(plan), image=image, option="IMAGE",
+                                         supported=plan.recipe_distros, image=image, option="IMAGE",
                                          what="image")
     if mismatch is not None:
         raise mismatch

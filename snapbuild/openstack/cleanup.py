@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from snapbuild.errors import CloudError, UserError
-from snapbuild.host.cleanup import process_alive
 from snapbuild.ledger import Ledger, all_ledgers, installation_id
 from snapbuild.openstack import marks
 from snapbuild.openstack.cloud import Cloud
@@ -57,14 +55,9 @@ class CleanupSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Candidate:
-    kind: str
-    id: str
-    name: str
-    build_id: str | None
-    installation_id: str | None
-    created_at: str | None
-    expires_at: str | None
+class Candidate(Marked):
+    """A resource chosen for removal: found by its marks, or named by an abandoned build's ledger."""
+
     reason: str                     # why it qualifies: "expired", "older than 2:00:00", "abandoned build", ...
 
 
@@ -118,14 +111,12 @@ class _Local:
 def read_ledgers(ledgers: Iterable[Ledger] | None = None) -> _Local:
     live: set[str] = set()
     abandoned: dict[str, Ledger] = {}
-    here = socket.gethostname()
     for ledger in all_ledgers() if ledgers is None else ledgers:
-        data = ledger.data
-        if ledger.status == "running" and (data.get("host") != here or process_alive(ledger.pid)):
+        if ledger.abandoned:
+            if any(e.kind in CLOUD_KINDS for e in ledger.entries()):
+                abandoned[ledger.build_id] = ledger
+        elif ledger.status == "running":
             live.add(ledger.build_id)   # running here, or on another host sharing this state dir: hands off
-            continue
-        if any(e.kind in CLOUD_KINDS for e in ledger.entries()):
-            abandoned[ledger.build_id] = ledger
     return _Local(live_builds=frozenset(live), abandoned=abandoned)
 
 
@@ -225,10 +216,8 @@ class Sweep:
 
     @staticmethod
     def _candidate(item: Marked, reason: str) -> Candidate:
-        return Candidate(kind=item.kind, id=item.id, name=item.name, build_id=item.build_id,
-                         installation_id=item.installation_id,
-                         created_at=item.created_at or _created_from_build_id(item.build_id),
-                         expires_at=item.expires_at, reason=reason)
+        return Candidate(**{**asdict(item), "created_at": item.created_at or _created_from_build_id(item.build_id)},
+                         reason=reason)
 
     def _from_ledgers(self) -> list[Candidate]:
         """Abandoned builds' entries, each checked against the cloud: it must still carry that build's id."""

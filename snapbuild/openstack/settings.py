@@ -44,7 +44,7 @@ class SnapshotSettings:
     no_provision: bool = False               # test/debug: boot → stop → snapshot → properties; no SSH at all
     allow_blocked: bool = False
     json: bool = False
-    manifest_path: Path | None = None
+    manifest_path: Path | None = None         # default: the state directory's manifests/
     log_path: Path | None = None
 
 
@@ -56,8 +56,10 @@ class SnapshotResult:
     properties: Mapping[str, str]
     seconds: float
     manifest: Mapping[str, Any]
+    manifest_path: Path | None = None
 
     def to_json(self) -> str:
         return json.dumps({"image_id": self.image_id, "image_name": self.image_name, "build_id": self.build_id,
-                           "properties": dict(self.properties), "seconds": round(self.seconds, 1)},
+                           "properties": dict(self.properties), "seconds": round(self.seconds, 1),
+                           "manifest": str(self.manifest_path) if self.manifest_path else None},
                           indent=2, sort_keys=True)

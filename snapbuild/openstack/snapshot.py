@@ -1,16 +1,16 @@
 """The snapshot build on OpenStack: boot a builder from a base image, provision, seal, snapshot, finish.
 
-    preflight ─► boot builder ─► connect ─► provision ─► seal ─► power off ─► capture ─► finish image ─► remove builder
+    preflight ─► boot builder ─► connect ─► provision ─► seal ─► power off ─► capture ─► finish image ─► manifest
 
-Every resource is written to the ledger before it is made and gets its undo the moment it exists; on any
-failure or Ctrl-C the build context undoes everything in reverse (or keeps it with --keep-on-failure).
-No keypair is made: the builder's public key and host key travel in the user-data, so nothing in Nova needs
-cleaning up for them (keypairs cannot carry tags or metadata either).
+The frame (ledger, undo, --keep-on-failure, the monitor) is snapbuild.run; the connect … power off tail is the
+one the local builder runs too (snapbuild.run.tail). No keypair is made: the builder's public key and host key
+travel in the user-data, so nothing in Nova needs cleaning up for them (keypairs carry no tags or metadata).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -19,18 +19,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from snapbuild import paths
 from snapbuild.errors import BuildError, UserError
-from snapbuild.ledger import Ledger, installation_id, new_build_id
-from snapbuild.openstack import manifest_fields, marks, properties
+from snapbuild.ledger import installation_id
+from snapbuild.openstack import marks, properties
 from snapbuild.openstack.cloud import Cloud
-from snapbuild.openstack.model import Address, Flavor, FloatingIP, Image, Network, SecurityGroup, Server, ServerSpec
+from snapbuild.openstack.model import Address, Flavor, FloatingIP, Image, Network, Server, ServerSpec
 from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
-from snapbuild.run.context import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Undo, new_context, running_build
+from snapbuild.run.manifest import build_manifest, write_manifest
+from snapbuild.run.monitor import Monitor
+from snapbuild.run.tail import BuilderAccess, Timeouts, drive_booted
 
 if TYPE_CHECKING:
     from snapbuild.guest.ssh import Bastion, SSHGuest
     from snapbuild.plan import Plan
-    from snapbuild.sshkeys import KeyPair
+    from snapbuild.provision import ProvisionResult
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,7 @@ class Inputs:
     security_group_ids: tuple[str, ...]
     floating_network: Network | None
     ssh_network: Network | None
-    client_key: KeyPair
-    host_key: KeyPair
+    access: BuilderAccess
     user_data: str
     image_name: str
     marks: marks.Marks
@@ -62,93 +65,88 @@ class Machine:
     """What exists right now (filled in as the build goes)."""
 
     server: Server | None = None
+    server_undo: Undo | None = None
     floating_ip: FloatingIP | None = None
-    security_group: SecurityGroup | None = None
     volume_id: str | None = None
     image_id: str | None = None
-    handed_over: bool = False        # the image is the build's result: no longer undone
-    server_gone: bool = False        # deleted early (boot-from-volume capture)
-    pulled_images: dict[str, str] = field(default_factory=dict)
+    image_undo: Undo | None = None
+    provisioned: ProvisionResult | None = None
     patch: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_snapshot(settings: SnapshotSettings, plan: Plan, reporter: Reporter, *,
+def build_snapshot(settings: SnapshotSettings, plan: Plan, monitor: Monitor, *,
                    cloud: Cloud | None = None) -> SnapshotResult:
     started = time.monotonic()
-    build_id = new_build_id()
-    reporter.heading("preflight")
-    try:
-        if cloud is None:
-            cloud = Cloud.connect(settings.cloud, settings.region)
-        inputs = preflight(cloud, settings, plan, build_id=build_id)
-    except BaseException:
-        reporter.done("preflight", time.monotonic() - started, ok=False)
-        raise
-    reporter.line(f"flavor {inputs.flavor.name}, base image {inputs.base_image.name} ({inputs.base_image.id})")
-    reporter.done("preflight", time.monotonic() - started)
-
-    ledger = Ledger.create(build_id=build_id, builder="openstack-snapshot", recipe=plan.recipe_name)
-    ctx = BuildContext(build_id=build_id, ledger=ledger, reporter=reporter, log_path=settings.log_path,
-                       keep_on_failure=settings.keep_on_failure)
+    where = f" --os-cloud {settings.cloud}" if settings.cloud else ""
+    ctx = new_context(builder="openstack-snapshot", recipe=plan.recipe_name, monitor=monitor,
+                      keep_on_failure=settings.keep_on_failure, log_path=settings.log_path,
+                      cleanup_command=f"snapbuild{where} cleanup --build-id {{build_id}}")
     machine = Machine()
-    try:
-        with running_build(ctx):
-            try:
-                run_steps(ctx, cloud, settings, plan, inputs, machine)
-            except BaseException as exc:
-                report_failure(ctx, cloud, machine, exc)
-                raise
-    except BaseException:
-        report_kept(ctx, ledger)
-        raise
-    assert machine.image_id is not None
-    image = cloud.get_image(machine.image_id)
-    manifest = manifest_fields.snapshot_manifest(
-        settings=settings, plan=plan, build_id=build_id, flavor=inputs.flavor, base_image=inputs.base_image,
-        image=image, patch=machine.patch, pulled_images=machine.pulled_images, timings=ctx.timings)
-    _write_manifest(settings, manifest)
-    for leftover in ctx.kept:
-        reporter.line(f"warning: not removed: {leftover}")
-    return SnapshotResult(image_id=image.id, image_name=image.name, build_id=build_id,
-                          properties=dict(image.properties), seconds=time.monotonic() - started, manifest=manifest)
+    with running_build(ctx, variant=plan.variant):
+        with ctx.step("preflight"):
+            cloud = cloud or Cloud.connect(settings.cloud, settings.region)
+            inputs = preflight(cloud, settings, plan, build_id=ctx.build_id)
+            ctx.monitor.line(f"flavor {inputs.flavor.name}, base image {inputs.base_image.name} "
+                             f"({inputs.base_image.id})")
+        ctx.on_failure.append(lambda exc: report_console(ctx, cloud, machine, exc))
+        with ctx.step("boot builder"):
+            launch_builder(ctx, cloud, settings, inputs, machine)
+        if settings.no_provision:
+            with ctx.step("power off (no provisioning)"):
+                assert machine.server is not None
+                cloud.stop(machine.server.id)
+                cloud.wait_shutoff(machine.server.id, settings.timeout_boot)
+        else:
+            server = CloudServer(cloud, settings, inputs, machine)
+            machine.provisioned = drive_booted(ctx, plan, server, inputs.access, timeouts=Timeouts(
+                cloud_init_s=settings.timeout_ssh, step_s=settings.timeout_provision))
+        with ctx.step("capture"):
+            capture(ctx, cloud, settings, inputs, machine)
+        with ctx.step("finish image"):
+            finish(cloud, settings, plan, inputs, machine)
+            image = cloud.get_image(str(machine.image_id))
+            # The image is the result now: it leaves the ledger and its undo becomes a no-op.
+            assert machine.image_undo is not None
+            machine.image_undo.release()
+        with ctx.step("manifest"):
+            manifest, manifest_path = write_snapshot_manifest(ctx, settings, plan, inputs, machine, image)
+        ctx.outcome.update(image_id=image.id, image_name=image.name, manifest=str(manifest_path))
+        ctx.monitor.line(f"image {image.id} ({image.name})")
+    return SnapshotResult(image_id=image.id, image_name=image.name, build_id=ctx.build_id,
+                          properties=dict(image.properties), seconds=time.monotonic() - started, manifest=manifest,
+                          manifest_path=manifest_path)
 
 
-def run_steps(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, plan: Plan, inputs: Inputs,
-              machine: Machine) -> None:
-    with ctx.step("boot builder"):
-        launch_builder(ctx, cloud, settings, inputs, machine)
-    if settings.no_provision:
-        with ctx.step("power off (no provisioning)"):
-            assert machine.server is not None
-            cloud.stop(machine.server.id)
-            cloud.wait_shutoff(machine.server.id, settings.timeout_boot)
-    else:
-        with ctx.step("connect"):
-            guest = connect_guest(ctx, cloud, settings, inputs, machine)
-        with ctx.step("provision"):
-            provision_guest(plan, guest, ctx.reporter, machine, settings.timeout_provision)
-        with ctx.step("seal"):
-            seal_guest(guest, plan, settings, inputs, ctx.reporter)
-        with ctx.step("power off"):
-            power_off(cloud, guest, settings, machine)
-    with ctx.step("capture"):
-        capture(ctx, cloud, settings, inputs, machine)
-    with ctx.step("finish image"):
-        finish(cloud, settings, plan, inputs, machine)
-    # The image is the result now: it leaves the ledger and its undo becomes a no-op.
-    machine.handed_over = True
-    assert machine.image_id is not None
-    ctx.ledger.forget("image", machine.image_id)
-    with ctx.step("remove builder"):
-        ctx.undo.close()
-    ctx.reporter.line(f"image {machine.image_id} ({inputs.image_name})")
+def write_snapshot_manifest(ctx: BuildContext, settings: SnapshotSettings, plan: Plan, inputs: Inputs,
+                            machine: Machine, image: Image) -> tuple[dict[str, Any], Path]:
+    manifest = build_manifest(
+        ctx, builder="openstack-snapshot", plan=plan, base_checksum=inputs.base_image.content_checksum,
+        base={"id": inputs.base_image.id, "name": inputs.base_image.name, "checksum": inputs.base_image.checksum},
+        output={"image_id": image.id, "image_name": image.name, "size": image.size, "checksum": image.checksum,
+                "visibility": image.visibility, "properties": dict(image.properties), "tags": list(image.tags),
+                "min_disk": image.min_disk, "min_ram": image.min_ram},
+        provisioned=machine.provisioned,
+        seal={"in_guest": "not run (no provisioning)" if settings.no_provision else "clean",
+              "offline": "not run (the image stays in Glance; `snapbuild verify` boots it)"},
+        details={"cloud": settings.cloud, "region": settings.region, "flavor": inputs.flavor.__dict__,
+                 "volume_size_gb": settings.volume_size_gb, "no_provision": settings.no_provision,
+                 "property_patch": [dict(op) for op in machine.patch]})
+    path = settings.manifest_path or default_manifest_path(ctx.build_id, image.name)
+    write_manifest(path, manifest)
+    ctx.monitor.line(f"manifest {path}")
+    return manifest, path
+
+
+def default_manifest_path(build_id: str, image_name: str) -> Path:
+    """A cloud build has no output file to sit beside: its manifest goes to the state directory."""
+    safe = re.sub(r"[^\w.-]+", "-", image_name).strip("-") or "image"
+    return paths.state_dir() / "manifests" / f"{safe}-{build_id}.manifest.json"
 
 
 # ---- 1. preflight: everything checked before anything exists --------------------------------------------
 
 def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id: str) -> Inputs:
     """Resolve every input and check quotas; one UserError naming every problem, nothing created."""
-    from snapbuild.sshkeys import KeyPair
     from snapbuild.userdata import encode_for_nova, render_builder_userdata
 
     problems: list[UserError] = []
@@ -187,11 +185,10 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
         check(cloud.check_fits, flavor, floating_ips=1 if floating else 0,
               security_groups=0 if groups else 1)
 
-    client_key = KeyPair.generate(comment=f"snapbuild-{build_id}")
-    host_key = KeyPair.generate(comment=f"snapbuild-host-{build_id}")
+    access = BuilderAccess.generate(build_id, user=settings.ssh_user)
     user_data = check(lambda: encode_for_nova(render_builder_userdata(
-        plan, builder_user=settings.ssh_user, builder_public_key=client_key.public_openssh, host_key=host_key,
-        build_id=build_id)))
+        plan, builder_user=access.user, builder_public_key=access.client_key.public_openssh,
+        host_key=access.host_key, build_id=build_id)))
     if problems:
         if len(problems) == 1:
             raise problems[0]
@@ -203,7 +200,7 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
     image_name = settings.image_name or f"{plan.image.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
     return Inputs(build_id=build_id, flavor=flavor, base_image=base, network_ids=tuple(n.id for n in networks),
                   port_id=port_id, security_group_ids=tuple(g.id for g in groups), floating_network=floating,
-                  ssh_network=ssh_network, client_key=client_key, host_key=host_key, user_data=user_data,
+                  ssh_network=ssh_network, access=access, user_data=user_data,
                   image_name=image_name, marks=recipe_marks)
 
 
@@ -233,57 +230,31 @@ def check_root_disk(flavor: Flavor, base: Image, plan: Plan, volume_size_gb: int
 
 # ---- 2. boot: each resource in the ledger first, its undo the moment it exists ---------------------------
 
-def _tracked_create(ctx: BuildContext, kind: str, label: str, create: Callable[[], Any],
-                    sweep: Callable[[], list[str]], delete: Callable[[str], None]) -> Any:
-    """Create once. If the create fails mid-air it may still have made the thing: find it by name and undo it."""
-    pending = f"pending:{label}"
-    ctx.ledger.record(kind, pending, name=label)
-    try:
-        made = create()
-    except BaseException:
-        try:
-            for rid in sweep():
-                log.warning("the failed create of %s %s still made %s: deleting it", kind, label, rid)
-                delete(rid)
-            ctx.ledger.forget(kind, pending)
-        except Exception as exc:  # noqa: BLE001 - the create's error is the one to show
-            log.error("could not check for a half-made %s %s: %s (the ledger keeps it)", kind, label, exc)
-        raise
-    rid = made if isinstance(made, str) else made.id
-    ctx.ledger.record(kind, rid, name=label)
-    ctx.ledger.forget(kind, pending)
-    return made
-
-
 def launch_builder(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, inputs: Inputs,
                    machine: Machine) -> None:
     base_name = f"snapbuild-{inputs.marks.recipe}-{inputs.build_id}"
     group_ids = inputs.security_group_ids
     if not group_ids and not inputs.port_id:
         name = f"{base_name}-ssh"
-        group = _tracked_create(
-            ctx, "security_group", name,
+        group, _ = ctx.track(
+            "security_group", name,
             lambda: cloud.create_security_group(name, ssh_cidr=settings.ssh_cidr, tags=inputs.marks.tags(),
                                                 description=f"snapbuild build {inputs.build_id}: SSH to builder"),
             lambda: cloud.security_groups_named(name), cloud.delete_security_group)
-        machine.security_group = group
-        ctx.add_undo(f"security group {group.id}", cloud.delete_security_group, group.id,
-                     forget=("security_group", group.id))
-        ctx.reporter.line(f"security group {group.name} (SSH from {settings.ssh_cidr})")
+        ctx.monitor.line(f"security group {group.name} (SSH from {settings.ssh_cidr})")
         group_ids = (group.id,)
 
     boot_volume = None
     if settings.volume_size_gb:
         vol_name = f"{base_name}-root"
-        volume = _tracked_create(
-            ctx, "volume", vol_name,
+        volume, _ = ctx.track(
+            "volume", vol_name,
             lambda: cloud.create_volume(name=vol_name, size_gb=int(settings.volume_size_gb or 0),
                                         image_id=inputs.base_image.id, metadata=inputs.marks.metadata()),
             lambda: cloud.volumes_named(vol_name), cloud.delete_volume)
         machine.volume_id = boot_volume = volume.id
-        ctx.add_undo(f"volume {volume.id}", cloud.delete_volume, volume.id, forget=("volume", volume.id))
         cloud.wait_volume_available(volume.id, settings.timeout_boot)
-        ctx.reporter.line(f"volume {volume.id} ({settings.volume_size_gb} GB from the base image)")
+        ctx.monitor.line(f"volume {volume.id} ({settings.volume_size_gb} GB from the base image)")
 
     spec = ServerSpec(name=base_name, flavor_id=inputs.flavor.id,
                       image_id=None if boot_volume else inputs.base_image.id,
@@ -291,31 +262,24 @@ def launch_builder(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, 
                       security_group_ids=group_ids, user_data=inputs.user_data, tags=(marks.TAG,),
                       metadata=inputs.marks.metadata(), availability_zone=settings.availability_zone,
                       config_drive=settings.config_drive, boot_volume_id=boot_volume)
-    server = _tracked_create(ctx, "server", base_name, lambda: cloud.boot(spec),
-                             lambda: cloud.servers_named(base_name),
-                             lambda rid: cloud.delete_server(rid, DELETE_TIMEOUT))
+    server, machine.server_undo = ctx.track("server", base_name, lambda: cloud.boot(spec),
+                                            lambda: cloud.servers_named(base_name),
+                                            lambda rid: cloud.delete_server(rid, DELETE_TIMEOUT))
     machine.server = server
-
-    def delete_server(server_id: str) -> None:
-        if not machine.server_gone:
-            cloud.delete_server(server_id, DELETE_TIMEOUT)
-
-    ctx.add_undo(f"server {server.id}", delete_server, server.id, forget=("server", server.id))
-    ctx.reporter.line(f"server {server.name} ({server.id})")
+    ctx.monitor.line(f"server {server.name} ({server.id})")
     machine.server = cloud.wait_active(server.id, settings.timeout_boot)
 
     if inputs.floating_network:
         description = f"snapbuild build {inputs.build_id}"
         port_id = inputs.port_id or cloud.server_port(server.id, inputs.ssh_network.id if inputs.ssh_network else None)
         floating_network = inputs.floating_network
-        ip = _tracked_create(
-            ctx, "floating_ip", description,
+        ip, _ = ctx.track(
+            "floating_ip", description,
             lambda: cloud.create_floating_ip(floating_network_id=floating_network.id, port_id=port_id,
                                              tags=inputs.marks.tags(), description=description),
             lambda: cloud.floating_ips_described(description), cloud.delete_floating_ip)
         machine.floating_ip = ip
-        ctx.add_undo(f"floating IP {ip.address}", cloud.delete_floating_ip, ip.id, forget=("floating_ip", ip.id))
-        ctx.reporter.line(f"floating IP {ip.address}")
+        ctx.monitor.line(f"floating IP {ip.address}")
 
 
 # ---- 3. SSH --------------------------------------------------------------------------------------------
@@ -364,88 +328,63 @@ def parse_bastion(text: str | None, key_file: Path | None, *, accept_any_host_ke
                    accept_any_host_key=accept_any_host_key)
 
 
-def connect_guest(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, inputs: Inputs,
-                  machine: Machine) -> SSHGuest:
-    from snapbuild.guest.cloudinit_wait import wait_for_cloud_init
-    from snapbuild.guest.ssh import HostKeyMismatch, SSHGuest
-    from snapbuild.sshkeys import parse_console_host_keys
+class CloudServer:
+    """The builder server as the booted-guest tail sees it: reached over SSH, stopped through Nova."""
 
-    assert machine.server is not None
-    server = machine.server
-    address = ssh_address(server, machine.floating_ip,
-                          network=inputs.ssh_network.name if inputs.ssh_network else None,
-                          ip_version=settings.ssh_ip_version)
-    ctx.reporter.line(f"SSH to {settings.ssh_user}@{address}:{settings.ssh_port}")
-    deadline = time.monotonic() + settings.timeout_ssh
+    def __init__(self, cloud: Cloud, settings: SnapshotSettings, inputs: Inputs, machine: Machine) -> None:
+        assert machine.server is not None
+        self.cloud = cloud
+        self.settings = settings
+        self.inputs = inputs
+        self.server = machine.server
+        self.name = machine.server.name
+        self.address = ssh_address(machine.server, machine.floating_ip,
+                                   network=inputs.ssh_network.name if inputs.ssh_network else None,
+                                   ip_version=settings.ssh_ip_version)
 
-    def console() -> str:
-        return cloud.console_log(server.id, 200)
+    def console(self) -> str:
+        return self.cloud.console_log(self.server.id, 200)
 
-    def attempt(host_keys: list[str]) -> SSHGuest:
-        return SSHGuest.connect(host=address, port=settings.ssh_port, user=settings.ssh_user, key=inputs.client_key,
-                                host_keys=host_keys, deadline=deadline,
-                                bastion=parse_bastion(settings.ssh_bastion, settings.ssh_bastion_key,
-                                                      accept_any_host_key=settings.accept_any_host_key),
-                                accept_any_host_key=settings.accept_any_host_key, console=console,
-                                name=server.name)
+    def connect(self, access: BuilderAccess) -> SSHGuest:
+        from snapbuild.guest.ssh import HostKeyMismatch, SSHGuest
+        from snapbuild.sshkeys import parse_console_host_keys
 
-    try:
-        guest = attempt([inputs.host_key.public_openssh])
-    except HostKeyMismatch:
-        # cloud-init did not apply our host key: the keys it printed on the console are the fallback pin
-        printed = list(parse_console_host_keys(console()))
-        if not printed:
-            raise
-        log.warning("%s: host key differs from the one handed to cloud-init; pinning the console's keys",
-                    server.name)
-        guest = attempt(printed)
-    ctx.add_undo("SSH connection", guest.close)
-    wait_for_cloud_init(guest, timeout=max(deadline - time.monotonic(), 60.0))
-    return guest
+        s = self.settings
+        log.info("SSH to %s@%s:%s", access.user, self.address, s.ssh_port)
+        deadline = time.monotonic() + s.timeout_ssh
+        bastion = parse_bastion(s.ssh_bastion, s.ssh_bastion_key, accept_any_host_key=s.accept_any_host_key)
 
+        def attempt(host_keys: list[str]) -> SSHGuest:
+            return SSHGuest.connect(host=self.address, port=s.ssh_port, user=access.user, key=access.client_key,
+                                    host_keys=host_keys, deadline=deadline, bastion=bastion,
+                                    accept_any_host_key=s.accept_any_host_key, console=self.console,
+                                    name=self.name)
 
-# ---- 4-5. provision, seal, power off ------------------------------------------------------------------
+        try:
+            return attempt([access.host_key.public_openssh])
+        except HostKeyMismatch:
+            # cloud-init did not apply our host key: the keys it printed on the console are the fallback pin
+            printed = list(parse_console_host_keys(self.console()))
+            if not printed:
+                raise
+            log.warning("%s: host key differs from the one handed to cloud-init; pinning the console's keys",
+                        self.name)
+            return attempt(printed)
 
-def provision_guest(plan: Plan, guest: SSHGuest, reporter: Reporter, machine: Machine, timeout: float) -> None:
-    from snapbuild.provision import provision
+    def after_connect(self, guest: SSHGuest) -> None:
+        return None
 
-    result = provision(plan, guest, reporter, step_timeout=timeout)
-    machine.pulled_images.update(getattr(result, "pulled_images", {}) or {})
+    def wait_powered_off(self) -> None:
+        # Nova learns of a guest's own poweroff only from a lifecycle event (libvirt delays it 15 s) or its
+        # periodic power-state sync (every 10 min by default): ask Nova to stop the server now, as Packer does.
+        # The guest is already going down, so the ACPI request changes nothing; a 409 means Nova got there first.
+        self.cloud.stop(self.server.id)
+        self.cloud.wait_shutoff(self.server.id, min(self.settings.timeout_boot, 300.0))
 
-
-def seal_guest(guest: SSHGuest, plan: Plan, settings: SnapshotSettings, inputs: Inputs, reporter: Reporter) -> None:
-    from snapbuild.sealing.policy import check_sealed, seal
-
-    # The whole policy, as on the local path: resolv.conf back to the distro's symlink included.
-    seal(guest, reporter=reporter, resolv_symlink=plan.distro.resolv_conf_symlink)
-    violations = check_sealed(guest, builder_user=settings.ssh_user, builder_keys=(inputs.client_key.public_openssh,))
-    if violations:
-        raise BuildError("the sealed builder still has: " + "; ".join(str(v) for v in violations),
-                         hint="a recipe step may write these after sealing; the image was not captured")
-
-
-def power_off(cloud: Cloud, guest: SSHGuest, settings: SnapshotSettings, machine: Machine) -> None:
-    """The last seal step removes the builder user and powers off; the connection dropping is expected."""
-    import paramiko
-
-    from snapbuild.errors import CommandFailed
-    from snapbuild.sealing.policy import power_off_sealed
-
-    assert machine.server is not None
-    try:
-        power_off_sealed(guest, builder_user=settings.ssh_user)
-    except CommandFailed as exc:
-        if not exc.timed_out:
-            raise           # the script itself failed (e.g. the builder user could not be removed)
-        log.info("poweroff script timed out as the guest went down: %s", exc)
-    except (BuildError, OSError, EOFError, paramiko.SSHException) as exc:
-        log.info("connection ended by poweroff: %s", exc)
-    guest.close()
-    # Nova learns of a guest's own poweroff only from a lifecycle event (libvirt delays it 15 s) or its periodic
-    # power-state sync (every 10 min by default): ask Nova to stop the server now, as Packer does. The guest is
-    # already going down, so the ACPI request changes nothing; a 409 means Nova got there first.
-    cloud.stop(machine.server.id)
-    cloud.wait_shutoff(machine.server.id, min(settings.timeout_boot, 300.0))
+    def ssh_command(self, key_file: Path, access: BuilderAccess) -> str:
+        port = f" -p {self.settings.ssh_port}" if self.settings.ssh_port != 22 else ""
+        jump = f" -J {self.settings.ssh_bastion}" if self.settings.ssh_bastion else ""
+        return f"ssh -i {key_file}{port}{jump} {access.user}@{self.address}"
 
 
 # ---- 6. capture and finish ------------------------------------------------------------------------------
@@ -455,31 +394,25 @@ def capture(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, inputs:
     name = inputs.image_name
     if machine.volume_id:
         # A Nova snapshot of a volume-backed server is a 0-byte pointer to a Cinder snapshot: upload instead.
-        cloud.delete_server(machine.server.id, DELETE_TIMEOUT)
-        machine.server_gone = True
-        ctx.ledger.forget("server", machine.server.id)
+        assert machine.server_undo is not None
+        machine.server_undo.now()
         cloud.wait_volume_available(machine.volume_id, settings.timeout_boot)
         volume_id = machine.volume_id
-        image_id = _tracked_create(
-            ctx, "image", name,
+        image_id, machine.image_undo = ctx.track(
+            "image", name,
             lambda: cloud.upload_volume(volume_id, image_name=name, disk_format=settings.volume_disk_format),
             lambda: cloud.images_named(name), cloud.delete_image)
     else:
         server_id = machine.server.id
-        image_id = _tracked_create(ctx, "image", name,
-                                   lambda: cloud.snapshot(server_id, name, inputs.marks.metadata()),
-                                   lambda: cloud.images_named(name), cloud.delete_image)
+        image_id, machine.image_undo = ctx.track("image", name,
+                                                 lambda: cloud.snapshot(server_id, name, inputs.marks.metadata()),
+                                                 lambda: cloud.images_named(name), cloud.delete_image,
+                                                 description=f"partial image of {name}")
     machine.image_id = image_id
-
-    def delete_partial(image: str) -> None:
-        if not machine.handed_over:
-            cloud.delete_image(image)
-
-    ctx.add_undo(f"partial image {image_id}", delete_partial, image_id, forget=("image", image_id))
-    ctx.reporter.line(f"image {image_id}")
+    ctx.monitor.line(f"image {image_id}")
     cloud.tag_image(image_id, [marks.TAG])
     image = cloud.wait_image_active(image_id, settings.timeout_snapshot)
-    ctx.reporter.line(f"active: {image.size} bytes")
+    ctx.monitor.line(f"active: {image.size} bytes")
     if machine.volume_id:
         cloud.wait_volume_available(machine.volume_id, settings.timeout_snapshot)   # "uploading" until done
     else:
@@ -506,45 +439,17 @@ def finish(cloud: Cloud, settings: SnapshotSettings, plan: Plan, inputs: Inputs,
 
 # ---- 7. reporting -------------------------------------------------------------------------------------------
 
-def report_failure(ctx: BuildContext, cloud: Cloud, machine: Machine, exc: BaseException) -> None:
-    """Before any undo runs (the server still exists): failing step, console tail, log path."""
-    reporter = ctx.reporter
-    what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc}"
-    reporter.line(f"step {ctx.current_step or '?'!r} {what}")
-    if machine.server is not None and not isinstance(exc, KeyboardInterrupt):
-        try:
-            tail = cloud.console_log(machine.server.id, CONSOLE_TAIL_LINES)
-        except Exception as err:  # noqa: BLE001 - a report must not hide the real error
-            tail = f"(console log unavailable: {err})"
-        if tail.strip():
-            reporter.line("console log (last lines):")
-            for line in tail.rstrip().splitlines()[-CONSOLE_TAIL_LINES:]:
-                reporter.line("  | " + line)
-    if machine.handed_over and machine.image_id:
-        reporter.line(f"image {machine.image_id} was already finished: it is kept")
-    if ctx.log_path:
-        reporter.line(f"full log: {ctx.log_path}")
-
-
-def report_kept(ctx: BuildContext, ledger: Ledger) -> None:
-    entries = [e for e in ledger.entries() if not e.ref.startswith("pending:")] if ledger.path.exists() else []
-    if ctx.keep_on_failure:
-        ctx.reporter.line("kept for debugging (--keep-on-failure):")
-        for entry in entries:
-            ctx.reporter.line(f"  {entry.kind} {entry.ref} {entry.info.get('name', '')}".rstrip())
-        ctx.reporter.line(f"remove them with: snapbuild cleanup --build-id {ctx.build_id}")
-    elif ctx.kept:
-        for leftover in ctx.kept:
-            ctx.reporter.line(f"NOT removed: {leftover}")
-        ctx.reporter.line(f"retry the removal with: snapbuild cleanup --build-id {ctx.build_id}")
-
-
-def _write_manifest(settings: SnapshotSettings, manifest: dict[str, Any]) -> None:
-    if settings.manifest_path is None:
+def report_console(ctx: BuildContext, cloud: Cloud, machine: Machine, exc: BaseException) -> None:
+    """Before any undo runs (the server still exists): the console's last lines."""
+    if machine.server is None or isinstance(exc, KeyboardInterrupt):
         return
-    import json
-
-    settings.manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-
+    if machine.server_undo is not None and machine.server_undo.done:
+        return
+    try:
+        tail = cloud.console_log(machine.server.id, CONSOLE_TAIL_LINES)
+    except Exception as err:  # noqa: BLE001 - a report must not hide the real error
+        tail = f"(console log unavailable: {err})"
+    if tail.strip():
+        ctx.monitor.line("console log (last lines):")
+        for line in tail.rstrip().splitlines()[-CONSOLE_TAIL_LINES:]:
+            ctx.monitor.line("  | " + line)

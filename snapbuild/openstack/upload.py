@@ -22,12 +22,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from snapbuild.errors import BuildError, CloudError, CommandFailed, UserError
+from snapbuild.errors import BuildError, CloudError, UserError
 from snapbuild.host import commands
-from snapbuild.ledger import Ledger, installation_id, new_build_id, now_iso
+from snapbuild.host.images import image_info
+from snapbuild.ledger import installation_id, new_build_id, now_iso
 from snapbuild.openstack import faults, marks, properties
 from snapbuild.openstack.cloud import Cloud, ImageData
-from snapbuild.run.context import BuildContext, Reporter, running_build
+from snapbuild.run.context import BuildContext, Reporter, Undo, new_context, running_build
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,7 @@ class UploadResult:
 
 def detect_format(path: Path) -> str:
     """qcow2 or raw, as qemu-img sees it; anything else (or a qcow2 with a backing file) is refused."""
-    try:
-        info = json.loads(commands.run(["qemu-img", "info", "--output=json", str(path)], timeout=120).stdout)
-    except CommandFailed as exc:
-        raise UserError(f"{path}: qemu-img cannot read it: {exc.output_tail.strip() or exc}") from None
+    info = image_info(path, force_share=False)   # a disk a VM still writes is not uploaded
     fmt = str(info.get("format", ""))
     if fmt not in FORMATS:
         raise UserError(f"{path}: disk format {fmt or 'unknown'!r} is not uploadable",
@@ -136,14 +134,14 @@ def provenance_from(manifest: Mapping[str, Any] | None, *, sha256: str, upload_i
         log.warning("the manifest's sha256 (%s) is not the file's (%s): its provenance is not used",
                     recorded[:16], sha256[:16])
         return props
-    for key, prop in (("build_id", "snapbuild_build_id"), ("builder", "snapbuild_builder"),
-                      ("recipe", "snapbuild_recipe"), ("distro", "snapbuild_distro"), ("variant", "snapbuild_variant"),
-                      ("content_digest", "snapbuild_content_digest")):
-        if manifest.get(key):
-            props[prop] = str(manifest[key])[:255]
-    built_with = manifest.get("snapbuild") or manifest.get("snapbuild_version")
-    if built_with:
-        props["snapbuild_built_with"] = str(built_with)
+    recipe_part: Mapping[str, Any] = manifest["recipe"] if isinstance(manifest.get("recipe"), dict) else {}
+    digest_part: Mapping[str, Any] = (manifest["content_digest"] if isinstance(manifest.get("content_digest"), dict)
+                                      else {})
+    found = {"snapbuild_build_id": manifest.get("build_id"), "snapbuild_builder": manifest.get("builder"),
+             "snapbuild_recipe": recipe_part.get("name"), "snapbuild_distro": recipe_part.get("distro"),
+             "snapbuild_variant": recipe_part.get("variant"), "snapbuild_content_digest": digest_part.get("value"),
+             "snapbuild_built_with": manifest.get("snapbuild_version")}
+    props.update({prop: str(value)[:255] for prop, value in found.items() if value})
     return props
 
 
@@ -258,8 +256,7 @@ def already_uploaded(cloud: Cloud, settings: UploadSettings, size: int, reporter
 
 @dataclass
 class _Partial:
-    image_id: str | None = None
-    handed_over: bool = False
+    undo: Undo | None = None     # the attempt's image: undone if the attempt fails, released when finished
 
 
 def upload_image(settings: UploadSettings, reporter: Reporter, *, cloud: Cloud | None = None) -> UploadResult:
@@ -287,9 +284,10 @@ def upload_image(settings: UploadSettings, reporter: Reporter, *, cloud: Cloud |
                             seconds=time.monotonic() - started, properties=dict(image.properties))
 
     build_id = new_build_id()
-    recipe = settings.recipe or str((manifest or {}).get("recipe") or "")
-    ledger = Ledger.create(build_id=build_id, builder="upload", recipe=recipe or "-")
-    ctx = BuildContext(build_id=build_id, ledger=ledger, reporter=reporter)
+    recipe = settings.recipe or str(((manifest or {}).get("recipe") or {}).get("name") or "")
+    where = f" --os-cloud {settings.cloud}" if settings.cloud else ""
+    ctx = new_context(builder="upload", recipe=recipe or "-", monitor=reporter, build_id=build_id,
+                      cleanup_command=f"snapbuild{where} cleanup --build-id {{build_id}}")
     upload_marks = marks.Marks.new(build_id=build_id, installation_id=installation_id(), recipe=recipe or "-",
                                    host=socket.gethostname(), lifetime=MARK_LIFETIME)
     with running_build(ctx):
@@ -297,7 +295,8 @@ def upload_image(settings: UploadSettings, reporter: Reporter, *, cloud: Cloud |
             partial = _Partial()
             try:
                 with ctx.step(f"upload {path.name}" + (f" (attempt {attempt})" if attempt > 1 else "")):
-                    image, digests = _one_attempt(ctx, cloud, settings, disk_format, size, upload_marks, partial)
+                    image, digests = _one_attempt(ctx, cloud, settings, disk_format, size, upload_marks, partial,
+                                                   reporter.stream)
                 break
             except CloudError as exc:
                 if attempt >= settings.attempts or not _transient(exc):
@@ -306,8 +305,8 @@ def upload_image(settings: UploadSettings, reporter: Reporter, *, cloud: Cloud |
                 _drop(ctx, cloud, partial)
         with ctx.step("finish image"):
             props = _finish(cloud, settings, image, digests, manifest, build_id, recipe)
-            partial.handed_over = True
-            ctx.ledger.forget("image", image.id)
+            assert partial.undo is not None
+            partial.undo.release()
     reporter.line(f"image {image.id} ({settings.name})")
     return UploadResult(image_id=image.id, name=settings.name, already=False, disk_format=disk_format, size=size,
                         sha256=digests["sha256"], sha512=digests["sha512"], seconds=time.monotonic() - started,
@@ -320,39 +319,25 @@ def _transient(exc: CloudError) -> bool:
 
 def _drop(ctx: BuildContext, cloud: Cloud, partial: _Partial) -> None:
     """Delete a failed attempt's image now (its undo stays registered and is then a no-op)."""
-    if partial.image_id:
-        cloud.delete_image(partial.image_id)
-        ctx.ledger.forget("image", partial.image_id)
-        partial.handed_over = True
+    if partial.undo is not None:
+        partial.undo.now()
 
 
 def _one_attempt(ctx: BuildContext, cloud: Cloud, settings: UploadSettings, disk_format: str, size: int,
-                 upload_marks: marks.Marks, partial: _Partial) -> tuple[ImageData, dict[str, str]]:
+                 upload_marks: marks.Marks, partial: _Partial, stream: TextIO
+                 ) -> tuple[ImageData, dict[str, str]]:
     name = settings.name
     props = {**{k: str(v) for k, v in settings.recipe_properties.items()},
              **{k: str(v) for k, v in settings.properties.items()}, **upload_marks.metadata()}
-    pending = f"pending:{name}"
-    ctx.ledger.record("image", pending, name=name)
-    try:
-        record = cloud.create_image_record(name=name, disk_format=disk_format, properties=props,
-                                           tags=[marks.TAG], min_disk=settings.min_disk_gb,
-                                           min_ram=settings.min_ram_mb)
-    except BaseException:
-        _sweep_half_made(cloud, name, upload_marks.build_id)
-        ctx.ledger.forget("image", pending)
-        raise
-    partial.image_id = record.id
-    ctx.ledger.record("image", record.id, name=name)
-    ctx.ledger.forget("image", pending)
+    record, partial.undo = ctx.track(
+        "image", name,
+        lambda: cloud.create_image_record(name=name, disk_format=disk_format, properties=props, tags=[marks.TAG],
+                                          min_disk=settings.min_disk_gb, min_ram=settings.min_ram_mb),
+        lambda: _half_made(cloud, name, upload_marks.build_id), cloud.delete_image,
+        description=f"partial image of {name}")
+    ctx.monitor.line(f"image {record.id} ({disk_format}, {size / 1e6:,.1f} MB)")
 
-    def delete_partial(image_id: str) -> None:
-        if not partial.handed_over:
-            cloud.delete_image(image_id)
-
-    ctx.add_undo(f"partial image {record.id}", delete_partial, record.id, forget=("image", record.id))
-    ctx.reporter.line(f"image {record.id} ({disk_format}, {size / 1e6:,.1f} MB)")
-
-    progress = Progress(ctx.reporter.stream, size, label="import staging" if settings.use_import else "upload",
+    progress = Progress(stream, size, label="import staging" if settings.use_import else "upload",
                         tty=settings.progress_tty)
     reader = HashingReader(settings.file, progress)
     try:
@@ -364,19 +349,14 @@ def _one_attempt(ctx: BuildContext, cloud: Cloud, settings: UploadSettings, disk
         cloud.import_image(record.id, "glance-direct")
     image = cloud.wait_image_uploaded(record.id, settings.timeout_active)
     verify(image, digests, size)
-    ctx.reporter.line(f"active, {image.hash_algo} verified")
+    ctx.monitor.line(f"active, {image.hash_algo} verified")
     return image, digests
 
 
-def _sweep_half_made(cloud: Cloud, name: str, build_id: str) -> None:
-    """A create that failed mid-air may have made the record: only ours (this build id) is deleted."""
-    try:
-        for image in cloud.images_data_named(name):
-            if image.properties.get(marks.PREFIX + "build_id") == build_id:
-                log.warning("the failed create of image %s still made %s: deleting it", name, image.id)
-                cloud.delete_image(image.id)
-    except Exception as exc:  # noqa: BLE001 - the create's error is the one to show
-        log.error("could not check for a half-made image %s: %s", name, exc)
+def _half_made(cloud: Cloud, name: str, build_id: str) -> list[str]:
+    """A create that failed mid-air may have made the record: only ours (this build id) counts."""
+    return [image.id for image in cloud.images_data_named(name)
+            if image.properties.get(marks.PREFIX + "build_id") == build_id]
 
 
 def verify(image: ImageData, digests: Mapping[str, str], size: int) -> None:

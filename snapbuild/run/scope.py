@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from snapbuild.errors import BuildError
 from snapbuild.ledger import Ledger
-from snapbuild.run.context import Reporter, shielded
+from snapbuild.run.interrupts import shielded
+from snapbuild.run.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class Scope(Protocol):
     def ledger(self) -> Ledger | None: ...
 
     def add_undo(self, description: str, func: Callable[..., Any], *args: Any,
-                 forget: tuple[str, str] | None = None, **kwargs: Any) -> None: ...
+                 forget: tuple[str, str] | None = None, **kwargs: Any) -> object: ...
 
 
 class UndoScope:
@@ -55,7 +56,7 @@ class UndoScope:
 
 @contextmanager
 def undo_scope(ledger: Ledger | None, *, keep_on_failure: bool = False,
-               reporter: Reporter | None = None) -> Iterator[UndoScope]:
+               monitor: Monitor | None = None) -> Iterator[UndoScope]:
     """Run the block; undo everything it registered when it ends (or keep it, on failure, if asked)."""
     scope = UndoScope(ledger)
     try:
@@ -65,13 +66,13 @@ def undo_scope(ledger: Ledger | None, *, keep_on_failure: bool = False,
             scope.stack.pop_all()
             for description in scope.descriptions:
                 log.warning("kept for debugging: %s", description)
-                if reporter:
-                    reporter.line(f"kept: {description}")
+                if monitor:
+                    monitor.line(f"kept: {description}")
         else:
-            with shielded(reporter):
+            with shielded(monitor):
                 scope.stack.close()
         raise
-    with shielded(reporter):
+    with shielded(monitor):
         close(scope)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -12,8 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapbuild.errors import UserError
+from snapbuild.errors import BuildError, UserError
 from snapbuild.host import commands
+from snapbuild.host.images import image_info
 from snapbuild.sealing import checker
 from snapbuild.sealing.policy import Violation
 
@@ -26,12 +26,8 @@ ROOT_LABEL = "cloudimg-rootfs"
 
 
 def image_format(path: Path) -> str:
-    if not path.is_file():
-        raise UserError(f"image {path} not found")
-    done = commands.run(["qemu-img", "info", "--output=json", str(path)], check=False)
-    if done.returncode != 0:
-        raise UserError(f"{path} is not a disk image qemu-img can read", hint=done.tail(2))
-    return str(json.loads(done.stdout)["format"])
+    # Not -U: an image a VM still writes is refused here, before the read-only attach would fail on its lock.
+    return str(image_info(path, force_share=False)["format"])
 
 
 @contextlib.contextmanager
@@ -87,3 +83,11 @@ def _unmount(mountpoint: Path) -> None:
 def inspect_image(image: Path, *, builder_user: str = "snapbuild") -> list[Violation]:
     with mounted_root(image) as root:
         return [Violation(**v) for v in checker.check_root(str(root), builder_user=builder_user, live=False)]
+
+
+def require_clean_image(image: Path) -> None:
+    """The offline half of the policy, after capture: the image file itself, mounted read-only, is checked."""
+    violations = inspect_image(image)
+    if violations:
+        raise BuildError("the image breaks the sealing policy:\n  " + "\n  ".join(str(v) for v in violations),
+                         hint="see the build log for the seal step's output; nothing was published")

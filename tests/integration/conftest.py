@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,8 +23,6 @@ from typing import Any
 import openstack
 import pytest
 from openstack.connection import Connection
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the shared mirror helpers
 
 log = logging.getLogger(__name__)
 

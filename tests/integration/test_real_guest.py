@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -35,7 +37,9 @@ from realguests import (
 )
 
 from snapbuild.guest.ssh import SSHGuest
+from snapbuild.sealing.offline import inspect_image
 from snapbuild.sshkeys import KeyPair, parse_console_host_keys
+from tests.manifestcheck import check_manifest
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +125,17 @@ def test_real_guest_lifecycle(conn: Connection, unique_name: str, cleanup: Calla
         log.warning("figure: %s = %.1f", name, value)
 
 
-def test_snapbuild_build_base_on_real_guests(conn: Connection, unique_name: str,
-                                             cleanup: Callable[..., Any]) -> None:
-    """`snapbuild build base` end to end through real guests; a server from the result is a fresh machine."""
+def test_snapbuild_build_base_on_real_guests(conn: Connection, unique_name: str, cleanup: Callable[..., Any],
+                                             tmp_path: Path) -> None:
+    """`snapbuild build base` end to end through real guests; a server from the result is a fresh machine, and
+    the image itself passes the offline sealing check that local and chroot builds pass."""
     image_name = f"{unique_name}-base"
+    events_file = tmp_path / "events.jsonl"
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "snapbuild", "build", "base", "--distro", "debian-12", "--mirrors", "upstream",
          "--flavor", FLAVOR, "--network", NETWORK, "--base-image", IMAGE, "--timeout-ssh", "600",
-         "--image-name", image_name],
+         "--image-name", image_name, "--events", str(events_file)],
         capture_output=True, text=True, timeout=3600, check=False)
     built = time.monotonic() - t0
     image = conn.image.find_image(image_name)
@@ -139,6 +145,22 @@ def test_snapbuild_build_base_on_real_guests(conn: Connection, unique_name: str,
     assert image is not None and proc.stdout.strip().splitlines()[-1] == image.id
     image = conn.image.get_image(image.id)
     assert image.status == "active" and image.size > 100 * 1024**2, (image.status, image.size)
+
+    # The build streamed its events and wrote its manifest (one schema for every builder).
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    steps = [e["step"] for e in events if e["event"] == "step_finished" and e["level"] == "step"]
+    assert steps == ["preflight", "boot builder", "connect", "provision", "seal", "power off", "capture",
+                     "finish image", "manifest", "clean up"], steps
+    assert events[-1]["event"] == "result" and events[-1]["ok"] and events[-1]["image_id"] == image.id
+    manifest = check_manifest(Path(events[-1]["manifest"]), builder="openstack-snapshot")
+    assert manifest["output"]["image_id"] == image.id and manifest["seal"]["in_guest"] == "clean"
+
+    # The primary path applies the whole sealing policy: the captured disk, read offline as the local and chroot
+    # builders read theirs, has nothing the policy forbids (the builder user, its key, host keys, logs …).
+    assert os.geteuid() == 0, "the offline check mounts the image: the integration tier runs as root"
+    disk = tmp_path / "captured.img"
+    conn.image.download_image(image, output=str(disk))
+    assert inspect_image(disk) == []
 
     key = KeyPair.generate(comment=unique_name)
     server, guest = boot_and_connect(conn, f"{unique_name}-fresh", image.id, cleanup, key)

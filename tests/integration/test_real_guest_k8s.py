@@ -26,9 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aptproxy import apt_proxy
-from mirrorprofile import write_mirror_profile
-from ociregistry import oci_layout, push, registry
 from openstack.connection import Connection
 from realguests import FLAVOR, IMAGE, NETWORK, assert_fresh_machine, boot_and_connect, needs_real_guests
 
@@ -38,6 +35,10 @@ from snapbuild.plan import make_plan
 from snapbuild.profiles import load_profile
 from snapbuild.recipes import load_recipe, resolve_variables
 from snapbuild.sshkeys import KeyPair
+from tests.aptproxy import apt_proxy
+from tests.manifestcheck import check_manifest
+from tests.mirrorprofile import write_mirror_profile
+from tests.ociregistry import oci_layout, push, registry
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "tests" / "recipes"
@@ -102,6 +103,8 @@ def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
     assert proc.returncode == 0, proc.stderr[-6000:]
     result = json.loads(proc.stdout)
     assert image is not None and result["image_id"] == image.id, proc.stdout
+    manifest = check_manifest(Path(result["manifest"]), builder="openstack-snapshot")
+    assert digest in manifest["pulled_images"].values(), manifest["pulled_images"]
 
     # Every package came through the proxy, which forwarded nothing but the Debian archive.
     debs = [url.rsplit("/", 1)[-1] for url in proxy.served if url.endswith(".deb")]

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the shared imagecache helper
-
-import imagecache
+from tests import imagecache
 
 
 @pytest.fixture(scope="session")

@@ -256,10 +256,9 @@ def test_a_matching_base_passes_the_chroot_inspect_step(debian_base_image: Path,
 
     monkeypatch.setenv("SNAPBUILD_STATE_DIR", str(workspace / "state"))
     plan = _debian_plan()
-    job = build.check_inputs(plan=plan, base=debian_base_image, output=workspace / "out.qcow2", size=None,
-                             attach="auto", compression="zstd", force=False)
+    job = build.check_inputs(plan, build.ChrootSettings(base=debian_base_image, output=workspace / "out.qcow2"))
     build_id = new_build_id()
-    ctx = BuildContext(build_id=build_id, reporter=Reporter(),
+    ctx = BuildContext(build_id=build_id, monitor=Reporter(),
                        ledger=Ledger.create(build_id=build_id, builder="chroot", recipe="base"))
     with running_build(ctx):
         work_dir = make_workdir(ctx, job.output, build_id)

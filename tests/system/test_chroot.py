@@ -34,6 +34,7 @@ from snapbuild.host.sweep import sweep
 from snapbuild.ledger import all_ledgers
 from snapbuild.run.context import Reporter
 from snapbuild.run.scope import undo_scope
+from tests.manifestcheck import check_manifest
 
 pytestmark = [
     pytest.mark.system,
@@ -384,8 +385,8 @@ def recipe_plan(steps: list[dict[str, Any]]) -> Any:
 
 
 def run_build(image: Path, out: Path, steps: list[dict[str, Any]], **options: Any) -> build.ChrootResult:
-    return build.build_chroot(plan=recipe_plan(steps), base=image, output=out, size=options.pop("size", "2G"),
-                              reporter=Recorder(), **options)
+    settings = build.ChrootSettings(base=image, output=out, size=options.pop("size", "2G"), **options)
+    return build.build_chroot(recipe_plan(steps), settings, Recorder())
 
 
 def test_build_produces_an_independent_grown_compressed_image(test_image: Path, no_leftovers: Path) -> None:
@@ -401,8 +402,9 @@ def test_build_produces_an_independent_grown_compressed_image(test_image: Path, 
     sh("qemu-img", "check", out)
     assert sha256(test_image) == base_digest
     assert result.backend == "loop-fuse"
-    manifest = json.loads(result.manifest.read_text())
+    manifest = check_manifest(result.manifest, builder="chroot")
     assert manifest["output"]["sha256"] == sha256(out) and manifest["base"]["sha256"] == base_digest
+    assert manifest["seal"] == {"in_guest": "clean", "offline": "clean"}
     assert [p.name for p in no_leftovers.iterdir() if p.name.startswith(".out")] == []
     with undo_scope(None) as scope:
         attached = attaching.attach(scope, out, no_leftovers, backend="loop", read_only=True)
@@ -526,7 +528,7 @@ from test_chroot import recipe_plan
 
 # A real recipe: it tells the host it is running (through /proc/<this process>/root), then waits.
 plan = recipe_plan([{"command": ["sh", "-c", f"touch /proc/{os.getpid()}/root{sys.argv[3]}; exec sleep 600"]}])
-build.build_chroot(plan=plan, base=Path(sys.argv[1]), output=Path(sys.argv[2]), size="2G", reporter=Reporter())
+build.build_chroot(plan, build.ChrootSettings(base=Path(sys.argv[1]), output=Path(sys.argv[2]), size="2G"), Reporter())
 """
 
 
@@ -567,7 +569,7 @@ def test_real_recipe_on_the_debian_cloud_base_installs_through_dns_and_passes_in
                            config_variables={}, set_values={"greeting": "hi there"})
     base_digest = sha256(debian_base_image)
     out = no_leftovers / "debian.qcow2"
-    result = build.build_chroot(plan=plan, base=debian_base_image, output=out, size=None, reporter=Recorder())
+    result = build.build_chroot(plan, build.ChrootSettings(base=debian_base_image, output=out), Recorder())
     assert json.loads(sh("qemu-img", "info", "--output=json", out).stdout)["virtual-size"] == 3 << 30
     assert sha256(debian_base_image) == base_digest
     with undo_scope(None) as scope:

@@ -24,15 +24,17 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aptrepo import StandIn, build_deb, dists_repository, flat_repository, serve, signing_key
-from ociregistry import oci_layout, push, registry
 
 from snapbuild.chroot.build import sha256
 from snapbuild.host import attach as attaching
 from snapbuild.host import grow
 from snapbuild.run.scope import undo_scope
+from tests.aptrepo import StandIn, build_deb, dists_repository, flat_repository, serve, signing_key
+from tests.manifestcheck import check_manifest
+from tests.ociregistry import oci_layout, push, registry
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S, K8S_REVISION, DOCKER = "1.32.12", "1.1", "29.2.1"
@@ -137,10 +139,16 @@ def test_marketplace_recipe_runs_its_full_sequence_in_a_chroot(recipe: str, mirr
     output = tmp_path / f"{recipe}.qcow2"
     done = subprocess.run([sys.executable, "-m", "snapbuild", "--recipes-dir", str(mirrors.recipes), "chroot", recipe,
                            "--distro", "debian-12", "--mirrors", str(mirrors.profile), "--base",
-                           str(debian_base_image), "-o", str(output), "--json"],
+                           str(debian_base_image), "-o", str(output), "--events", "-"],
                           env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-5000:]
-    manifest = json.loads(Path(json.loads(done.stdout)["manifest"]).read_text())
+    # --events -: stdout is the JSON-lines stream alone; its last event is the result.
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events[0]["event"] == "build_started" and events[0]["builder"] == "chroot"
+    steps = [e["step"] for e in events if e["event"] == "step_finished" and e["level"] == "step"]
+    assert steps[0] == "preflight" and {"provision", "seal", "check image", "manifest"} <= set(steps)
+    assert events[-1]["event"] == "result" and events[-1]["ok"] is True
+    manifest = check_manifest(Path(events[-1]["manifest"]), builder="chroot")
     assert manifest["output"]["sha256"] == sha256(output)
     assert sha256(debian_base_image) == base_digest
     assert not list((tmp_path / "state" / "builds").glob("*.json")), "a ledger outlived the build"
@@ -160,7 +168,7 @@ def _held(root: Path) -> set[str]:
     return {m.group(1) for m in re.finditer(r"^Package: (\S+)\nStatus: hold ", status, flags=re.MULTILINE)}
 
 
-def _check_inside(recipe: str, root: Path, manifest: dict[str, object], mirrors: Mirrors) -> None:
+def _check_inside(recipe: str, root: Path, manifest: dict[str, Any], mirrors: Mirrors) -> None:
     packages = manifest["packages"]
     assert isinstance(packages, dict)
     if recipe == "base":

@@ -13,16 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aptproxy
 import pytest
-from aptrepo import dists_repository, flat_repository, serve, signing_key
-from ociregistry import registry
 
 from snapbuild.errors import UserError
 from snapbuild.host.reachability import Route, check_sources, require_reachable
 from snapbuild.paths import data_dir
 from snapbuild.plan import Plan, plan_from_names
 from snapbuild.recipes import Library
+from tests import aptproxy
+from tests.aptrepo import dists_repository, flat_repository, serve, signing_key
+from tests.ociregistry import registry
 
 pytestmark = pytest.mark.system
 

@@ -11,7 +11,6 @@ import pwd
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -20,14 +19,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the shared sshd helper
-
-import sshd as sshd_helper
-
 from snapbuild.errors import BuildError, CommandFailed
 from snapbuild.guest.cloudinit_wait import wait_for_cloud_init
 from snapbuild.guest.ssh import Bastion, HostKeyMismatch, SSHGuest
 from snapbuild.sshkeys import KeyPair
+from tests import sshd as sshd_helper
 
 pytestmark = [
     pytest.mark.system,

@@ -253,7 +253,7 @@ def test_a_raw_gpt_disk_with_an_xfs_root_probes_without_any_tool(tmp_path: Path)
 def _state(tmp_path: Path, distro: str) -> SimpleNamespace:
     return SimpleNamespace(settings=SimpleNamespace(base=tmp_path / "base.qcow2"), base_info={"format": "qcow2"},
                            plan=SimpleNamespace(distro=DISTROS[distro], recipe_name="base",
-                                                recipe_file=str(RECIPES / "base" / "recipe.yaml")))
+                                                recipe_distros=("ubuntu-24.04", "debian-12")))
 
 
 def _fake_probe(os_release: dict[str, str] | None, unread: str = "") -> baseprobe.BaseProbe:
@@ -286,7 +286,10 @@ def test_local_preflight_says_in_one_line_when_the_distro_stays_unread(
     assert "not checked offline" in lines[0] and "needs root" in lines[0] and "once the guest is up" in lines[0]
 
 
-def test_recipe_distros_come_from_the_recipe_file() -> None:
-    plan = SimpleNamespace(recipe_file=str(RECIPES / "base" / "recipe.yaml"))
-    assert baseprobe.recipe_distros(plan) == ("ubuntu-24.04", "debian-12")
-    assert baseprobe.recipe_distros(SimpleNamespace()) == ()
+def test_the_plan_knows_its_recipes_distros() -> None:
+    from snapbuild.plan import plan_from_names
+    from snapbuild.recipes import Library
+
+    plan = plan_from_names(library=Library([RECIPES]), recipe_name="base", distro_name="debian-12",
+                           profile_name="upstream", config_variables={}, set_values={})
+    assert plan.recipe_distros == ("ubuntu-24.04", "debian-12")

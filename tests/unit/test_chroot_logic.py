@@ -13,6 +13,7 @@ from snapbuild.guest.chroot import ChrootGuest, EscapesRoot, resolve_inside
 from snapbuild.host import grow, mounts
 from snapbuild.host.attach import qsd_argv
 from snapbuild.host.compact import convert_argv
+from snapbuild.host.sizes import parse_size
 from snapbuild.run.scope import undo_scope
 
 
@@ -57,12 +58,12 @@ def test_the_chroot_command_starts_from_an_empty_environment(root: Path) -> None
 @pytest.mark.parametrize(("text", "expected"), [("10G", 10 << 30), ("512M", 512 << 20), ("2.5G", 5 << 29),
                                                 ("1073741824", 1 << 30), ("4GiB", 4 << 30), ("1t", 1 << 40)])
 def test_sizes_read_like_qemu_img(text: str, expected: int) -> None:
-    assert grow.parse_size(text) == expected
+    assert parse_size(text) == expected
 
 
 def test_an_unreadable_size_is_a_user_error() -> None:
     with pytest.raises(UserError, match="cannot read size"):
-        grow.parse_size("ten gigs")
+        parse_size("ten gigs")
 
 
 def part(number: int, fstype: str, label: str = "", size: int = 1 << 30) -> grow.Partition:

@@ -285,8 +285,8 @@ def test_provenance_records_digest_and_variant() -> None:
 
 
 def test_an_uploaded_builds_manifest_gives_its_digest_and_variant() -> None:
-    manifest = {"build_id": "b1", "builder": "local", "recipe": "k8s", "variant": "slim",
-                "content_digest": "c" * 64, "output": {"sha256": "f" * 64}}
+    manifest = {"build_id": "b1", "builder": "local", "recipe": {"name": "k8s", "variant": "slim"},
+                "content_digest": {"value": "c" * 64}, "output": {"sha256": "f" * 64}}
     props = provenance_from(manifest, sha256="f" * 64, upload_id="u", recipe="k8s")
     assert props["snapbuild_content_digest"] == "c" * 64 and props["snapbuild_variant"] == "slim"
     # A manifest of another file says nothing about this one.

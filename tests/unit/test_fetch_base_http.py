@@ -38,7 +38,9 @@ class Behaviour:
     requests: dict[str, int] = field(default_factory=dict)
     active: int = 0
     max_active: int = 0
+    rendezvous: int = 0                 # image ranges (not the probe) wait (10 s at most) for this many
     lock: threading.Lock = field(default_factory=threading.Lock)
+    together: threading.Condition = field(default_factory=threading.Condition)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -54,6 +56,12 @@ class Handler(BaseHTTPRequestHandler):
             b.requests[self.path] = b.requests.get(self.path, 0) + 1
             b.active += 1
             b.max_active = max(b.max_active, b.active)
+        if b.rendezvous and self.path == IMAGE_PATH and self.headers.get("Range", "bytes=0-0") != "bytes=0-0":
+            # Parallel ranges meet here whatever the machine's load; sequential ones wait it out and fail below.
+            with b.together:
+                b.together.notify_all()
+                b.together.wait_for(lambda: b.max_active >= b.rendezvous, timeout=10)
+                b.together.notify_all()
         try:
             self._serve(b)
         finally:
@@ -145,6 +153,7 @@ def publish(b: Behaviour, size: int, *, digest: str | None = None) -> bytes:
 def test_parallel_ranges_fill_one_file_and_verify(server: tuple[str, Behaviour], tmp_path: Path) -> None:
     url, b = server
     image = publish(b, 6 * 1024 * 1024 + 123)
+    b.rendezvous = 2
     result = fetch_base(FetchRequest(image="ubuntu-24.04", mirror=url, output=tmp_path / "noble.img"),
                         settings=FAST)
     assert (tmp_path / "noble.img").read_bytes() == image

@@ -14,13 +14,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 from jsonschema import Draft7Validator, Draft202012Validator
-from mirrorprofile import write_mirror_profile
 
 import snapbuild
-from snapbuild import yamlfile
+from snapbuild import cli, yamlfile
+from snapbuild.cli.cloud_options import site_defaults
 from snapbuild.config import load_config
 from snapbuild.distros import DISTROS, get_distro
 from snapbuild.errors import RecipeError, UserError
@@ -28,6 +29,7 @@ from snapbuild.paths import data_dir
 from snapbuild.plan import make_plan
 from snapbuild.profiles import load_profile
 from snapbuild.recipes import STEP_KINDS, VARIABLE_TYPES, load_recipe, resolve_variables
+from tests.mirrorprofile import write_mirror_profile
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = Path(snapbuild.__file__).resolve().parent / "schemas"
@@ -73,6 +75,8 @@ def load_config_as_used(path: Path) -> None:
     config = load_config(str(path))
     if config.distro:
         get_distro(config.distro)   # what every command taking a recipe does with it
+    build = cli.cli.commands["build"]   # its options take the `build:` section's values (as the CLI does)
+    site_defaults(config, build, click.Context(build))
 
 
 LOADERS: dict[str, Callable[[Path], object]] = {
@@ -170,7 +174,7 @@ def test_setup_cfg_ships_every_schema_as_package_data() -> None:
     cfg.read(REPO / "setup.cfg")
     patterns = cfg["options.package_data"]["snapbuild"].split()
     shipped = sorted(p.name for p in (REPO / "snapbuild" / "schemas").iterdir())
-    assert shipped == sorted(f"{k}.schema.json" for k in KINDS)
+    assert shipped == sorted(f"{k}.schema.json" for k in (*KINDS, "manifest"))   # manifest: tests/manifestcheck
     assert all(any(fnmatch.fnmatch(f"schemas/{name}", p) for p in patterns) for name in shipped)
 
 
@@ -227,7 +231,9 @@ FULL_CONFIG = {
     "mirrors": "my-mirrors",
     "distro": "debian-12",
     "variables": {"kubernetes_version": "1.32.12", "extra_images": ["nginx:1"]},
-    "build": {"flavor": "m1.large", "network": "private"},
+    "build": {"flavor": "m1.large", "network": "private", "floating-network": "public", "security_group": ["b", 2],
+              "property": {"hw_qemu_guest_agent": "yes", "n": 1, "b": True}, "tag": "golden", "timeout_ssh": 900,
+              "ssh_port": 22.0, "ssh_ip_version": 4, "config_drive": True, "volume-size": 20},
 }
 
 
@@ -471,6 +477,17 @@ BAD: list[tuple[str, str, tuple[Edit, ...]]] = [
     ("config", "recipes_path a string", ((("recipes_path",), "./my-recipes"),)),
     ("config", "variables a list", ((("variables",), ["a"]),)),
     ("config", "build a list", ((("build",), ["flavor"]),)),
+    ("config", "unknown key in build", ((("build", "flavour"), "m1.large"),)),
+    ("config", "build key refused as a site default", ((("build", "image_name"), "x"),)),
+    ("config", "build timeout a string", ((("build", "timeout_ssh"), "soon"),)),
+    ("config", "build port not whole", ((("build", "ssh_port"), 22.5),)),
+    ("config", "build volume size below 1", ((("build", "volume_size"), 0),)),
+    ("config", "build visibility unknown", ((("build", "visibility"), "secret"),)),
+    ("config", "build network a mapping", ((("build", "network"), {"a": 1}),)),
+    ("config", "build flavor a list", ((("build", "flavor"), ["m1.large"]),)),
+    ("config", "build config_drive a string", ((("build", "config-drive"), "yes"),)),
+    ("config", "build property value a list", ((("build", "property"), {"a": ["b"]}),)),
+    ("config", "build flavor null", ((("build", "flavor"), None),)),
     ("config", "mirrors null", ((("mirrors",), None),)),
     ("config", "mirrors a mapping", ((("mirrors",), {"name": "x"}),)),
     ("config", "unknown distro", ((("distro",), "fedora-40"),)),
@@ -533,6 +550,7 @@ PLACES: list[tuple[str, str, tuple[Edit, ...], dict[str, Any]]] = [
     ("profile", "apt.ubuntu", ((("apt", "ubuntu"), {"zzzz": 1}),), PROFILE["apt"]["properties"]["ubuntu"]),
     ("profile", "a forward", ((("forwards", 0, "zzzz"), 1),), PROFILE["forwards"]["items"]),
     ("config", "top level", ((("zzzz",), 1),), schema("config")),
+    ("config", "build", ((("build", "zzzz"), 1),), schema("config")["properties"]["build"]),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from snapbuild.run.context import BuildContext, Reporter, running_build
 
 def context(tmp_path: Path, keep: bool = False) -> BuildContext:
     ledger = Ledger.create(build_id="b1", builder="test", recipe="base", directory=tmp_path)
-    return BuildContext(build_id="b1", ledger=ledger, reporter=Reporter(), keep_on_failure=keep)
+    return BuildContext(build_id="b1", ledger=ledger, monitor=Reporter(), keep_on_failure=keep)
 
 
 def test_undo_runs_in_reverse_and_ledger_is_removed(tmp_path: Path) -> None:
@@ -47,16 +48,20 @@ def test_failing_undo_is_logged_not_raised_and_kept_in_ledger(tmp_path: Path) ->
     assert entry.ref == "/mnt/x"
 
 
-def test_keep_on_failure_keeps_everything(tmp_path: Path) -> None:
-    ctx = context(tmp_path, keep=True)
+def test_keep_on_failure_keeps_everything_and_says_how_to_remove_it(tmp_path: Path) -> None:
+    ledger = Ledger.create(build_id="b1", builder="test", recipe="base", directory=tmp_path)
+    out = io.StringIO()
+    ctx = BuildContext(build_id="b1", ledger=ledger, monitor=Reporter(out), keep_on_failure=True,
+                       cleanup_command="snapbuild cleanup --build-id b1")
     order: list[str] = []
     with pytest.raises(RuntimeError), running_build(ctx):
-        ctx.ledger.record("server", "s1")
-        ctx.add_undo("delete server s1", order.append, "s1", forget=("server", "s1"))
+        ctx.own("server", "s1", "delete server s1", order.append, "s1", name="builder")
         raise RuntimeError("boom")
     assert order == []
     assert Ledger.load(ctx.ledger.path).status == "failed-kept"
-    assert ctx.kept_descriptions == ["delete server s1"]
+    text = out.getvalue()
+    assert "kept for debugging (--keep-on-failure):\n  server s1 builder\n" in text
+    assert text.rstrip().endswith("remove them with: snapbuild cleanup --build-id b1")
 
 
 def test_installation_id_is_stable() -> None:
@@ -83,7 +88,7 @@ def test_sigterm_runs_the_undo_and_second_signal_is_ignored(tmp_path: Path) -> N
         from snapbuild.ledger import Ledger
         from snapbuild.run.context import BuildContext, Reporter, running_build
         ledger = Ledger.create(build_id="b2", builder="test", recipe="base", directory=Path({str(tmp_path)!r}))
-        ctx = BuildContext(build_id="b2", ledger=ledger, reporter=Reporter())
+        ctx = BuildContext(build_id="b2", ledger=ledger, monitor=Reporter())
         def slow_undo():
             os.kill(os.getpid(), signal.SIGINT)   # a second interrupt during cleanup
             Path({str(marker)!r}).write_text("done")

@@ -91,7 +91,7 @@ def _ctx(tmp_path: Path) -> Any:
     from snapbuild.run.context import BuildContext, Reporter
 
     ledger = Ledger.create(build_id="t-verify", builder="verify", recipe="-", directory=tmp_path / "ledgers")
-    return BuildContext(build_id="t-verify", ledger=ledger, reporter=Reporter())
+    return BuildContext(build_id="t-verify", ledger=ledger, monitor=Reporter())
 
 
 def test_side_by_side_boots_report_boot_1_first_even_when_boot_2_finishes_first(

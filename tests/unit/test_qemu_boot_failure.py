@@ -32,7 +32,7 @@ def test_guest_that_never_boots_shows_serial_tail_and_leaves_nothing(
     disk = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
     ledger = Ledger.create(build_id="t-noboot", builder="local", recipe="base", directory=tmp_path / "ledgers")
-    ctx = BuildContext(build_id="t-noboot", ledger=ledger, reporter=Reporter())
+    ctx = BuildContext(build_id="t-noboot", ledger=ledger, monitor=Reporter())
     spec = qemu.VMSpec(disk=disk, serial_log=tmp_path / "serial.log", memory_mb=128, cpus=1, name="snapbuild-t-noboot",
                        network="isolated")
     vms: list[qemu.VM] = []
@@ -43,7 +43,7 @@ def test_guest_that_never_boots_shows_serial_tail_and_leaves_nothing(
         assert ledger.entries()[0].info["pid"] == vm.pid
         key = KeyPair.generate()
         # A deadline far away: only the console's verdict can end this wait early (SeaBIOS says so in ~0.2 s).
-        ssh_connect(ctx, vm, user="snapbuild", key=key, host_keys=[KeyPair.generate().public_openssh],
+        ssh_connect(vm, user="snapbuild", key=key, host_keys=[KeyPair.generate().public_openssh],
                     deadline=time.monotonic() + 600)
     message = str(caught.value)
     assert "guest never booted: the firmware cannot boot the disk (Boot failed: not a bootable disk)" in message

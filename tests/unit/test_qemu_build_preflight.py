@@ -10,14 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from snapbuild.errors import UserError
-from snapbuild.local.build import (
-    LocalSettings,
-    _Run,
-    compact_argv,
-    mirror_forwards,
-    parse_os_release,
-    preflight,
-)
+from snapbuild.host.baseprobe import parse_os_release
+from snapbuild.local.build import LocalSettings, _Run, compact_argv, mirror_forwards, preflight
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img not installed")
 
@@ -25,7 +19,7 @@ pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-i
 def _plan(disk_gb: int = 4) -> SimpleNamespace:
     # A stand-in Plan with just the fields preflight reads.
     return SimpleNamespace(recipe_name="base", image=SimpleNamespace(disk_size_gb=disk_gb, name="x"),
-                           mirror_forwards=())
+                           mirror_forwards=(), recipe_distros=("ubuntu-24.04", "debian-12"))
 
 
 def _qcow2(path: Path, size: str = "1G") -> Path:
@@ -86,11 +80,13 @@ def test_compaction_commands() -> None:
     assert "-c" not in compact_argv(src, dst, "none")
 
 
-def test_mirror_forwards_accept_profile_forwards_and_tuples() -> None:
+def test_mirror_forwards_come_from_the_profiles_forwards() -> None:
     from snapbuild.profiles import Forward
 
     plan = SimpleNamespace(mirror_forwards=(Forward(guest_ip="10.0.2.100", guest_port=5000, host_ip="127.0.0.1",
-                                                    host_port=41000), ("10.0.2.101", 3142, "127.0.0.1", 41001)))
+                                                    host_port=41000),
+                                            Forward(guest_ip="10.0.2.101", guest_port=3142, host_ip="127.0.0.1",
+                                                    host_port=41001)))
     fwds = mirror_forwards(plan)  # type: ignore[arg-type]
     assert [(f.guest_ip, f.guest_port, f.host_port) for f in fwds] == [("10.0.2.100", 5000, 41000),
                                                                        ("10.0.2.101", 3142, 41001)]

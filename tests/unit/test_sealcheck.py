@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from sealplants import PLANTS, code_of
 
 from snapbuild.sealing.checker import check_root
+from tests.sealplants import PLANTS, code_of
 
 
 def clean_root(tmp_path: Path, distro: str = "ubuntu") -> Path:

@@ -47,7 +47,7 @@ def _driver(argv: list[str]) -> int:
     import argparse
     import logging
 
-    sys.path.insert(0, str(ROOT))
+    # This tree's snapbuild, as in the parent: every child gets PYTHONPATH=ROOT from _env().
     from snapbuild.errors import SnapbuildError
     from snapbuild.ledger import Ledger, new_build_id
     from snapbuild.local.build import LocalSettings, build_local
@@ -71,7 +71,7 @@ def _driver(argv: list[str]) -> int:
     plan = make_plan(args.recipe, args.profile, args.sets)
     build_id = new_build_id()
     ledger = Ledger.create(build_id=build_id, builder="local", recipe=plan.recipe_name)
-    ctx = BuildContext(build_id=build_id, ledger=ledger, reporter=Reporter())
+    ctx = BuildContext(build_id=build_id, ledger=ledger, monitor=Reporter())
     settings = LocalSettings(base=args.base, output=args.output, compression=args.compression, seed=args.seed,
                              memory_mb=args.memory, cpus=2, network=args.network)
     print(f"build id {build_id}", file=sys.stderr, flush=True)
@@ -210,7 +210,7 @@ class Built:
 
 def make_nat_repository(root: Path) -> str:
     """A signed APT repository with one stand-in package, plus its key at /key.asc; the key's fingerprint."""
-    from aptrepo import StandIn, build_deb, dists_repository, signing_key
+    from tests.aptrepo import StandIn, build_deb, dists_repository, signing_key
 
     debs = root / "debs"
     debs.mkdir(parents=True)
@@ -240,8 +240,7 @@ def accel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def built(base_image: Path, tmp_path_factory: pytest.TempPathFactory, accel_cache: Path) -> Iterator[Built]:
     """The module's one build: NAT mode, the whole driver inside a loopback-only namespace with the repository."""
-    from aptproxy import apt_proxy
-
+    from tests.aptproxy import apt_proxy
     from tests.netns import bridge_in, loopback_netns
 
     if os.geteuid() != 0 or shutil.which("ip") is None:
@@ -296,19 +295,24 @@ def test_local_build_writes_compressed_qcow2_and_manifest_and_leaves_nothing(bui
     assert info["format-specific"]["data"].get("compression-type") == "zstd"
     assert "backing-filename" not in info
     assert info["virtual-size"] == 4 * 1024 ** 3      # recipe nat-demo (as base): disk_size_gb 4
-    manifest = json.loads(Path(str(built.result["manifest"])).read_text())
+    from tests.manifestcheck import check_manifest
+
+    manifest = check_manifest(Path(str(built.result["manifest"])), builder="local")
     assert manifest["output"]["sha256"] == _sha256(built.output) == built.result["sha256"]
-    assert manifest["recipe"] == NAT_RECIPE and manifest["distro"] == "debian-12"
-    assert manifest["guest_os"].startswith("Debian GNU/Linux 12")
+    assert manifest["recipe"]["name"] == NAT_RECIPE and manifest["recipe"]["distro"] == "debian-12"
+    assert manifest["details"]["guest_os"].startswith("Debian GNU/Linux 12")
+    assert manifest["seal"]["in_guest"] == "clean"
+    assert [s["name"] for s in manifest["steps"]][:4] == ["preflight", "prepare work image", "boot builder", "connect"]
+    metrics = manifest["details"]["metrics"]
     for key in ("boot_to_ssh_s", "ssh_to_first_command_s", "compact_s", "total_s"):
-        assert manifest["timings"][key] > 0
+        assert metrics[key] > 0
     assert _sha256(built.base) == built.base_sha_before, "the base image was modified"
     # The flags were read from Debian 12's cloud-init (22.4 has --machine-id, not --configs) without --help.
     assert "cloud-init clean --logs --seed --machine-id\n" in built.log
     assert_nothing_left(built.env)
     print(f"\nlocal build: {built.wall_s:.0f} s wall; {built.result['accel']}; "
-          f"boot→SSH {manifest['timings']['boot_to_ssh_s']:.1f} s; "
-          f"SSH→first command {manifest['timings']['ssh_to_first_command_s']:.2f} s; "
+          f"boot→SSH {metrics['boot_to_ssh_s']:.1f} s; "
+          f"SSH→first command {metrics['ssh_to_first_command_s']:.2f} s; "
           f"zstd output {built.output.stat().st_size / 1e6:.1f} MB")
 
 
@@ -402,21 +406,20 @@ def _counting_server() -> Iterator[tuple[int, list[str]]]:
 
 
 def test_inspect_finds_no_violation_in_the_built_image(built: Built) -> None:
-    inspect = pytest.importorskip("snapbuild.sealing.offline", reason="snapbuild.sealing.offline (lead) not written yet")
-    if os.geteuid() != 0:
-        pytest.skip("offline inspection mounts the image: needs root")
-    assert inspect.inspect_image(built.output) == []
+    from snapbuild.sealing.offline import inspect_image
+
+    assert os.geteuid() == 0, "offline inspection mounts the image: the vm tier runs as root"
+    assert inspect_image(built.output) == []
 
 
 def test_inspect_reports_each_violation_planted_in_a_copy_of_the_built_image(built: Built, tmp_path: Path) -> None:
     """The mutation check at image level: the same attach and mount `inspect` uses, but writable, on a copy."""
     if os.geteuid() != 0:
         pytest.skip("planting into an image mounts it: needs root")
-    from sealplants import PLANTS, code_of, plant_all
-
     from snapbuild.host import attach as attaching
     from snapbuild.host import commands, grow
     from snapbuild.run.scope import undo_scope
+    from tests.sealplants import PLANTS, code_of, plant_all
 
     planted = tmp_path / "planted.qcow2"
     shutil.copyfile(built.output, planted)

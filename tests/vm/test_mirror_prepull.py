@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aptproxy import ProxyStats, apt_proxy
-from mirrorprofile import write_mirror_profile
-from ociregistry import oci_layout, push, registry
+
+from tests.aptproxy import ProxyStats, apt_proxy
+from tests.manifestcheck import check_manifest
+from tests.mirrorprofile import write_mirror_profile
+from tests.ociregistry import oci_layout, push, registry
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = "k8s-mirror-demo"
@@ -64,10 +66,16 @@ def mirrored(debian_base_image: Path, tmp_path_factory: pytest.TempPathFactory) 
         output = work / "out" / "k8s-mirror-demo.qcow2"
         output.parent.mkdir()
         done = _snapbuild(env, "local", RECIPE, "--network", "isolated", "--distro", "debian-12", "--mirrors", str(profile),
-                          "--base", str(debian_base_image), "-o", str(output), "--memory", "1536", "--json",
+                          "--base", str(debian_base_image), "-o", str(output), "--memory", "1536", "--events", "-",
                           timeout=3600)
         assert done.returncode == 0, f"build failed ({done.returncode}):\n{done.stderr[-6000:]}"
-    manifest = json.loads(Path(json.loads(done.stdout)["manifest"]).read_text())
+    # --events -: stdout is the build's JSON-lines stream alone, ending with its result.
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events[0]["event"] == "build_started" and events[0]["builder"] == "local"
+    pulls = [e for e in events if e["event"] == "progress" and e["what"] == "pre-pull"]
+    assert pulls and pulls[-1]["done"] == pulls[-1]["total"] > 0
+    assert events[-1]["event"] == "result" and events[-1]["ok"] is True
+    manifest = check_manifest(Path(events[-1]["manifest"]), builder="local")
     # What the guest printed goes to the build's log file (the terminal shows steps, not every line).
     logs = "".join(path.read_text(errors="replace") for path in (work / "state" / "logs").glob("*.log"))
     yield MirroredBuild(output=output, manifest=manifest, digest=digest, proxy=stats, env=env,
@@ -82,7 +90,7 @@ def test_packages_came_through_the_proxy_and_nothing_else_was_asked_of_it(mirror
 
 
 def test_both_images_are_pulled_from_the_test_registry_into_k8s_io(mirrored: MirroredBuild) -> None:
-    pulled = mirrored.manifest["provision"]["pulled_images"]
+    pulled = mirrored.manifest["pulled_images"]
     # The digest ctr recorded is the one of the manifest this test wrote: it came from our registry.
     assert pulled == {PREPULLED: mirrored.digest}
     assert f"CRI pulled {CRI_PULLED}" in mirrored.log

@@ -28,7 +28,7 @@ def unsealed_image(debian_base_image: Path, tmp_path: Path, monkeypatch: pytest.
     image = tmp_path / "unsealed.qcow2"
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(debian_base_image), str(image)], check=True)
     ledger = Ledger.create(build_id="t-unsealed", builder="local", recipe="-", directory=tmp_path / "state" / "builds")
-    ctx = BuildContext(build_id="t-unsealed", ledger=ledger, reporter=Reporter())
+    ctx = BuildContext(build_id="t-unsealed", ledger=ledger, monitor=Reporter())
     work = tmp_path / "work"
     work.mkdir(mode=0o700)
     with running_build(ctx):

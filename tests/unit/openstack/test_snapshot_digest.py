@@ -15,6 +15,7 @@ from snapbuild.openstack.snapshot import build_snapshot
 from snapbuild.plan import Plan, plan_from_names, shipped_recipes_dir
 from snapbuild.recipes import Library
 from snapbuild.run.context import Reporter
+from tests.manifestcheck import check_manifest
 
 
 def _settings(**kw: Any) -> SnapshotSettings:
@@ -39,9 +40,10 @@ def test_the_image_carries_the_digest_with_its_base(cloud: Cloud, api: HTTPCloud
     assert image["snapbuild_content_digest"] == expected.value
     assert expected.value != plan.content_digest().value          # the base counts
     assert "snapbuild_variant" not in image                        # docker-ce has no variants
-    assert result.manifest["content_digest"] == expected.value
-    assert result.manifest["content_digest_inputs"] == expected.as_dict()
-    assert result.manifest["variant"] is None
+    manifest = check_manifest(dict(result.manifest), builder="openstack-snapshot")
+    assert manifest["content_digest"] == {"value": expected.value, "inputs": expected.as_dict()}
+    assert manifest["recipe"]["variant"] is None
+    assert result.manifest_path is not None and check_manifest(result.manifest_path, builder="openstack-snapshot")
 
 
 def test_a_variant_build_is_named_and_marked_as_such(cloud: Cloud, api: HTTPCloud, isolated_state: Path) -> None:
@@ -54,7 +56,7 @@ def test_a_variant_build_is_named_and_marked_as_such(cloud: Cloud, api: HTTPClou
     assert image["snapbuild_variant"] == "slim"                    # provenance: a --property cannot change it
     assert image["snapbuild_content_digest"] == slim.content_digest(_multihash(api, "base-2")).value
     assert image["snapbuild_content_digest"] != _k8s("full").content_digest(_multihash(api, "base-2")).value
-    assert result.manifest["variant"] == "slim"
+    assert check_manifest(dict(result.manifest), builder="openstack-snapshot")["recipe"]["variant"] == "slim"
 
 
 def _multihash(api: HTTPCloud, image_id: str) -> str:

@@ -24,7 +24,7 @@ from snapbuild.run.context import Reporter
 if TYPE_CHECKING:
     from snapbuild.plan import Plan
 
-STEPS = ["preflight", "boot builder", "power off (no provisioning)", "capture", "finish image", "remove builder"]
+STEPS = ["preflight", "boot builder", "power off (no provisioning)", "capture", "finish image", "manifest", "clean up"]
 BUILDER = ["floating_ip", "server", "security_group"]        # reverse order of creation
 
 
@@ -53,21 +53,21 @@ def _ledgers(state: Path) -> list[dict[str, Any]]:
 
 
 class InterruptAt(Reporter):
-    """Ctrl-C right before (heading) or right after (done) one named step."""
+    """Ctrl-C right before (step started) or right after (step finished) one named step."""
 
     def __init__(self, when: str, step: str) -> None:
         super().__init__(io.StringIO())
         self.when, self.step, self.fired = when, step, False
 
-    def heading(self, text: str) -> None:
-        if self.when == "before" and text == self.step and not self.fired:
+    def step_started(self, name: str, *, level: Any = "step") -> None:
+        if self.when == "before" and name == self.step and not self.fired:
             self.fired = True
             raise KeyboardInterrupt
-        super().heading(text)
+        super().step_started(name, level=level)
 
-    def done(self, text: str, seconds: float, ok: bool = True) -> None:
-        super().done(text, seconds, ok)
-        if self.when == "after" and text == self.step and not self.fired:
+    def step_finished(self, name: str, seconds: float, ok: bool, *, level: Any = "step") -> None:
+        super().step_finished(name, seconds, ok, level=level)
+        if self.when == "after" and name == self.step and not self.fired:
             self.fired = True
             raise KeyboardInterrupt
 
@@ -195,13 +195,11 @@ def test_blocked_hosts_without_mirror_refuse_unless_allowed(cloud: Cloud, api: H
 
 def _expected_after_interrupt(when: str, step: str) -> list[str]:
     index = STEPS.index(step) + (1 if when == "after" else 0)   # steps completed when the interrupt lands
-    if (when, step) == ("before", "remove builder"):
-        return BUILDER                                        # image finished and handed over
     if index <= 1:
         return []
     if index <= 3:
         return BUILDER
-    if index <= 5:
+    if index == 4:
         return ["image", *BUILDER]
     return BUILDER                                            # image finished and handed over
 
@@ -345,3 +343,37 @@ def test_a_no_provision_build_makes_few_api_calls_and_polls_no_faster_than_1s(cl
     assert len(writes) == 13, writes
     assert len(calls) <= 45, calls
     assert clock.sleeps and min(clock.sleeps) >= 1.0
+
+
+def test_a_kept_ssh_builder_can_be_logged_into(cloud: Cloud, api: HTTPCloud, plan: Plan,
+                                               isolated_state: Path) -> None:
+    # The builder's key lived only in memory: a kept builder was unreachable. Now it is written 0600.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api.server_address = "127.0.0.1"
+    out = io.StringIO()
+    with pytest.raises(BuildError):
+        build_snapshot(_settings(no_provision=False, floating_network=None, timeout_ssh=2, ssh_port=port,
+                                 keep_on_failure=True), plan, Reporter(out), cloud=cloud)
+    (ledger,) = _ledgers(isolated_state)
+    key = isolated_state / "builds" / f"{ledger['build_id']}.key"
+    assert (key.stat().st_mode & 0o777) == 0o600 and "OPENSSH PRIVATE KEY" in key.read_text()
+    assert f"log in with: ssh -i {key} -p {port} snapbuild@127.0.0.1" in out.getvalue()
+    assert api.deletes() == []
+
+
+def test_events_stream_a_snapshot_build(cloud: Cloud, api: HTTPCloud, plan: Plan, isolated_state: Path) -> None:
+    from snapbuild.run.monitor import EventStream, Monitors
+
+    events = io.StringIO()
+    result = build_snapshot(_settings(), plan, Monitors(Reporter(io.StringIO()), EventStream(events)), cloud=cloud)
+    stream = [json.loads(line) for line in events.getvalue().splitlines()]
+    assert stream[0]["event"] == "build_started" and stream[0]["builder"] == "openstack-snapshot"
+    finished = [e["step"] for e in stream if e["event"] == "step_finished"]
+    assert finished == ["preflight", "boot builder", "power off (no provisioning)", "capture", "finish image",
+                        "manifest", "clean up"]
+    created = {e["kind"] for e in stream if e["event"] == "resource_created"}
+    assert created == {"security_group", "server", "floating_ip", "image"}
+    assert [e["ref"] for e in stream if e["event"] == "resource_released"] == [result.image_id]
+    assert stream[-1]["event"] == "result" and stream[-1]["ok"] and stream[-1]["image_id"] == result.image_id

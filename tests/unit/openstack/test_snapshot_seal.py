@@ -1,25 +1,29 @@
-"""The snapshot path applies the whole sealing policy, as the local path does (they had drifted apart)."""
+"""Every booted path applies the whole sealing policy through the one tail (the snapshot and local copies had
+drifted apart: only local put resolv.conf back)."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from snapbuild.guest.base import Completed
-from snapbuild.openstack.settings import SnapshotSettings
-from snapbuild.openstack.snapshot import seal_guest
-from snapbuild.run.context import Reporter
+from snapbuild.ledger import Ledger
+from snapbuild.run.context import BuildContext, Reporter
+from snapbuild.run.tail import BuilderAccess, apply_plan
 
 
 class ScriptGuest:
     """Answers the seal's probe and checker like a sealed Ubuntu guest; keeps every script it is given."""
 
     kind = "vm"
+    host_root = None
     name = "builder"
 
     def __init__(self) -> None:
@@ -51,13 +55,17 @@ class ScriptGuest:
 
 @pytest.mark.parametrize(("distro", "symlink"), [("ubuntu-24.04", "../run/systemd/resolve/stub-resolv.conf"),
                                                   ("debian-12", None)])
-def test_the_snapshot_seal_puts_resolv_conf_back_to_the_distros_symlink(distro: str, symlink: str | None) -> None:
+def test_the_shared_tail_puts_resolv_conf_back_to_the_distros_symlink(distro: str, symlink: str | None,
+                                                                     tmp_path: Path) -> None:
     from snapbuild.distros import get_distro
 
     guest = ScriptGuest()
-    plan = SimpleNamespace(distro=get_distro(distro))
-    inputs = SimpleNamespace(client_key=SimpleNamespace(public_openssh="ssh-ed25519 AAAA builder"))
-    seal_guest(guest, plan, SnapshotSettings(flavor="m1.small"), inputs, Reporter())  # type: ignore[arg-type]
+    plan = SimpleNamespace(distro=get_distro(distro), actions=())
+    ledger = Ledger.create(build_id="b-seal", builder="test", recipe="base", directory=tmp_path)
+    ctx = BuildContext(build_id="b-seal", ledger=ledger, monitor=Reporter(io.StringIO()))
+    access = BuilderAccess.generate("b-seal", user="snapbuild")
+    apply_plan(ctx, plan, guest, access=access)  # type: ignore[arg-type]
+    assert [t.name for t in ctx.timings] == ["provision", "seal"]
     sent = "\n".join(guest.scripts)
     assert "/etc/machine-id" in sent          # the policy script did run
     if symlink:

@@ -252,7 +252,7 @@ def test_manifest_beside_the_file_gives_provenance_only_when_it_matches(cloud: C
     copy.write_bytes(qcow2.read_bytes())
     sha = hashlib.sha256(copy.read_bytes()).hexdigest()
     (tmp_path / "manifest.json").write_text(json.dumps(
-        {"build_id": "20261122010000-abcdef12", "builder": "chroot", "recipe": "k8s",
+        {"build_id": "20261122010000-abcdef12", "builder": "chroot", "recipe": {"name": "k8s"},
          "output": {"path": str(copy), "sha256": sha}}))
     assert find_manifest(copy) is not None
     result = upload_image(_settings(copy, recipe=""), Reporter(io.StringIO()), cloud=cloud)
