@@ -473,7 +473,7 @@ def test_sigint_leaves_no_qemu_temp_file_ledger_or_port(point: str, base_image: 
             proc.wait()
     log = "".join(seen) + rest
     assert proc.returncode == 130, log[-3000:]
-    assert "cleanup" in log
+    assert "▸ clean up" in log           # the failure path undoes everything as a step of its own
     assert not output.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".out.qcow2")] == []
     assert_nothing_left(env, port)
