@@ -111,8 +111,9 @@ class BuildContext:
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
-        self.monitor.step_started(name)
+        # The step is current before it is announced: an interrupt right after the heading names it.
         previous, self.current_step = self.current_step, name
+        self.monitor.step_started(name)
         start = time.monotonic()
         ok = False
         try:

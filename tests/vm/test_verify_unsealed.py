@@ -37,8 +37,9 @@ def unsealed_image(debian_base_image: Path, tmp_path: Path, monkeypatch: pytest.
         vm = start_vm(ctx, qemu.VMSpec(disk=image, seed=seed, serial_log=work / "serial.log", memory_mb=1024,
                                        name="snapbuild-t-unsealed", network="isolated"), workdir=work)
         deadline = time.monotonic() + 900
-        guest = ssh_connect(ctx, vm, user="debian", key=key, host_keys=wait_console_host_keys(vm, deadline),
+        guest = ssh_connect(vm, user="debian", key=key, host_keys=wait_console_host_keys(vm, deadline),
                             deadline=deadline)
+        ctx.add_undo("close SSH", guest.close)
         guest.run(["cloud-init", "status", "--wait"], check=False, timeout=600)
         guest.run(["systemctl", "poweroff", "--no-block"], check=False)
         guest.close()
