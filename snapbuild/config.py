@@ -41,6 +41,8 @@ BUILD_REFUSED: Mapping[str, str] = {
                                     "of each build, never by a file",
     "keep_on_failure": "it is for debugging one build; as a default every failed build would leave servers, "
                        "volumes and floating IPs behind",
+    "on_error": "abort and ask are for debugging one build (abort as a default would leave every failed build's "
+                "servers behind; ask waits for a person); pass it per build",
     "no_provision": "it is a test/debug mode that captures an unprovisioned image; pass it per build",
     "allow_blocked": "it overrides a safety check for one build; fix the mirror profile (or choose another) instead",
     "manifest": "it names one build's manifest (each build writes its own by default); pass --manifest per build",

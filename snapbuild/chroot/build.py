@@ -27,7 +27,7 @@ from snapbuild.host.compact import COMPRESSIONS, Compacted, compact
 from snapbuild.host.images import image_info
 from snapbuild.host.reachability import require_reachable, route_for
 from snapbuild.host.sizes import parse_size
-from snapbuild.run.context import BuildContext, StepTiming, new_context, running_build
+from snapbuild.run.context import Asker, BuildContext, OnError, StepTiming, new_context, running_build
 from snapbuild.run.manifest import build_manifest, manifest_path_for, write_manifest
 from snapbuild.run.monitor import Monitor
 from snapbuild.run.scope import close, undo_scope
@@ -52,7 +52,7 @@ class ChrootSettings:
     size: str | None = None          # "10G"; default: the recipe's disk size (never smaller than the base)
     attach: str = "auto"             # auto | nbd | loop
     compression: str = "zstd"
-    keep_on_failure: bool = False
+    on_error: OnError = "cleanup"
     force: bool = False
     allow_blocked: bool = False
     log_path: Path | None = None
@@ -82,9 +82,10 @@ class ChrootResult:
     timings: tuple[StepTiming, ...]
 
 
-def build_chroot(plan: Plan, settings: ChrootSettings, monitor: Monitor) -> ChrootResult:
-    ctx = new_context(builder="chroot", recipe=plan.recipe_name, monitor=monitor,
-                      keep_on_failure=settings.keep_on_failure, log_path=settings.log_path,
+def build_chroot(plan: Plan, settings: ChrootSettings, monitor: Monitor, *,
+                 ask: Asker | None = None) -> ChrootResult:
+    ctx = new_context(builder="chroot", recipe=plan.recipe_name, monitor=monitor, on_error=settings.on_error,
+                      ask=ask, log_path=settings.log_path,
                       cleanup_command="snapbuild cleanup --host --build-id {build_id}")
     with running_build(ctx, variant=plan.variant):
         with ctx.step("preflight"):
@@ -96,7 +97,7 @@ def build_chroot(plan: Plan, settings: ChrootSettings, monitor: Monitor) -> Chro
             root = find_root_partition(ctx, job, work_dir, plan)
         with ctx.step("copy base image"):
             work = copy_and_resize(job, work_dir)
-        with undo_scope(ctx.ledger, keep_on_failure=settings.keep_on_failure, monitor=monitor) as disk:
+        with undo_scope(ctx.ledger, keep_on_failure=lambda: ctx.keep_on_failure, monitor=monitor) as disk:
             with ctx.step(f"attach ({job.backend})"):
                 attached = attaching.attach(disk, work, work_dir, backend=job.backend)
             with ctx.step("grow root file system"):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from snapbuild import __version__
+from snapbuild.cli.asking import ON_ERROR_OPTION, on_error_of, terminal_asker
 from snapbuild.cli.cloud_options import site_defaults, snapshot_options  # click and dataclasses: --help stays light
 from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError, UserError
 
@@ -348,8 +349,8 @@ def build_options(func: Any) -> Any:
         *recipe_options,
         click.option("--allow-blocked", is_flag=True,
                      help="Build even if the recipe downloads from hosts the profile marks blocked."),
-        click.option("--keep-on-failure", is_flag=True,
-                     help="Keep temporary resources when the build fails, and print how to remove them."),
+        click.option("--keep-on-failure", is_flag=True, help="Same as --on-error abort."),
+        ON_ERROR_OPTION,
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
         click.option("--events", "events", metavar="FILE|-", help=EVENTS_HELP),
     ]):
@@ -374,7 +375,8 @@ def build_command(session: Session, /, recipe: str, distro: str | None, mirrors:
     refuse_blocked(plan, options["allow_blocked"])   # before any cloud is contacted
     settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
     with build_log("build", recipe) as log_path, build_monitor(events) as monitor:
-        result = build_snapshot(dataclasses.replace(settings, log_path=log_path), plan, monitor)
+        result = build_snapshot(dataclasses.replace(settings, log_path=log_path), plan, monitor,
+                                ask=terminal_asker() if settings.on_error == "ask" else None)
     log.info("build log: %s", log_path)
     _echo_result(events, result.to_json() if settings.json else result.image_id)
 
@@ -425,9 +427,9 @@ def vm_options(func: Any) -> Any:
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @pass_session
 def local_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
-                  allow_blocked: bool, keep_on_failure: bool, as_json: bool, events: str | None, network: str,
-                  boot_timeout: float, base: Path, output: Path, compression: str, memory_mb: int, cpus: int,
-                  seed: str, force: bool) -> None:
+                  allow_blocked: bool, keep_on_failure: bool, on_error: str | None, as_json: bool,
+                  events: str | None, network: str, boot_timeout: float, base: Path, output: Path, compression: str,
+                  memory_mb: int, cpus: int, seed: str, force: bool) -> None:
     """Build in a throw-away QEMU VM on this host; the result is a compressed qcow2."""
     from snapbuild.local.build import LocalSettings, run_local
 
@@ -439,7 +441,8 @@ def local_command(session: Session, recipe: str, distro: str | None, mirrors: st
                                                memory_mb=memory_mb, cpus=cpus, seed=seed,  # type: ignore[arg-type]
                                                force=force, network=network,  # type: ignore[arg-type]
                                                allow_blocked=allow_blocked, boot_timeout_s=boot_timeout),
-                           monitor=monitor, keep_on_failure=keep_on_failure, log_path=log_path)
+                           monitor=monitor, on_error=(policy := on_error_of(on_error, keep_on_failure)),
+                           ask=terminal_asker() if policy == "ask" else None, log_path=log_path)
     if as_json:
         _echo_result(events, json.dumps({"output": str(result.output), "manifest": str(result.manifest),
                                          "sha256": result.sha256, "size_bytes": result.size_bytes,
@@ -482,8 +485,9 @@ def verify_command(session: Session, image: Path, recipe: str | None, distro: st
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @pass_session
 def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
-                   allow_blocked: bool, keep_on_failure: bool, as_json: bool, events: str | None, base: Path,
-                   output: Path, size: str | None, attach: str, compression: str, force: bool) -> None:
+                   allow_blocked: bool, keep_on_failure: bool, on_error: str | None, as_json: bool,
+                   events: str | None, base: Path, output: Path, size: str | None, attach: str, compression: str,
+                   force: bool) -> None:
     """Build on this host: customise a copy of the base in a chroot, seal, compact (root)."""
     from snapbuild.chroot.build import ChrootSettings, build_chroot
 
@@ -491,9 +495,10 @@ def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: s
     refuse_blocked(plan, allow_blocked)
     with build_log("chroot", recipe) as log_path, build_monitor(events) as monitor:
         settings = ChrootSettings(base=base, output=output, size=size, attach=attach, compression=compression,
-                                  keep_on_failure=keep_on_failure, force=force, allow_blocked=allow_blocked,
-                                  log_path=log_path)
-        result = build_chroot(plan, settings, monitor)
+                                  on_error=on_error_of(on_error, keep_on_failure), force=force,
+                                  allow_blocked=allow_blocked, log_path=log_path)
+        result = build_chroot(plan, settings, monitor,
+                              ask=terminal_asker() if settings.on_error == "ask" else None)
     summary = {"build_id": result.build_id, "output": str(result.output), "manifest": str(result.manifest),
                "attach": result.backend, "size_bytes": result.compacted.after_bytes,
                "uncompressed_bytes": result.compacted.before_bytes}

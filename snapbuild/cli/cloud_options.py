@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from snapbuild.cli.asking import ON_ERROR_OPTION, on_error_of
 from snapbuild.openstack.settings import SnapshotSettings
 
 if TYPE_CHECKING:
@@ -61,7 +62,8 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--timeout-provision", default=3600.0, show_default=True, type=float, metavar="S",
                  help="Per provisioning step."),
     click.option("--timeout-snapshot", default=1800.0, show_default=True, type=float, metavar="S"),
-    click.option("--keep-on-failure", is_flag=True, help="Keep the builder's resources when the build fails."),
+    click.option("--keep-on-failure", is_flag=True, help="Same as --on-error abort."),
+    ON_ERROR_OPTION,
     click.option("--no-provision", is_flag=True,
                  help="Test/debug mode: boot, stop, snapshot, set properties; no SSH, provisioning or sealing."),
     click.option("--allow-blocked", is_flag=True, help="Build even if the recipe pulls from blocked hosts."),
@@ -93,8 +95,9 @@ def settings_from_options(*, cloud: str | None, region: str | None, log_path: Pa
     floating = options.pop("floating_network")
     version = options.pop("ssh_ip_version")
     as_json = options.pop("as_json")
+    on_error = on_error_of(options.pop("on_error"), options.pop("keep_on_failure"))
     return SnapshotSettings(
-        cloud=cloud, region=region, log_path=log_path, json=as_json,
+        cloud=cloud, region=region, log_path=log_path, json=as_json, on_error=on_error,
         floating_network=None if floating in (None, "", "none") else floating,
         ssh_ip_version=int(version) if version else None,
         properties=parse_properties(options.pop("properties")),

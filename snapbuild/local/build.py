@@ -24,7 +24,7 @@ from snapbuild.host.images import image_info
 from snapbuild.host.mounts import remove_tree
 from snapbuild.local import qemu
 from snapbuild.local.seed import SeedKind, SeedSpec, write_seed
-from snapbuild.run.context import BuildContext, Undo, new_context, running_build
+from snapbuild.run.context import Asker, BuildContext, OnError, Undo, new_context, running_build
 from snapbuild.run.manifest import build_manifest, manifest_path_for, write_manifest
 from snapbuild.run.monitor import Monitor, TerminalMonitor
 from snapbuild.run.tail import BuilderAccess, Timeouts, drive_booted
@@ -117,11 +117,11 @@ def build_local(ctx: BuildContext, plan: Plan, settings: LocalSettings) -> Local
         return publish(ctx, state, total_s=time.monotonic() - started)
 
 
-def run_local(plan: Plan, settings: LocalSettings, *, monitor: Monitor | None = None,
-              keep_on_failure: bool = False, log_path: Path | None = None) -> LocalResult:
+def run_local(plan: Plan, settings: LocalSettings, *, monitor: Monitor | None = None, on_error: OnError = "cleanup",
+              ask: Asker | None = None, log_path: Path | None = None) -> LocalResult:
     """The whole `snapbuild local` command: a ledger, a context, every undo on failure or interrupt."""
     ctx = new_context(builder="local", recipe=plan.recipe_name, monitor=monitor or TerminalMonitor(),
-                      keep_on_failure=keep_on_failure, log_path=log_path,
+                      on_error=on_error, ask=ask, log_path=log_path,
                       cleanup_command="snapbuild cleanup --host --build-id {build_id}")
     with running_build(ctx, variant=plan.variant):
         result = build_local(ctx, plan, settings)

@@ -6,7 +6,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from snapbuild.run.context import OnError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +43,7 @@ class SnapshotSettings:
     timeout_ssh: float = 600.0
     timeout_provision: float = 3600.0
     timeout_snapshot: float = 1800.0
-    keep_on_failure: bool = False
+    on_error: OnError = "cleanup"            # cleanup | abort (keep, say how to reach and remove) | ask
     no_provision: bool = False               # test/debug: boot → stop → snapshot → properties; no SSH at all
     allow_blocked: bool = False
     json: bool = False

@@ -26,7 +26,7 @@ from snapbuild.openstack import marks, properties
 from snapbuild.openstack.cloud import Cloud
 from snapbuild.openstack.model import Address, Flavor, FloatingIP, Image, Network, Server, ServerSpec
 from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
-from snapbuild.run.context import BuildContext, Undo, new_context, running_build
+from snapbuild.run.context import Asker, BuildContext, Undo, new_context, running_build
 from snapbuild.run.manifest import build_manifest, write_manifest
 from snapbuild.run.monitor import Monitor
 from snapbuild.run.tail import BuilderAccess, Timeouts, drive_booted
@@ -75,11 +75,11 @@ class Machine:
 
 
 def build_snapshot(settings: SnapshotSettings, plan: Plan, monitor: Monitor, *,
-                   cloud: Cloud | None = None) -> SnapshotResult:
+                   cloud: Cloud | None = None, ask: Asker | None = None) -> SnapshotResult:
     started = time.monotonic()
     where = f" --os-cloud {settings.cloud}" if settings.cloud else ""
     ctx = new_context(builder="openstack-snapshot", recipe=plan.recipe_name, monitor=monitor,
-                      keep_on_failure=settings.keep_on_failure, log_path=settings.log_path,
+                      on_error=settings.on_error, ask=ask, log_path=settings.log_path,
                       cleanup_command=f"snapbuild{where} cleanup --build-id {{build_id}}")
     machine = Machine()
     with running_build(ctx, variant=plan.variant):

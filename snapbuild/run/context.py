@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from snapbuild.ledger import Ledger, new_build_id
 from snapbuild.run.interrupts import interrupts_as_keyboardinterrupt, shielded
@@ -25,6 +25,10 @@ from snapbuild.run.monitor import Monitor, TerminalMonitor
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Choice = Literal["cleanup", "retry", "keep"]
+OnError = Literal["cleanup", "abort", "ask"]
+# Asks the operator what to do about failed step `name` (retry offered only when it can be retried).
+Asker = Callable[[str, bool], Choice]
 
 # Kept for the callers that only print: the terminal monitor is the human side of the Monitor protocol.
 Reporter = TerminalMonitor
@@ -93,7 +97,9 @@ class BuildContext:
     monitor: Monitor
     cleanup_command: str = ""           # how to remove what a failed or kept build left
     log_path: Path | None = None
-    keep_on_failure: bool = False
+    keep_on_failure: bool = False       # --on-error abort (or the operator chose "keep" when asked)
+    # --on-error ask: how to ask the operator at a failed step; None when nobody can be asked (no terminal).
+    ask: Asker | None = None
     undo: ExitStack = field(default_factory=ExitStack)
     timings: list[StepTiming] = field(default_factory=list)
     current_step: str | None = None
@@ -104,13 +110,11 @@ class BuildContext:
     # Called on failure before anything is undone (the console of a server that still exists).
     on_failure: list[Callable[[BaseException], None]] = field(default_factory=list)
     outcome: dict[str, Any] = field(default_factory=dict)  # the result event's fields, set by the builder
-
-    @property
-    def reporter(self) -> Monitor:
-        return self.monitor
+    _asked: set[int] = field(default_factory=set)          # failures already put to the operator
+    _access_shown: bool = False
 
     @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def step(self, name: str, *, retried_by_caller: bool = False) -> Iterator[None]:
         # The step is current before it is announced: an interrupt right after the heading names it.
         previous, self.current_step = self.current_step, name
         self.monitor.step_started(name)
@@ -119,6 +123,10 @@ class BuildContext:
         try:
             yield
             ok = True
+        except Exception as exc:
+            if not retried_by_caller:
+                self._decide(name, exc, can_retry=False)
+            raise
         finally:
             seconds = time.monotonic() - start
             self.monitor.step_finished(name, seconds, ok)
@@ -126,6 +134,43 @@ class BuildContext:
             log.info("step %s %s in %.1f s", name, "done" if ok else "FAILED", seconds)
             if ok:
                 self.current_step = previous
+
+    def attempt(self, name: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A step that can be tried again: with --on-error ask, the operator may fix the cause (logged into the
+        builder) and retry it instead of losing the build."""
+        while True:
+            try:
+                with self.step(name, retried_by_caller=True):
+                    return func(*args, **kwargs)
+            except Exception as exc:
+                if self._decide(name, exc, can_retry=True) != "retry":
+                    raise
+                self._asked.discard(id(exc))
+
+    def _decide(self, name: str, exc: Exception, *, can_retry: bool) -> Choice:
+        """Put a failure to the operator once (--on-error ask); 'keep' turns into --on-error abort."""
+        if self.ask is None or id(exc) in self._asked:
+            return "cleanup"
+        self._asked.add(id(exc))
+        self.monitor.line(f"step {name!r} failed: {_describe(exc)}")
+        for report in self.on_failure:
+            try:
+                report(exc)
+            except Exception as err:  # noqa: BLE001 - a report must not hide the real error
+                log.warning("failure report: %s", err)
+        if not self._access_shown:
+            self._access_shown = True
+            for hook in self.on_keep:
+                try:
+                    for line in hook():
+                        self.monitor.line(line)
+                except Exception as err:  # noqa: BLE001 - asking goes on without the login hint
+                    log.warning("could not say how to reach the builder: %s", err)
+        choice = self.ask(name, can_retry)
+        log.info("step %s failed; the operator chose %s", name, choice)
+        if choice == "keep":
+            self.keep_on_failure = True
+        return choice
 
     def add_undo(self, description: str, func: Callable[..., Any], *args: Any,
                  forget: tuple[str, str] | None = None, **kwargs: Any) -> Undo:
@@ -170,12 +215,16 @@ class BuildContext:
 
 
 def new_context(*, builder: str, recipe: str, monitor: Monitor, cleanup_command: str,
-                keep_on_failure: bool = False, log_path: Path | None = None,
+                on_error: OnError = "cleanup", ask: Asker | None = None, log_path: Path | None = None,
                 build_id: str | None = None) -> BuildContext:
+    """`ask` is used only with on_error="ask"; without one (no terminal) the build cleans up and says so."""
     build_id = build_id or new_build_id()
     ledger = Ledger.create(build_id=build_id, builder=builder, recipe=recipe)
-    return BuildContext(build_id=build_id, ledger=ledger, monitor=monitor, keep_on_failure=keep_on_failure,
-                        log_path=log_path, cleanup_command=cleanup_command.format(build_id=build_id))
+    if on_error == "ask" and ask is None:
+        monitor.warning("--on-error ask: there is no terminal to ask on; a failure is cleaned up")
+    return BuildContext(build_id=build_id, ledger=ledger, monitor=monitor, keep_on_failure=on_error == "abort",
+                        ask=ask if on_error == "ask" else None, log_path=log_path,
+                        cleanup_command=cleanup_command.format(build_id=build_id))
 
 
 @contextlib.contextmanager
@@ -232,6 +281,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _report_failure(ctx: BuildContext, exc: BaseException) -> None:
+    if id(exc) in ctx._asked:
+        return      # the operator has seen it all when asked
     what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {_describe(exc)}"
     ctx.monitor.line(f"step {ctx.current_step or '?'!r} {what}")
     for hook in ctx.on_failure:
@@ -247,7 +298,7 @@ def _report_kept(ctx: BuildContext) -> None:
     for entry in entries:
         ctx.monitor.line(f"  {entry.kind} {entry.ref} {entry.info.get('name', '')}".rstrip())
         ctx.monitor.resource("kept", entry.kind, entry.ref, name=str(entry.info.get("name", "")))
-    for hook in ctx.on_keep:
+    for hook in [] if ctx._access_shown else ctx.on_keep:
         try:
             for line in hook():
                 ctx.monitor.line(line)

@@ -55,14 +55,15 @@ class UndoScope:
 
 
 @contextmanager
-def undo_scope(ledger: Ledger | None, *, keep_on_failure: bool = False,
+def undo_scope(ledger: Ledger | None, *, keep_on_failure: bool | Callable[[], bool] = False,
                monitor: Monitor | None = None) -> Iterator[UndoScope]:
     """Run the block; undo everything it registered when it ends (or keep it, on failure, if asked)."""
     scope = UndoScope(ledger)
     try:
         yield scope
     except BaseException:
-        if keep_on_failure:
+        # A callable: decided at the failure (the operator may choose to keep, with --on-error ask).
+        if keep_on_failure() if callable(keep_on_failure) else keep_on_failure:
             scope.stack.pop_all()
             for description in scope.descriptions:
                 log.warning("kept for debugging: %s", description)

@@ -79,15 +79,21 @@ def drive_booted(ctx: BuildContext, plan: Plan, machine: BootedMachine, access: 
     from snapbuild.guest.cloudinit_wait import wait_for_cloud_init
 
     ctx.on_keep.append(lambda: keep_access(ctx, machine, access))
-    with ctx.step("connect"):
+
+    def connect() -> SSHGuest:
         guest = machine.connect(access)
         ctx.add_undo(f"close SSH to {machine.name}", guest.close)
         machine.after_connect(guest)
         wait_for_cloud_init(guest, timeout=timeouts.cloud_init_s)
-    result = apply_plan(ctx, plan, guest, access=access, step_timeout=timeouts.step_s)
-    with ctx.step("power off"):
+        return guest
+
+    def stop(guest: SSHGuest) -> None:
         power_off(guest, access.user)
         machine.wait_powered_off()
+
+    guest = ctx.attempt("connect", connect)
+    result = apply_plan(ctx, plan, guest, access=access, step_timeout=timeouts.step_s)
+    ctx.attempt("power off", stop, guest)
     return result
 
 
@@ -101,14 +107,16 @@ def apply_plan(ctx: BuildContext, plan: Plan, guest: Guest, *, access: BuilderAc
     from snapbuild.provision import provision
     from snapbuild.sealing.policy import enforce
 
-    with ctx.step("provision"):
-        result = provision(plan, guest, ctx.monitor, step_timeout=step_timeout)
-    with ctx.step("seal"):
+    def seal() -> None:
         if before_seal is not None:
             before_seal()
         enforce(guest, monitor=ctx.monitor, resolv_symlink=plan.distro.resolv_conf_symlink,
                 builder_user=access.user if access else "snapbuild",
                 builder_keys=(access.client_key.public_openssh,) if access else ())
+
+    # Retriable (--on-error ask): a provisioning run is idempotent (packages, files, pulls), and so is the seal.
+    result = ctx.attempt("provision", provision, plan, guest, ctx.monitor, step_timeout=step_timeout)
+    ctx.attempt("seal", seal)
     return result
 
 
@@ -142,6 +150,8 @@ def keep_access(ctx: BuildContext, machine: BootedMachine, access: BuilderAccess
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(access.client_key.private_openssh)
+    # Asked at a failure (--on-error ask) the build may still clean up: the key goes with the builder then.
+    ctx.add_undo(f"remove {key_file}", key_file.unlink, True)
     return [f"builder key: {key_file} (0600; delete it with the builder)",
             f"log in with: {machine.ssh_command(key_file, access)}"]
 

@@ -506,7 +506,7 @@ def test_keep_on_failure_keeps_the_mounts_and_the_ledger_names_them(test_image: 
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SNAPBUILD_STATE_DIR", str(tmp_path / "state"))
     with pytest.raises(CommandFailed):
-        run_build(test_image, tmp_path / "out.qcow2", [{"command": ["false"]}], keep_on_failure=True)
+        run_build(test_image, tmp_path / "out.qcow2", [{"command": ["false"]}], on_error="abort")
     (ledger,) = all_ledgers(tmp_path / "state" / "builds")
     kinds = {e.kind for e in ledger.entries()}
     assert ledger.status == "failed-kept" and {"mount", "loop", "process", "tempdir"} <= kinds

@@ -134,3 +134,127 @@ def test_the_event_stream_carries_steps_with_timings_and_the_result(tmp_path: Pa
     assert stream[-1] == stream[-1] | {"ok": True, "output": "/out.qcow2", "leftovers": []}
     # The terminal shows the same build for people; a quick action prints no closing line.
     assert "▸ provision" in terminal.getvalue() and "✓ [1/1]" not in terminal.getvalue()
+
+
+# ---- --on-error ask ------------------------------------------------------------------------------------------------
+
+def _asking(tmp_path: Path, answers: list[str]) -> tuple[BuildContext, io.StringIO, list[tuple[str, bool]]]:
+    ctx, terminal, _ = _ctx(tmp_path)
+    asked: list[tuple[str, bool]] = []
+
+    def ask(step: str, can_retry: bool) -> Any:
+        asked.append((step, can_retry))
+        return answers.pop(0)
+
+    ctx.ask = ask
+    return ctx, terminal, asked
+
+
+def test_ask_retry_runs_the_failed_step_again_and_the_build_goes_on(tmp_path: Path) -> None:
+    ctx, terminal, asked = _asking(tmp_path, ["retry"])
+    tries: list[int] = []
+    undone: list[str] = []
+
+    def provision() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise RuntimeError("apt-get: temporary failure resolving the mirror")
+        return "provisioned"
+
+    with running_build(ctx):
+        ctx.own("server", "srv-1", "delete server srv-1", undone.append, "srv-1")
+        assert ctx.attempt("provision", provision) == "provisioned"
+    assert asked == [("provision", True)] and len(tries) == 2
+    assert [(t.name, t.ok) for t in ctx.timings] == [("provision", False), ("provision", True), ("clean up", True)]
+    assert "step 'provision' failed: apt-get: temporary failure resolving the mirror" in terminal.getvalue()
+    assert undone == ["srv-1"]          # removed once, at the end, as on any successful build
+
+
+def test_ask_keep_keeps_everything_and_cleanup_removes_it(tmp_path: Path) -> None:
+    for answer, kept in (("keep", True), ("cleanup", False)):
+        folder = tmp_path / answer
+        folder.mkdir()
+        ctx, terminal, asked = _asking(folder, [answer])
+        undone: list[str] = []
+        with pytest.raises(RuntimeError), running_build(ctx):
+            ctx.own("server", "srv-1", "delete server srv-1", undone.append, "srv-1")
+            with ctx.step("capture"):                     # a plain step: no retry offered
+                raise RuntimeError("image went killed")
+        assert asked == [("capture", False)]
+        assert undone == ([] if kept else ["srv-1"])
+        assert ("remove them with:" in terminal.getvalue()) is kept
+        assert terminal.getvalue().count("image went killed") == 1   # reported once, when asked
+
+
+def test_ask_without_a_terminal_cleans_up_and_says_so(tmp_path: Path) -> None:
+    from snapbuild.cli.asking import terminal_asker
+    from snapbuild.run.context import new_context
+
+    assert terminal_asker(io.StringIO("r\n"), io.StringIO()) is None        # not a TTY: nobody to ask
+    terminal = io.StringIO()
+    ctx = new_context(builder="test", recipe="base", monitor=TerminalMonitor(terminal), on_error="ask", ask=None,
+                      cleanup_command="snapbuild cleanup --host --build-id {build_id}")
+    assert ctx.ask is None and "no terminal to ask on" in terminal.getvalue()
+    ctx.ledger.path.unlink()
+
+
+_PTY_BUILD = """
+import sys
+from pathlib import Path
+from snapbuild.cli.asking import terminal_asker
+from snapbuild.ledger import Ledger
+from snapbuild.run.context import BuildContext, running_build
+from snapbuild.run.monitor import TerminalMonitor
+
+ledger = Ledger.create(build_id="20261204000000-0000cafe", builder="test", recipe="base", directory=Path(sys.argv[1]))
+ask = terminal_asker()
+assert ask is not None, "a pseudo-terminal is a terminal"
+ctx = BuildContext(build_id=ledger.build_id, ledger=ledger, monitor=TerminalMonitor(), ask=ask)
+tries = []
+def provision():
+    tries.append(1)
+    if len(tries) < 3:
+        raise RuntimeError(f"failure {len(tries)}")
+with running_build(ctx):
+    ctx.attempt("provision", provision)
+print(f"done after {len(tries)} tries", file=sys.stderr)
+"""
+
+
+def test_ask_on_a_real_pseudo_terminal(tmp_path: Path) -> None:
+    """The question goes to the terminal; an unknown answer is asked again; two retries, then success."""
+    import pty
+    import subprocess
+    import sys
+    import time
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", _PTY_BUILD, str(tmp_path)], stdin=follower, stdout=follower,
+                            stderr=follower, close_fds=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    os.close(follower)
+    seen = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while marker not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:          # the child closed the terminal
+                break
+            seen += chunk
+        assert marker in seen, seen.decode(errors="replace")
+
+    read_until(b"[r]etry the step")
+    os.write(leader, b"x\n")                 # not an answer: asked again
+    read_until(b"x\r\n")
+    read_until(b"[r]etry the step")
+    os.write(leader, b"r\n")
+    read_until(b"failure 2")
+    read_until(b"[r]etry the step")
+    os.write(leader, b"retry\n")
+    read_until(b"done after 3 tries")
+    assert proc.wait(timeout=60) == 0
+    os.close(leader)
+    assert seen.count(b"[c]lean up, [r]etry the step, [k]eep everything?") == 3

@@ -263,7 +263,7 @@ def test_keep_on_failure_keeps_everything_and_says_how_to_remove_it(cloud: Cloud
     api.snapshot_result = "killed"
     out = io.StringIO()
     with pytest.raises(CloudError):
-        build_snapshot(_settings(keep_on_failure=True), plan, Reporter(out), cloud=cloud)
+        build_snapshot(_settings(on_error="abort"), plan, Reporter(out), cloud=cloud)
     assert api.deletes() == []
     (ledger,) = _ledgers(isolated_state)
     assert ledger["status"] == "failed-kept"
@@ -355,7 +355,7 @@ def test_a_kept_ssh_builder_can_be_logged_into(cloud: Cloud, api: HTTPCloud, pla
     out = io.StringIO()
     with pytest.raises(BuildError):
         build_snapshot(_settings(no_provision=False, floating_network=None, timeout_ssh=2, ssh_port=port,
-                                 keep_on_failure=True), plan, Reporter(out), cloud=cloud)
+                                 on_error="abort"), plan, Reporter(out), cloud=cloud)
     (ledger,) = _ledgers(isolated_state)
     key = isolated_state / "builds" / f"{ledger['build_id']}.key"
     assert (key.stat().st_mode & 0o777) == 0o600 and "OPENSSH PRIVATE KEY" in key.read_text()
@@ -377,3 +377,27 @@ def test_events_stream_a_snapshot_build(cloud: Cloud, api: HTTPCloud, plan: Plan
     assert created == {"security_group", "server", "floating_ip", "image"}
     assert [e["ref"] for e in stream if e["event"] == "resource_released"] == [result.image_id]
     assert stream[-1]["event"] == "result" and stream[-1]["ok"] and stream[-1]["image_id"] == result.image_id
+
+
+def test_on_error_ask_shows_how_to_log_in_then_cleans_up_as_told(cloud: Cloud, api: HTTPCloud, plan: Plan,
+                                                                 isolated_state: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api.server_address = "127.0.0.1"
+    out = io.StringIO()
+    asked: list[tuple[str, bool, bool]] = []
+    key_files: list[Path] = []
+
+    def ask(step: str, can_retry: bool) -> Any:
+        key_files.extend((isolated_state / "builds").glob("*.key"))
+        asked.append((step, can_retry, all(k.exists() for k in key_files)))
+        return "cleanup"
+
+    with pytest.raises(BuildError):
+        build_snapshot(_settings(no_provision=False, floating_network=None, timeout_ssh=2, ssh_port=port,
+                                 on_error="ask"), plan, Reporter(out), cloud=cloud, ask=ask)
+    assert asked == [("connect", True, True)] and len(key_files) == 1
+    assert f"log in with: ssh -i {key_files[0]} -p {port} snapbuild@127.0.0.1" in out.getvalue()
+    assert not key_files[0].exists()                     # cleaned up with the builder, as chosen
+    assert _deleted(api) == ["server", "security_group"]
