@@ -15,10 +15,11 @@ from snapbuild.yamlfile import LineDict
 CONFIG_NAME = "snapbuild.yaml"
 
 # The `build:` section: per-site defaults for the options of `snapbuild build` (and of its shortcuts `k8s`,
-# `docker-ce`), by long option name (`floating_network` or `floating-network`). This is the one list: the values
-# are shaped and converted by the options' own click types (snapbuild/cli/cloud_options.py `site_defaults`), the
-# schema lists the same keys, and tests/unit/test_config_build_defaults.py proves that these keys and
-# BUILD_REFUSED together are exactly the commands' options.
+# `docker-ce`, and of `validate`, which checks what a build would use), by long option name (`floating_network`
+# or `floating-network`). This is the one list: the values are shaped and converted by the options' own click
+# types (snapbuild/cli/cloud_options.py `site_defaults`), the schema lists the same keys, and
+# tests/unit/test_config_build_defaults.py proves that these keys and BUILD_REFUSED together are exactly the
+# commands' options (validate has no --events).
 BUILD_KEYS = (
     "flavor", "network", "floating_network", "security_group", "ssh_cidr", "availability_zone", "config_drive",
     "volume_size", "volume_disk_format", "ssh_user", "ssh_port", "ssh_interface", "ssh_ip_version", "ssh_bastion",

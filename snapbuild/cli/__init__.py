@@ -78,7 +78,7 @@ class Session:
 pass_session = click.make_pass_decorator(Session)
 
 # The commands whose options take defaults from snapbuild.yaml's `build:` section (snapbuild.config.BUILD_KEYS).
-BUILD_COMMANDS = ("build", "k8s", "docker-ce")
+BUILD_COMMANDS = ("build", "k8s", "docker-ce", "validate")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -267,12 +267,15 @@ def _warn_plan(plan: Plan) -> None:
 def refuse_blocked(plan: Plan, allow_blocked: bool) -> None:
     """A build does not start when it would pull from a blocked host without a mirror, unless told to."""
     if plan.blocked_without_mirror and not allow_blocked:
-        from snapbuild.errors import UserError
-        from snapbuild.profiles import mirrors_hint
+        raise blocked_problem(plan)
 
-        raise UserError(f"recipe {plan.recipe_name!r} would download from blocked hosts without a mirror: "
-                        + "; ".join(plan.blocked_without_mirror),
-                        hint=mirrors_hint(plan.profile) + "; or pass --allow-blocked to go ahead anyway")
+
+def blocked_problem(plan: Plan) -> UserError:
+    from snapbuild.profiles import mirrors_hint
+
+    return UserError(f"recipe {plan.recipe_name!r} would download from blocked hosts without a mirror: "
+                     + "; ".join(plan.blocked_without_mirror),
+                     hint=mirrors_hint(plan.profile) + "; or pass --allow-blocked to go ahead anyway")
 
 
 @cli.group("profile")
@@ -757,6 +760,9 @@ def main(argv: list[str] | None = None) -> None:
                    err=True)
         sys.exit(EXIT_BUILD)
 
+
+# Commands in their own modules register themselves on `cli` (click only at their module level: --help stays fast).
+from snapbuild.cli import validate as _validate  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

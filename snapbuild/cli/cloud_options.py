@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from snapbuild.schema import Checker
 
 _OPTIONS: list[Callable[[Any], Any]] = [
-    click.option("--flavor", required=True, help="Flavor (name or id) of the builder server."),
     click.option("--base-image", metavar="NAME|ID",
                  help="Base image; default: the most recent active image whose os_distro/os_version match."),
     click.option("--network", "networks", multiple=True, metavar="NAME|ID",
@@ -73,8 +72,13 @@ _OPTIONS: list[Callable[[Any], Any]] = [
 ]
 
 
-def snapshot_options(func: Any) -> Any:
-    for option in reversed(_OPTIONS):
+def snapshot_options(func: Any, *, require_flavor: bool = True) -> Any:
+    """`build`'s options. `validate` checks the recipe alone when no cloud is selected, so there --flavor may be
+    missing (with a cloud, its absence is one of the problems listed)."""
+    flavor = click.option("--flavor", required=require_flavor,
+                          help="Flavor (name or id) of the builder server."
+                               + ("" if require_flavor else " Needed when a cloud is checked."))
+    for option in reversed([flavor, *_OPTIONS]):
         func = option(func)
     return func
 

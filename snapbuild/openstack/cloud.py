@@ -214,10 +214,14 @@ class Cloud:
         try:
             found = self._read("find flavor", compute.find_flavor, name_or_id, ignore_missing=False)
         except _Gone:
-            names = [f.name for f in self._read("list flavors", lambda: list(compute.flavors()))]
-            raise UserError(f"flavor {name_or_id!r} not found", hint=close_matches(name_or_id, names)) from None
+            raise UserError(f"flavor {name_or_id!r} not found",
+                            hint=close_matches(name_or_id, self.flavor_names())) from None
         return Flavor(id=found.id, name=found.name, vcpus=int(found.vcpus or 0), ram_mb=int(found.ram or 0),
                       disk_gb=int(found.disk or 0))
+
+    def flavor_names(self) -> list[str]:
+        compute = self._conn.compute
+        return [str(f.name) for f in self._read("list flavors", lambda: list(compute.flavors()))]
 
     def _image_json(self, image_id: str) -> dict[str, Any]:
         response = self._read(f"image {image_id}", self._raw, self._conn.image, "get",

@@ -9,11 +9,12 @@ travel in the user-data, so nothing in Nova needs cleaning up for them (keypairs
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from snapbuild import paths
 from snapbuild.errors import BuildError, UserError
 from snapbuild.ledger import installation_id
 from snapbuild.openstack import marks, properties
-from snapbuild.openstack.cloud import Cloud
+from snapbuild.openstack.cloud import Cloud, close_matches
 from snapbuild.openstack.model import Address, Flavor, FloatingIP, Image, Network, Server, ServerSpec
 from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
 from snapbuild.run.context import Asker, BuildContext, Undo, new_context, running_build
@@ -145,8 +146,20 @@ def default_manifest_path(build_id: str, image_name: str) -> Path:
 
 # ---- 1. preflight: everything checked before anything exists --------------------------------------------
 
+class PreflightFailed(UserError):
+    """Every problem preflight found, each with its own hint; as one error, the problems joined (exit 2)."""
+
+    def __init__(self, problems: Sequence[UserError]) -> None:
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0].message, hint=self.problems[0].hint)
+        else:
+            super().__init__("; ".join(p.message for p in self.problems),
+                             hint=" | ".join(p.hint for p in self.problems if p.hint) or None)
+
+
 def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id: str) -> Inputs:
-    """Resolve every input and check quotas; one UserError naming every problem, nothing created."""
+    """Resolve every input and check quotas, nothing created; PreflightFailed lists every problem, not the first."""
     from snapbuild.userdata import encode_for_nova, render_builder_userdata
 
     problems: list[UserError] = []
@@ -163,7 +176,13 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
             "the recipe downloads from hosts that are blocked without a mirror: "
             + "; ".join(plan.blocked_without_mirror),
             hint="use a mirror profile that covers them, or pass --allow-blocked if this cloud can reach them"))
-    flavor = check(cloud.resolve_flavor, settings.flavor)
+    if settings.flavor:
+        flavor = check(cloud.resolve_flavor, settings.flavor)
+    else:   # `build` requires --flavor; `validate` lists its absence with the rest
+        flavor = None
+        problems.append(UserError("no flavor for the builder server",
+                                  hint="pass --flavor NAME|ID (or set build.flavor in snapbuild.yaml); "
+                                       + close_matches("", cloud.flavor_names())))
     if settings.base_image:
         base = check(cloud.resolve_image, settings.base_image)
     else:
@@ -174,6 +193,10 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
         if settings.floating_network else None
     ssh_network = check(cloud.resolve_network, settings.ssh_interface) if settings.ssh_interface else None
     port_id = check(cloud.resolve_port, settings.port) if settings.port else None
+    # The temporary group (made when neither groups nor a port are given) opens SSH to --ssh-cidr.
+    temporary_group = not settings.security_groups and not settings.port
+    if temporary_group:
+        check(check_cidr, settings.ssh_cidr)
     if settings.ssh_ip_version not in (None, 4, 6):
         problems.append(UserError(f"--ssh-ip-version must be 4 or 6, not {settings.ssh_ip_version}"))
     if settings.visibility not in ("private", "shared", "community", "public"):
@@ -181,19 +204,18 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
                                   hint="private, shared, community or public"))
     if flavor and base:
         check(check_root_disk, flavor, base, plan, settings.volume_size_gb)
-    if not problems and flavor:
-        check(cloud.check_fits, flavor, floating_ips=1 if floating else 0,
-              security_groups=0 if groups else 1)
+    if flavor:
+        # Counted from the options, not from what resolved: a misspelt --floating-network still means one
+        # floating IP once it is fixed. Read even beside other problems, so validate lists a full quota too.
+        check(cloud.check_fits, flavor, floating_ips=1 if settings.floating_network else 0,
+              security_groups=1 if temporary_group else 0)
 
     access = BuilderAccess.generate(build_id, user=settings.ssh_user)
     user_data = check(lambda: encode_for_nova(render_builder_userdata(
         plan, builder_user=access.user, builder_public_key=access.client_key.public_openssh,
         host_key=access.host_key, build_id=build_id)))
     if problems:
-        if len(problems) == 1:
-            raise problems[0]
-        raise UserError("; ".join(p.message for p in problems),
-                        hint=" | ".join(p.hint for p in problems if p.hint) or None)
+        raise PreflightFailed(problems)
     assert flavor is not None and base is not None and user_data is not None
     recipe_marks = marks.Marks.new(build_id=build_id, installation_id=installation_id(), recipe=plan.recipe_name,
                                    host=socket.gethostname())
@@ -204,16 +226,21 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
                   image_name=image_name, marks=recipe_marks)
 
 
+def check_cidr(cidr: str) -> None:
+    try:
+        ipaddress.ip_network(cidr, strict=False)
+    except ValueError as exc:
+        raise UserError(f"--ssh-cidr {cidr!r} is not a network: {exc}",
+                        hint="give an address range such as 203.0.113.0/24 (0.0.0.0/0: anyone)") from None
+
+
 def check_root_disk(flavor: Flavor, base: Image, plan: Plan, volume_size_gb: int | None) -> None:
     """The builder's root disk must hold what the recipe installs and what the image will promise (min_disk).
 
     The image inherits the builder's disk size, and is published with the recipe's min_disk: a smaller disk
     either fills up mid-build or yields an image whose min_disk no server of that flavor can satisfy.
     """
-    needs = {f"recipe {plan.recipe_name!r} disk_size_gb": plan.image.disk_size_gb,
-             f"recipe {plan.recipe_name!r} min_disk_gb": plan.image.min_disk_gb,
-             f"image {base.name} min_disk": base.min_disk}
-    reason, need = max(needs.items(), key=lambda item: item[1])
+    need, reason = root_disk_need(base, plan)
     if volume_size_gb:
         if volume_size_gb < need:
             raise UserError(f"--volume-size {volume_size_gb} GB is smaller than the {need} GB the build needs "
@@ -226,6 +253,15 @@ def check_root_disk(flavor: Flavor, base: Image, plan: Plan, volume_size_gb: int
     if flavor.disk_gb < need:
         raise UserError(f"flavor {flavor.name} has a {flavor.disk_gb} GB disk; the build needs {need} GB ({reason})",
                         hint=f"pick a flavor with a disk of {need} GB or more, or pass --volume-size {need}")
+
+
+def root_disk_need(base: Image, plan: Plan) -> tuple[int, str]:
+    """The GB the builder's root disk needs, and what asks for them."""
+    needs = {f"recipe {plan.recipe_name!r} disk_size_gb": plan.image.disk_size_gb,
+             f"recipe {plan.recipe_name!r} min_disk_gb": plan.image.min_disk_gb,
+             f"image {base.name} min_disk": base.min_disk}
+    reason, need = max(needs.items(), key=lambda item: item[1])
+    return need, reason
 
 
 # ---- 2. boot: each resource in the ledger first, its undo the moment it exists ---------------------------

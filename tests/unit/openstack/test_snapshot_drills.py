@@ -18,7 +18,7 @@ from snapbuild.errors import BuildError, CloudError, UserError
 from snapbuild.openstack.cloud import Cloud
 from snapbuild.openstack.model import Address, FloatingIP, Server
 from snapbuild.openstack.settings import SnapshotSettings
-from snapbuild.openstack.snapshot import build_snapshot, ssh_address
+from snapbuild.openstack.snapshot import PreflightFailed, build_snapshot, ssh_address
 from snapbuild.run.context import Reporter
 
 if TYPE_CHECKING:
@@ -130,6 +130,19 @@ def test_bad_inputs_fail_in_preflight_with_close_matches_and_nothing_created(clo
     assert err.value.exit_code == 2
     assert api.calls("POST", r"/v2") == [] and api.deletes() == []
     assert _ledgers(isolated_state) == []
+
+
+def test_preflight_hands_over_every_problem_as_its_own_error(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
+    api.quota["instances"] = (2, 2)
+    with pytest.raises(PreflightFailed) as err:
+        build_snapshot(_settings(networks=("privte",), port="builder-prot"), plan, Reporter(io.StringIO()),
+                       cloud=cloud)
+    problems = err.value.problems
+    assert [p.message.split(":")[0] for p in problems] == [
+        "network 'privte' not found", "port 'builder-prot' not found",
+        "the build does not fit the project's quota"]       # the quota is read even when other inputs are wrong
+    assert all(p.hint for p in problems)
+    assert err.value.message == "; ".join(p.message for p in problems)
 
 
 def test_unknown_port_fails_in_preflight_with_close_matches(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
