@@ -23,7 +23,7 @@ CONFIG_NAME = "snapbuild.yaml"
 BUILD_KEYS = (
     "flavor", "network", "floating_network", "security_group", "ssh_cidr", "availability_zone", "config_drive",
     "volume_size", "volume_disk_format", "ssh_user", "ssh_port", "ssh_interface", "ssh_ip_version", "ssh_bastion",
-    "ssh_bastion_key", "visibility", "share_with", "property", "tag",
+    "ssh_bastion_key", "visibility", "protected", "hidden", "share_with", "property", "tag",
     "timeout_boot", "timeout_ssh", "timeout_provision", "timeout_snapshot",
 )
 
@@ -36,8 +36,13 @@ BUILD_REFUSED: Mapping[str, str] = {
     "base_image": "a base image fits one distro, and by default the newest active image whose os_distro and "
                   "os_version match the recipe's is found; pass --base-image per build",
     "port": "an existing port serves one builder at a time; pass --port per build",
-    "image_name": "it names one image (the default name already carries the recipe and the date); "
-                  "pass --image-name per build",
+    "name": "it names one image (the default name already carries the recipe and the date); pass --name per build",
+    "min_disk": "each recipe states what its image needs (image.min_disk_gb); one value for every recipe would "
+                "understate or overstate it; pass --min-disk per build",
+    "min_ram": "each recipe states what its image needs (image.min_ram_mb); one value for every recipe would "
+               "understate or overstate it; pass --min-ram per build",
+    **{flag: f"--{flag} is --visibility {flag} spelled as the openstack CLI spells it; set `visibility: {flag}` "
+             "instead" for flag in ("public", "private", "community", "shared")},
     "insecure_accept_any_host_key": "it turns off host-key pinning, which must be asked for on the command line "
                                     "of each build, never by a file",
     "keep_on_failure": "it is for debugging one build; as a default every failed build would leave servers, "
@@ -48,6 +53,8 @@ BUILD_REFUSED: Mapping[str, str] = {
     "allow_blocked": "it overrides a safety check for one build; fix the mirror profile (or choose another) instead",
     "manifest": "it names one build's manifest (each build writes its own by default); pass --manifest per build",
     "json": "it chooses how one command prints its result; pass --json where a program reads it",
+    "format": "it chooses how one command prints its result; pass -f where a program reads it",
+    "column": "it chooses what one command prints; pass -c where a program reads it",
     "events": "it names one build's event stream; pass --events per build",
 }
 

@@ -20,11 +20,19 @@ import click
 
 from snapbuild import __version__
 from snapbuild.cli.asking import ON_ERROR_OPTION, on_error_of, terminal_asker
-from snapbuild.cli.cloud_options import site_defaults, snapshot_options  # click and dataclasses: --help stays light
+from snapbuild.cli.cloud_options import (  # click and dataclasses: --help stays light
+    IMAGE_OPTIONS,
+    image_visibility,
+    site_defaults,
+    snapshot_options,
+)
+from snapbuild.cli.output import Output, Result, choose, output_options
 from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError, UserError
 
 if TYPE_CHECKING:
     from snapbuild.config import Config
+    from snapbuild.host.cleanup import SweptBuild
+    from snapbuild.openstack.settings import SnapshotResult
     from snapbuild.plan import Plan
     from snapbuild.recipes import Library
 
@@ -185,11 +193,15 @@ def with_recipe_options(func: Any) -> Any:
     return func
 
 
+RECIPE_COLUMNS = ("name", "description", "distros", "path", "variants", "variables")
+
+
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@output_options(*RECIPE_COLUMNS, json_help="Machine-readable output: recipes and mirror profiles (same as -f json).")
 @pass_session
-def recipes(session: Session, as_json: bool) -> None:
-    """List recipes with their description, distros and variables."""
+def recipes(session: Session, fmt: str | None, columns: tuple[str, ...], as_json: bool) -> None:
+    """List recipes with their description, distros and variables (one row each)."""
+    output = choose(fmt, columns, as_json)
     library = session.library
     items: list[dict[str, Any]] = []
     for name in library.recipe_names():
@@ -201,18 +213,18 @@ def recipes(session: Session, as_json: bool) -> None:
             "variables": {v.name: {"type": v.type, "default": v.default, "required": v.required,
                                    "description": v.description} for v in recipe.variables.values()},
         })
-    if as_json:
-        click.echo(json.dumps({"recipes": items, "profiles": library.profile_names()}, indent=2))
-        return
+    lines = []
     for item in items:
-        click.echo(f"{item['name']:<12} {item['description']}")
-        click.echo(f"{'':<12} distros: {', '.join(item['distros'])}")
+        lines.append(f"{item['name']:<12} {item['description']}")
+        lines.append(f"{'':<12} distros: {', '.join(item['distros'])}")
         for number, (vname, description) in enumerate(item["variants"].items()):
-            click.echo(f"{'':<12} --variant {vname}{' (default)' if number == 0 else ''}  {description}")
+            lines.append(f"{'':<12} --variant {vname}{' (default)' if number == 0 else ''}  {description}")
         for vname, var in item["variables"].items():
             default = "(required)" if var["required"] else f"= {var['default']!r}"
-            click.echo(f"{'':<12} --set {vname} {default}  {var['description']}")
-    click.echo(f"\nmirror profiles: {', '.join(library.profile_names())}")
+            lines.append(f"{'':<12} --set {vname} {default}  {var['description']}")
+    lines += ["", f"mirror profiles: {', '.join(library.profile_names())}"]
+    emit(output, Result(rows=items, text="\n".join(lines),
+                        document=json.dumps({"recipes": items, "profiles": library.profile_names()}, indent=2)))
 
 
 @cli.command()
@@ -340,21 +352,24 @@ def build_monitor(events: str | None) -> Iterator[Any]:
         handle.close()
 
 
-def _echo_result(events: str | None, text: str) -> None:
+def emit(output: Output, result: Result, events: str | None = None) -> None:
     """stdout carries the result, unless it carries the event stream (whose last event is the result)."""
-    if events != "-":
+    if events == "-":
+        return
+    text = output.render(result)
+    if text:
         click.echo(text)
 
 
 def build_options(func: Any) -> Any:
-    """Options every builder shares: the recipe's inputs plus failure handling."""
+    """Options every builder on this host shares: the recipe's inputs plus failure handling (the output options
+    are each command's: its columns)."""
     for option in reversed([
         *recipe_options,
         click.option("--allow-blocked", is_flag=True,
                      help="Build even if the recipe downloads from hosts the profile marks blocked."),
         click.option("--keep-on-failure", is_flag=True, help="Same as --on-error abort."),
         ON_ERROR_OPTION,
-        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
         click.option("--events", "events", metavar="FILE|-", help=EVENTS_HELP),
     ]):
         func = option(func)
@@ -373,15 +388,24 @@ def build_command(session: Session, /, recipe: str, distro: str | None, mirrors:
     from snapbuild.cli.cloud_options import settings_from_options
     from snapbuild.openstack.snapshot import build_snapshot
 
+    output = choose(options.pop("fmt"), options.pop("columns"), options["as_json"])
+    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
     _warn_plan(plan)
-    refuse_blocked(plan, options["allow_blocked"])   # before any cloud is contacted
-    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
+    refuse_blocked(plan, settings.allow_blocked)   # before any cloud is contacted
     with build_log("build", recipe) as log_path, build_monitor(events) as monitor:
         result = build_snapshot(dataclasses.replace(settings, log_path=log_path), plan, monitor,
                                 ask=terminal_asker() if settings.on_error == "ask" else None)
     log.info("build log: %s", log_path)
-    _echo_result(events, result.to_json() if settings.json else result.image_id)
+    emit(output, build_result(result), events)
+
+
+def build_result(result: SnapshotResult) -> Result:
+    """A cloud build's answer: the image id by default, one row for -f, the JSON --json always printed."""
+    row = {"id": result.image_id, "name": result.image_name, "build_id": result.build_id,
+           "manifest": str(result.manifest_path) if result.manifest_path else None,
+           "properties": dict(result.properties), "seconds": round(result.seconds, 1)}
+    return Result(rows=row, text=result.image_id, document=result.to_json())
 
 
 def _shortcut(name: str) -> None:
@@ -391,7 +415,9 @@ def _shortcut(name: str) -> None:
     @events_option
     @click.pass_context
     def command(ctx: click.Context, /, **kw: Any) -> None:
-        ctx.invoke(build_command, recipe=name, **kw)
+        # The callback, in this context: where each option came from (command line or snapbuild.yaml) stays known.
+        assert build_command.callback is not None
+        ctx.invoke(build_command.callback, recipe=name, **kw)
 
 
 for _name in ("k8s", "docker-ce"):
@@ -415,9 +441,13 @@ def vm_options(func: Any) -> Any:
     return func
 
 
+LOCAL_COLUMNS = ("output", "manifest", "sha256", "size_bytes", "virtual_size_bytes", "accel", "timings")
+
+
 @cli.command("local")
 @click.argument("recipe")
 @build_options
+@output_options(*LOCAL_COLUMNS, json_help="Print the result as JSON on stdout (same as -f json).")
 @vm_options
 @click.option("--base", type=click.Path(path_type=Path), required=True, help="Base cloud image (never modified).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="qcow2 file to write.")
@@ -430,12 +460,14 @@ def vm_options(func: Any) -> Any:
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @pass_session
 def local_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
-                  allow_blocked: bool, keep_on_failure: bool, on_error: str | None, as_json: bool,
-                  events: str | None, network: str, boot_timeout: float, base: Path, output: Path, compression: str,
-                  memory_mb: int, cpus: int, seed: str, force: bool) -> None:
+                  allow_blocked: bool, keep_on_failure: bool, on_error: str | None, events: str | None,
+                  fmt: str | None, columns: tuple[str, ...], as_json: bool, network: str, boot_timeout: float,
+                  base: Path, output: Path, compression: str, memory_mb: int, cpus: int, seed: str,
+                  force: bool) -> None:
     """Build in a throw-away QEMU VM on this host; the result is a compressed qcow2."""
     from snapbuild.local.build import LocalSettings, run_local
 
+    printed = choose(fmt, columns, as_json)
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
     _warn_plan(plan)
     refuse_blocked(plan, allow_blocked)
@@ -446,13 +478,10 @@ def local_command(session: Session, recipe: str, distro: str | None, mirrors: st
                                                allow_blocked=allow_blocked, boot_timeout_s=boot_timeout),
                            monitor=monitor, on_error=(policy := on_error_of(on_error, keep_on_failure)),
                            ask=terminal_asker() if policy == "ask" else None, log_path=log_path)
-    if as_json:
-        _echo_result(events, json.dumps({"output": str(result.output), "manifest": str(result.manifest),
-                                         "sha256": result.sha256, "size_bytes": result.size_bytes,
-                                         "virtual_size_bytes": result.virtual_size_bytes, "accel": result.accel,
-                                         "timings": result.timings}, indent=2))
-    else:
-        _echo_result(events, str(result.output))
+    row = {"output": str(result.output), "manifest": str(result.manifest), "sha256": result.sha256,
+           "size_bytes": result.size_bytes, "virtual_size_bytes": result.virtual_size_bytes, "accel": result.accel,
+           "timings": result.timings}
+    emit(printed, Result(rows=row, text=str(result.output), document=json.dumps(row, indent=2)), events)
 
 
 @cli.command("verify")
@@ -460,25 +489,32 @@ def local_command(session: Session, recipe: str, distro: str | None, mirrors: st
 @click.option("--recipe", help="Also run this recipe's checks and expect its default user groups.")
 @with_recipe_options
 @vm_options
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@output_options("name", "ok", "detail", json_help="Machine-readable output (same as -f json).")
 @pass_session
 def verify_command(session: Session, image: Path, recipe: str | None, distro: str | None, mirrors: str | None,
-                   sets: tuple[str, ...], network: str, boot_timeout: float, as_json: bool) -> None:
+                   sets: tuple[str, ...], network: str, boot_timeout: float, fmt: str | None,
+                   columns: tuple[str, ...], as_json: bool) -> None:
     """Boot IMAGE twice as a new instance (side by side when memory allows) and check it behaves as a
-    marketplace image should."""
+    marketplace image should (one row per check)."""
     from snapbuild.local.verify import VerifySettings, verify_image
 
+    output = choose(fmt, columns, as_json)
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets) if recipe else None
     settings = VerifySettings(network=network, boot_timeout_s=boot_timeout)  # type: ignore[arg-type]
     result = verify_image(image, plan=plan, settings=settings, reporter=_reporter())
-    click.echo(result.render(json=as_json))
+    emit(output, Result(rows=[dataclasses.asdict(check) for check in result.checks], text=result.render(),
+                        document=result.render(json=True)))
     if not result.ok:
         sys.exit(EXIT_BUILD)
+
+
+CHROOT_COLUMNS = ("build_id", "output", "manifest", "attach", "size_bytes", "uncompressed_bytes")
 
 
 @cli.command("chroot")
 @click.argument("recipe")
 @build_options
+@output_options(*CHROOT_COLUMNS, json_help="Print the result as JSON on stdout (same as -f json).")
 @click.option("--base", "base", required=True, type=click.Path(path_type=Path), help="Base cloud image.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="qcow2 file to write.")
 @click.option("--size", help="Virtual disk size of the result (default: the recipe's disk_size_gb).")
@@ -488,12 +524,13 @@ def verify_command(session: Session, image: Path, recipe: str | None, distro: st
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @pass_session
 def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
-                   allow_blocked: bool, keep_on_failure: bool, on_error: str | None, as_json: bool,
-                   events: str | None, base: Path, output: Path, size: str | None, attach: str, compression: str,
-                   force: bool) -> None:
+                   allow_blocked: bool, keep_on_failure: bool, on_error: str | None, events: str | None,
+                   fmt: str | None, columns: tuple[str, ...], as_json: bool, base: Path, output: Path,
+                   size: str | None, attach: str, compression: str, force: bool) -> None:
     """Build on this host: customise a copy of the base in a chroot, seal, compact (root)."""
     from snapbuild.chroot.build import ChrootSettings, build_chroot
 
+    printed = choose(fmt, columns, as_json)
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
     refuse_blocked(plan, allow_blocked)
     with build_log("chroot", recipe) as log_path, build_monitor(events) as monitor:
@@ -505,7 +542,7 @@ def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: s
     summary = {"build_id": result.build_id, "output": str(result.output), "manifest": str(result.manifest),
                "attach": result.backend, "size_bytes": result.compacted.after_bytes,
                "uncompressed_bytes": result.compacted.before_bytes}
-    _echo_result(events, json.dumps(summary, indent=2) if as_json else str(result.output))
+    emit(printed, Result(rows=summary, text=str(result.output), document=json.dumps(summary, indent=2)), events)
 
 
 @cli.command("base")
@@ -535,22 +572,21 @@ def base_command(distro: str, output: Path, mirror: str, security_mirror: str | 
               help="Also place the verified image here (hard link or copy of the cache entry).")
 @click.option("--connections", default=4, show_default=True, type=click.IntRange(1, 16),
               help="Parallel Range requests (one stream when the server ignores Range).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@output_options("path", "url", "algorithm", "digest", "size", "cached", "received",
+                json_help="Machine-readable output (same as -f json).")
 def fetch_base_command(image: str, url: str | None, mirror: str | None, output: Path | None, connections: int,
-                       as_json: bool) -> None:
+                       fmt: str | None, columns: tuple[str, ...], as_json: bool) -> None:
     """Download a base cloud image: resumable, parallel, verified against the published checksums, cached."""
     from snapbuild.transfer.fetch import FetchRequest, fetch_base
     from snapbuild.transfer.ranged import DownloadSettings
 
+    printed = choose(fmt, columns, as_json)
     reporter = _reporter()
     result = fetch_base(FetchRequest(image=image, url=url, mirror=mirror, output=output),
                         settings=DownloadSettings(connections=connections), on_progress=reporter.line)
-    if as_json:
-        click.echo(json.dumps({"path": str(result.path), "url": result.url, "algorithm": result.algorithm,
-                               "digest": result.digest, "size": result.size, "cached": result.cached,
-                               "received": result.received}, indent=2))
-    else:
-        click.echo(str(result.path))
+    row = {"path": str(result.path), "url": result.url, "algorithm": result.algorithm, "digest": result.digest,
+           "size": result.size, "cached": result.cached, "received": result.received}
+    emit(printed, Result(rows=row, text=str(result.path), document=json.dumps(row, indent=2)))
 
 
 @cli.command("ship", context_settings={"ignore_unknown_options": True})
@@ -568,14 +604,17 @@ def fetch_base_command(image: str, url: str | None, mirror: str | None, output: 
 @click.option("--bwlimit", metavar="RATE", help="rsync --bwlimit, e.g. 20m, to leave the link usable.")
 @click.option("--upload", is_flag=True,
               help="Then run `snapbuild upload FILE UPLOAD_ARGS…` on the controller (args after `--`).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@output_options("remote_path", "sha256", "size", "seconds", "hops",
+                json_help="Machine-readable output (same as -f json).")
 def ship_command(file: Path, upload_args: tuple[str, ...], via: str, to: str, dest: str, identity: Path | None,
                  port: int | None, known_hosts: Path | None, stage: bool, bwlimit: str | None, upload: bool,
-                 as_json: bool) -> None:
+                 fmt: str | None, columns: tuple[str, ...], as_json: bool) -> None:
     """Carry FILE over flaky links to the controller: rsync over an SSH ProxyJump chain, resumed and verified."""
     from snapbuild.errors import UserError
     from snapbuild.transfer.ship import ShipRequest, ship
     from snapbuild.transfer.sshchain import Hop, SSHOptions, parse_hops
+
+    output = choose(fmt, columns, as_json)
 
     if upload_args and not upload:
         raise UserError(f"unexpected arguments: {' '.join(upload_args)}", hint="pass them after --upload --")
@@ -584,12 +623,22 @@ def ship_command(file: Path, upload_args: tuple[str, ...], via: str, to: str, de
                           dest=dest, stage=stage, upload=tuple(upload_args) if upload else None, bwlimit=bwlimit,
                           ssh=SSHOptions(identity=identity, known_hosts=known_hosts))
     result = ship(request, on_progress=reporter.line)
-    if as_json:
-        click.echo(json.dumps({"remote_path": result.remote_path, "sha256": result.sha256, "size": result.size,
-                               "seconds": round(result.seconds, 1),
-                               "hops": [h.__dict__ for h in result.hops]}, indent=2))
-    else:
-        click.echo(f"{result.remote_path} sha256:{result.sha256}")
+    row = {"remote_path": result.remote_path, "sha256": result.sha256, "size": result.size,
+           "seconds": round(result.seconds, 1), "hops": [h.__dict__ for h in result.hops]}
+    emit(output, Result(rows=row, text=f"{result.remote_path} sha256:{result.sha256}",
+                        document=json.dumps(row, indent=2)))
+
+
+CLEANUP_COLUMNS = ("scope", "kind", "id", "name", "build_id", "reason", "action")
+
+
+def host_row(build: SweptBuild, action: str, *, dry_run: bool) -> dict[str, Any]:
+    """One of `cleanup --host`'s actions ("KIND REF", with " (failed: …)" when it failed) as a cleanup row."""
+    kind, _, ref = action.partition(" ")
+    ref, failed, error = ref.partition(" (failed: ")
+    done = f"failed: {error.removesuffix(')')}" if failed else ("would remove" if dry_run else "removed")
+    return {"scope": "host", "kind": kind, "id": ref, "name": f"{build.builder} {build.recipe}",
+            "build_id": build.build_id, "reason": build.status, "action": done}
 
 
 @cli.command("cleanup")
@@ -600,13 +649,16 @@ def ship_command(file: Path, upload_args: tuple[str, ...], via: str, to: str, de
 @click.option("--build-id", help="Only this build (in the cloud: whatever its age, unless it still runs).")
 @click.option("--all-owners", is_flag=True, help="Also other snapbuild installations' leftovers in this project.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@output_options(*CLEANUP_COLUMNS, json_help="Machine-readable output (same as -f json).")
 @pass_session
 def cleanup_command(session: Session, host: bool, cloud: bool, older_than: str | None, build_id: str | None,
-                    all_owners: bool, dry_run: bool, as_json: bool) -> None:
-    """Remove what interrupted or crashed builds left behind: in the cloud (default) and/or on this host."""
+                    all_owners: bool, dry_run: bool, fmt: str | None, columns: tuple[str, ...],
+                    as_json: bool) -> None:
+    """Remove what interrupted or crashed builds left behind: in the cloud (default) and/or on this host (one row
+    per resource)."""
     from snapbuild.host.cleanup import cleanup_host
 
+    output = choose(fmt, columns, as_json)
     do_cloud = cloud or not host
     if not do_cloud and (older_than or all_owners):
         from snapbuild.errors import UserError
@@ -634,29 +686,41 @@ def cleanup_command(session: Session, host: bool, cloud: bool, older_than: str |
         finally:
             adapter.close()
     swept = cleanup_host(dry_run=dry_run, build_id=build_id) if host else []
-    if as_json:
-        result: dict[str, Any] = {"host": [s.__dict__ for s in swept], "dry_run": dry_run}
-        if report is not None:
-            result["cloud"] = [o.as_dict() for o in report.outcomes]
-            result["cloud_skipped"] = report.skipped
-        click.echo(json.dumps(result, indent=2))
-    else:
-        if report is not None:
-            click.echo(table(report, dry_run=dry_run), nl=False)
-            for reason in report.skipped:
-                log.info("left alone: %s", reason)
-        if host:
-            verb = "would remove" if dry_run else "removed"
-            for build in swept:
-                click.echo(f"build {build.build_id} ({build.builder} {build.recipe}, {build.status}):")
-                for action in build.actions:
-                    click.echo(f"  {verb} {action}")
-            if not swept:
-                click.echo("nothing left behind on this host")
+    document: dict[str, Any] = {"host": [s.__dict__ for s in swept], "dry_run": dry_run}
+    rows: list[dict[str, Any]] = []
+    text = ""
+    if report is not None:
+        document["cloud"] = [o.as_dict() for o in report.outcomes]
+        document["cloud_skipped"] = report.skipped
+        rows += [{"scope": "cloud", **{column: o.as_dict()[column] for column in CLEANUP_COLUMNS[1:]}}
+                 for o in report.outcomes]
+        text += table(report, dry_run=dry_run)
+        for reason in report.skipped:
+            log.info("left alone: %s", reason)
+    if host:
+        verb = "would remove" if dry_run else "removed"
+        for build in swept:
+            text += f"build {build.build_id} ({build.builder} {build.recipe}, {build.status}):\n"
+            for action in build.actions:
+                text += f"  {verb} {action}\n"
+                rows.append(host_row(build, action, dry_run=dry_run))
+        if not swept:
+            text += "nothing left behind on this host\n"
+    emit(output, Result(rows=rows, text=text.rstrip("\n"), document=json.dumps(document, indent=2)))
     if report is not None and report.failed:
         from snapbuild.errors import EXIT_CLOUD
 
         sys.exit(EXIT_CLOUD)
+
+
+UPLOAD_COLUMNS = ("id", "name", "already_uploaded", "disk_format", "size", "sha256", "sha512", "seconds",
+                  "properties")
+
+
+def with_image_options(func: Any) -> Any:
+    for option in reversed(IMAGE_OPTIONS):
+        func = option(func)
+    return func
 
 
 @cli.command("upload")
@@ -667,22 +731,24 @@ def cleanup_command(session: Session, host: bool, cloud: bool, older_than: str |
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
               help="Image property (repeatable); wins over the recipe's.")
 @click.option("--tag", "tags", multiple=True, help="Tag for the finished image (repeatable).")
-@click.option("--visibility", default="private", show_default=True,
-              type=click.Choice(["private", "shared", "community", "public"]))
+@with_image_options
 @click.option("--import", "use_import", is_flag=True,
               help="Use Glance's interoperable import (glance-direct: stage, then import).")
 @click.option("--timeout", "timeout_active", default=1800.0, show_default=True, type=float, metavar="S",
               help="How long Glance may take to make the image active after the data is sent.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@output_options(*UPLOAD_COLUMNS, json_help="Print the result as JSON on stdout (same as -f json).")
 @pass_session
-def upload_command(session: Session, file: Path, recipe: str | None, name: str | None, distro: str | None,
+def upload_command(session: Session, /, file: Path, recipe: str | None, name: str | None, distro: str | None,
                    mirrors: str | None, sets: tuple[str, ...], properties: tuple[str, ...], tags: tuple[str, ...],
-                   visibility: str, use_import: bool, timeout_active: float, as_json: bool) -> None:
+                   use_import: bool, timeout_active: float, fmt: str | None, columns: tuple[str, ...],
+                   as_json: bool, **image: Any) -> None:
     """Upload a qcow2/raw FILE to Glance: streamed, hashed, verified, with the recipe's properties."""
     from snapbuild.cli.cloud_options import parse_properties
     from snapbuild.errors import UserError
     from snapbuild.openstack.upload import UploadSettings, upload_image
 
+    output = choose(fmt, columns, as_json)
+    visibility = image_visibility(image)   # the visibility options; the rest of `image` is below
     if not recipe and not name:
         raise UserError("name the image", hint="pass --recipe RECIPE (its image name and properties) or --name NAME")
     if not recipe and (distro or mirrors or sets):
@@ -695,30 +761,35 @@ def upload_command(session: Session, file: Path, recipe: str | None, name: str |
         min_disk, min_ram = plan.image.min_disk_gb, plan.image.min_ram_mb
         name = name or plan.image.name
     assert name is not None
+    min_disk = min_disk if image["min_disk_gb"] is None else image["min_disk_gb"]
+    min_ram = min_ram if image["min_ram_mb"] is None else image["min_ram_mb"]
     settings = UploadSettings(file=file, name=name, cloud=session.os_cloud, region=session.os_region,
                               recipe=recipe or "", recipe_properties=recipe_props, min_disk_gb=min_disk,
                               min_ram_mb=min_ram, properties=parse_properties(properties), tags=tags,
-                              visibility=visibility, use_import=use_import, timeout_active=timeout_active)
+                              visibility=visibility, protected=image["protected"], hidden=image["hidden"],
+                              use_import=use_import, timeout_active=timeout_active)
     with build_log("upload", recipe or "file"):
         result = upload_image(settings, _reporter())
-    click.echo(result.to_json() if as_json else result.image_id)
+    row = {"id": result.image_id, "name": result.name, "already_uploaded": result.already,
+           "disk_format": result.disk_format, "size": result.size, "sha256": result.sha256, "sha512": result.sha512,
+           "seconds": round(result.seconds, 1), "properties": dict(result.properties)}
+    emit(output, Result(rows=row, text=result.image_id, document=result.to_json()))
 
 
 @cli.command("inspect")
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect_command(image: Path, as_json: bool) -> None:
-    """Check a built image offline against the sealing policy (mounts it read-only; root)."""
+@output_options("code", "path", "detail", json_help="Machine-readable output (same as -f json).")
+def inspect_command(image: Path, fmt: str | None, columns: tuple[str, ...], as_json: bool) -> None:
+    """Check a built image offline against the sealing policy (mounts it read-only; root); one row per violation."""
     from snapbuild.sealing.offline import inspect_image
 
+    output = choose(fmt, columns, as_json)
     violations = inspect_image(image)
-    if as_json:
-        click.echo(json.dumps({"image": str(image), "ok": not violations,
-                               "violations": [v.__dict__ for v in violations]}, indent=2))
-    else:
-        for violation in violations:
-            click.echo(f"VIOLATION {violation}")
-        click.echo(f"{image}: {'sealed' if not violations else f'{len(violations)} violation(s)'}")
+    text = [f"VIOLATION {violation}" for violation in violations]
+    text.append(f"{image}: {'sealed' if not violations else f'{len(violations)} violation(s)'}")
+    emit(output, Result(rows=[dict(v.__dict__) for v in violations], text="\n".join(text),
+                        document=json.dumps({"image": str(image), "ok": not violations,
+                                             "violations": [v.__dict__ for v in violations]}, indent=2)))
     if violations:
         sys.exit(EXIT_BUILD)
 

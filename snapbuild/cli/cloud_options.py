@@ -10,13 +10,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from snapbuild.cli.asking import ON_ERROR_OPTION, on_error_of
+from snapbuild.cli.output import output_option_list
+from snapbuild.errors import UserError
 from snapbuild.openstack.settings import SnapshotSettings
 
 if TYPE_CHECKING:
     from snapbuild.config import Config
     from snapbuild.schema import Checker
+
+VISIBILITIES = ("private", "shared", "community", "public")
+
+# The image's own options, named as `openstack image create` names them; `build` (and its shortcuts) and `upload`
+# take the same ones. The visibility flags are --visibility X spelled as the openstack CLI spells it.
+IMAGE_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--min-disk", "min_disk_gb", type=click.IntRange(min=0), metavar="GB",
+                 help="Minimum disk size to boot the image, in GB (default: the recipe's min_disk_gb)."),
+    click.option("--min-ram", "min_ram_mb", type=click.IntRange(min=0), metavar="MB",
+                 help="Minimum RAM to boot the image, in MB (default: the recipe's min_ram_mb)."),
+    click.option("--protected/--unprotected", default=False, show_default=True,
+                 help="Protect the finished image from deletion."),
+    click.option("--hidden/--unhidden", default=False, show_default=True,
+                 help="Hide the image from the default image list (os_hidden)."),
+    click.option("--visibility", type=click.Choice(VISIBILITIES), help="Image visibility (default: private)."),
+    *(click.option(f"--{name}", name, is_flag=True, help=f"Same as --visibility {name}.") for name in VISIBILITIES),
+]
+
+# What `build` answers, one row: -c takes these.
+BUILD_COLUMNS = ("id", "name", "build_id", "manifest", "properties", "seconds")
 
 _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--base-image", metavar="NAME|ID",
@@ -48,9 +71,9 @@ _OPTIONS: list[Callable[[Any], Any]] = [
                       "its host key must be in ~/.ssh/known_hosts."),
     click.option("--insecure-accept-any-host-key", "accept_any_host_key", is_flag=True,
                  help="Do NOT check the builder's SSH host key (it is pinned by default)."),
-    click.option("--image-name", help="Name of the image (default: the recipe's image name and the date)."),
-    click.option("--visibility", default="private", show_default=True,
-                 type=click.Choice(["private", "shared", "community", "public"])),
+    click.option("--name", "--image-name", "image_name",
+                 help="Name of the image (default: the recipe's image name and the date)."),
+    *IMAGE_OPTIONS,
     click.option("--share-with", multiple=True, metavar="PROJECT_ID",
                  help="Add this project as an image member (repeatable; makes the image 'shared')."),
     click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
@@ -68,7 +91,7 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--allow-blocked", is_flag=True, help="Build even if the recipe pulls from blocked hosts."),
     click.option("--manifest", "manifest_path", type=click.Path(path_type=Path),
                  help="Where to write the build's manifest (default: the state directory's manifests/)."),
-    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+    *output_option_list(BUILD_COLUMNS, json_help="Print the result as JSON on stdout (same as -f json)."),
 ]
 
 
@@ -100,14 +123,36 @@ def settings_from_options(*, cloud: str | None, region: str | None, log_path: Pa
     version = options.pop("ssh_ip_version")
     as_json = options.pop("as_json")
     on_error = on_error_of(options.pop("on_error"), options.pop("keep_on_failure"))
+    options.pop("fmt", None), options.pop("columns", None)    # how the result is printed: the command's business
     return SnapshotSettings(
         cloud=cloud, region=region, log_path=log_path, json=as_json, on_error=on_error,
+        visibility=image_visibility(options),
         floating_network=None if floating in (None, "", "none") else floating,
         ssh_ip_version=int(version) if version else None,
         properties=parse_properties(options.pop("properties")),
         networks=tuple(options.pop("networks")), security_groups=tuple(options.pop("security_groups")),
         share_with=tuple(options.pop("share_with")), tags=tuple(options.pop("tags")),
         **options)
+
+
+def image_visibility(options: dict[str, Any]) -> str:
+    """--visibility and the --public/--private/--community/--shared flags (popped from `options`) as one visibility.
+
+    Two flags, or a flag and a different --visibility on the command line, are refused; a flag wins over a
+    `visibility:` default from snapbuild.yaml, as any command-line value does.
+    """
+    visibility: str | None = options.pop("visibility")
+    flags = [name for name in VISIBILITIES if options.pop(name)]
+    hint = "an image has one visibility: pass one of --public, --private, --community, --shared or --visibility"
+    if len(flags) > 1:
+        raise UserError(f"--{flags[0]} and --{flags[1]} conflict", hint=hint)
+    if not flags:
+        return visibility or "private"
+    ctx = click.get_current_context(silent=True)
+    from_file = ctx is not None and ctx.get_parameter_source("visibility") is ParameterSource.DEFAULT_MAP
+    if visibility is not None and visibility != flags[0] and not from_file:
+        raise UserError(f"--{flags[0]} and --visibility {visibility} conflict", hint=hint)
+    return flags[0]
 
 
 # -- snapbuild.yaml's `build:` section ------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def check_cloud(cloud: Cloud, plan: Plan, settings: SnapshotSettings, verdict: V
 def resolved(inputs: Inputs, settings: SnapshotSettings, plan: Plan) -> dict[str, Any]:
     from snapbuild.openstack.snapshot import root_disk_need
 
-    need, reason = root_disk_need(inputs.base_image, plan)
+    need, reason = root_disk_need(inputs.base_image, plan, min_disk_gb=settings.min_disk_gb)
     groups: Any = [{"name": name, "id": gid} for name, gid in zip(settings.security_groups,
                                                                   inputs.security_group_ids, strict=True)]
     if not settings.security_groups and not inputs.port_id:

@@ -553,11 +553,13 @@ class Cloud:
 
     def finish_image(self, image_id: str, *, properties: Mapping[str, str], remove: Iterable[str] = (),
                      tags: Sequence[str] | None = None, visibility: str | None = None,
-                     min_disk: int | None = None, min_ram: int | None = None) -> list[dict[str, Any]]:
+                     min_disk: int | None = None, min_ram: int | None = None, protected: bool | None = None,
+                     hidden: bool | None = None) -> list[dict[str, Any]]:
         """Set properties and fields with one JSON-patch on the image id; returns the patch sent.
 
         The id, not an Image object: multi-store Glance answers 409 "Property stores does not exist"
-        for openstacksdk's object form. Removing a property needs its own `remove` op.
+        for openstacksdk's object form. Removing a property needs its own `remove` op. `hidden` is
+        `os_hidden` (image API 2.7); None leaves a field as it is.
         """
         current = self._image_json(image_id)
         ops: list[dict[str, Any]] = []
@@ -573,6 +575,12 @@ class Cloud:
             fields["min_ram"] = int(min_ram)
         if tags is not None:
             fields["tags"] = sorted(set(tags))
+        if protected is not None:
+            fields["protected"] = bool(protected)
+        # A Glance older than image API 2.7 has no os_hidden: it would take the op as a property, so "not hidden"
+        # is only sent where the field exists.
+        if hidden is not None and (hidden or "os_hidden" in current):
+            fields["os_hidden"] = bool(hidden)
         for key, value in sorted({**{k: str(v) for k, v in properties.items()}, **fields}.items()):
             if key in current and current[key] == value:
                 continue
@@ -592,10 +600,28 @@ class Cloud:
                     raise
 
     def delete_image(self, image_id: str) -> None:
+        """Delete one of snapbuild's images (partial, or a leftover); one it protected is unprotected first."""
         try:
             self._delete(f"delete image {image_id}", self._raw, self._conn.image, "delete", f"/images/{image_id}")
         except _Gone:
             pass
+        except CloudError:
+            # --protected is set by the finishing patch: a build that fails between that patch and the image
+            # becoming its result (or a kill -9 there, then `cleanup`) must still be able to undo it.
+            try:
+                protected = self._image_json(image_id).get("protected") is True
+            except _Gone:
+                return
+            if not protected:
+                raise
+            self._create(f"unprotect image {image_id}", self._raw, self._conn.image, "patch", f"/images/{image_id}",
+                         json=[{"op": "replace", "path": "/protected", "value": False}],
+                         headers={"Content-Type": JSON_PATCH})
+            try:
+                self._delete(f"delete image {image_id}", self._raw, self._conn.image, "delete",
+                             f"/images/{image_id}")
+            except _Gone:
+                pass
 
     # ---- volumes (boot-from-volume builds) --------------------------------------------------------------
 

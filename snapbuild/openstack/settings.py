@@ -34,8 +34,12 @@ class SnapshotSettings:
     ssh_bastion: str | None = None           # [user@]host[:port]
     ssh_bastion_key: Path | None = None      # the user's own key for the jump host
     accept_any_host_key: bool = False        # loudly named opt-in (DESIGN rule 6)
-    image_name: str | None = None
+    image_name: str | None = None            # --name (alias --image-name)
     visibility: str = "private"              # private | shared | community | public
+    min_disk_gb: int | None = None           # --min-disk; None: the recipe's min_disk_gb
+    min_ram_mb: int | None = None            # --min-ram; None: the recipe's min_ram_mb
+    protected: bool = False                  # Glance's `protected`, set by the finishing patch
+    hidden: bool = False                     # Glance's `os_hidden`
     share_with: tuple[str, ...] = ()         # project ids to add as image members
     properties: Mapping[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = ()               # tags on the finished image

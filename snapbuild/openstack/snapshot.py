@@ -203,7 +203,8 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
         problems.append(UserError(f"unknown visibility {settings.visibility!r}",
                                   hint="private, shared, community or public"))
     if flavor and base:
-        check(check_root_disk, flavor, base, plan, settings.volume_size_gb)
+        check(check_root_disk, flavor, base, plan, settings.volume_size_gb,
+              min_disk_gb=image_minimums(settings, plan)[0])
     if flavor:
         # Counted from the options, not from what resolved: a misspelt --floating-network still means one
         # floating IP once it is fixed. Read even beside other problems, so validate lists a full quota too.
@@ -234,13 +235,20 @@ def check_cidr(cidr: str) -> None:
                         hint="give an address range such as 203.0.113.0/24 (0.0.0.0/0: anyone)") from None
 
 
-def check_root_disk(flavor: Flavor, base: Image, plan: Plan, volume_size_gb: int | None) -> None:
+def image_minimums(settings: SnapshotSettings, plan: Plan) -> tuple[int, int]:
+    """The image's (min_disk, min_ram): --min-disk/--min-ram where given, else the recipe's."""
+    return (plan.image.min_disk_gb if settings.min_disk_gb is None else settings.min_disk_gb,
+            plan.image.min_ram_mb if settings.min_ram_mb is None else settings.min_ram_mb)
+
+
+def check_root_disk(flavor: Flavor, base: Image, plan: Plan, volume_size_gb: int | None, *,
+                    min_disk_gb: int | None = None) -> None:
     """The builder's root disk must hold what the recipe installs and what the image will promise (min_disk).
 
-    The image inherits the builder's disk size, and is published with the recipe's min_disk: a smaller disk
-    either fills up mid-build or yields an image whose min_disk no server of that flavor can satisfy.
+    The image inherits the builder's disk size, and is published with its min_disk (the recipe's, or --min-disk):
+    a smaller disk either fills up mid-build or yields an image whose min_disk no server of that flavor can satisfy.
     """
-    need, reason = root_disk_need(base, plan)
+    need, reason = root_disk_need(base, plan, min_disk_gb=min_disk_gb)
     if volume_size_gb:
         if volume_size_gb < need:
             raise UserError(f"--volume-size {volume_size_gb} GB is smaller than the {need} GB the build needs "
@@ -255,10 +263,13 @@ def check_root_disk(flavor: Flavor, base: Image, plan: Plan, volume_size_gb: int
                         hint=f"pick a flavor with a disk of {need} GB or more, or pass --volume-size {need}")
 
 
-def root_disk_need(base: Image, plan: Plan) -> tuple[int, str]:
-    """The GB the builder's root disk needs, and what asks for them."""
+def root_disk_need(base: Image, plan: Plan, *, min_disk_gb: int | None = None) -> tuple[int, str]:
+    """The GB the builder's root disk needs, and what asks for them (`min_disk_gb`: --min-disk, if given)."""
+    promised = plan.image.min_disk_gb if min_disk_gb is None else min_disk_gb
+    where = "--min-disk" if min_disk_gb is not None and min_disk_gb != plan.image.min_disk_gb \
+        else f"recipe {plan.recipe_name!r} min_disk_gb"
     needs = {f"recipe {plan.recipe_name!r} disk_size_gb": plan.image.disk_size_gb,
-             f"recipe {plan.recipe_name!r} min_disk_gb": plan.image.min_disk_gb,
+             where: promised,
              f"image {base.name} min_disk": base.min_disk}
     reason, need = max(needs.items(), key=lambda item: item[1])
     return need, reason
@@ -467,9 +478,10 @@ def finish(cloud: Cloud, settings: SnapshotSettings, plan: Plan, inputs: Inputs,
                                          provenance_props=provenance)
     remove = properties.to_remove(image.properties, keep=wanted, base_properties=inputs.base_image.properties)
     visibility = "shared" if settings.share_with and settings.visibility == "private" else settings.visibility
+    min_disk, min_ram = image_minimums(settings, plan)
     machine.patch = cloud.finish_image(machine.image_id, properties=wanted, remove=remove, tags=list(settings.tags),
-                                       visibility=visibility, min_disk=plan.image.min_disk_gb,
-                                       min_ram=plan.image.min_ram_mb)
+                                       visibility=visibility, min_disk=min_disk, min_ram=min_ram,
+                                       protected=settings.protected, hidden=settings.hidden)
     cloud.share_image(machine.image_id, settings.share_with)
 
 

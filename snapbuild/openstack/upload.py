@@ -50,6 +50,8 @@ class UploadSettings:
     properties: Mapping[str, str] = field(default_factory=dict)   # --property, wins over the recipe's
     tags: tuple[str, ...] = ()
     visibility: str = "private"
+    protected: bool = False                            # set by the finishing patch, after the data is verified
+    hidden: bool = False                               # os_hidden
     use_import: bool = False                           # interoperable import (glance-direct: stage, import)
     timeout_active: float = 1800.0
     attempts: int = 3                                  # fresh starts after a transient failure
@@ -388,5 +390,5 @@ def _finish(cloud: Cloud, settings: UploadSettings, image: ImageData, digests: M
     temporary = (*properties.TEMPORARY_MARKS, marks.PREFIX + "recipe")   # "-" while uploading without a recipe
     remove = [k for k in temporary if k not in wanted]
     cloud.finish_image(image.id, properties=wanted, remove=remove, tags=list(settings.tags),
-                       visibility=settings.visibility)
+                       visibility=settings.visibility, protected=settings.protected, hidden=settings.hidden)
     return dict(cloud.image_data(image.id).properties)

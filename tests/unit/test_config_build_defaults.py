@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -19,7 +18,7 @@ from snapbuild import cli
 from snapbuild.cli.cloud_options import long_name
 from snapbuild.config import BUILD_KEYS, BUILD_REFUSED
 from snapbuild.openstack import snapshot
-from snapbuild.openstack.settings import SnapshotSettings
+from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
 
 SCHEMA = Path(snapbuild.__file__).resolve().parent / "schemas" / "config.schema.json"
 EXAMPLE = """\
@@ -51,7 +50,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[SnapshotSettings]:
 
     def fake_build_snapshot(settings: SnapshotSettings, plan: Any, monitor: Any, **kw: Any) -> Any:
         seen.append(settings)
-        return SimpleNamespace(image_id="image-1", to_json=lambda: "{}")
+        return SnapshotResult(image_id="image-1", image_name="base-test", build_id="b-1", properties={}, seconds=1.0,
+                              manifest={})
 
     monkeypatch.setattr(snapshot, "build_snapshot", fake_build_snapshot)
     return seen

@@ -294,6 +294,9 @@ class HTTPCloud:
             if m.group(2) == "/members" and method == "POST":
                 return 200, {"image_id": image["id"], "member_id": body["member"], "status": "pending"}
             if method == "DELETE":
+                if image.get("protected"):
+                    return 403, {"message": f"Image {image['id']} is protected and cannot be deleted.",
+                                 "code": "403 Forbidden", "title": "Forbidden"}
                 image["status"] = "deleted"
                 return 204, None
             if method == "PATCH":

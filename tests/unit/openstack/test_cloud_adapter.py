@@ -307,6 +307,42 @@ def test_finish_image_sends_one_exact_json_patch_on_the_id(cloud: Cloud, api: HT
     assert "instance_uuid" not in image.properties and image.properties["image_type"] == "image"
 
 
+def test_finish_image_sets_protected_and_os_hidden_in_the_same_patch(cloud: Cloud, api: HTTPCloud) -> None:
+    api.add_image("img-p", "snap").update(visibility="private")
+    ops = cloud.finish_image("img-p", properties={}, protected=True, hidden=True, visibility="public")
+    assert ops == [{"op": "replace", "path": "/os_hidden", "value": True},
+                   {"op": "replace", "path": "/protected", "value": True},
+                   {"op": "replace", "path": "/visibility", "value": "public"}]
+    assert [r.json() for r in api.m.request_history if r.method == "PATCH"] == [ops]
+    assert cloud.finish_image("img-p", properties={}, protected=False, hidden=False) == [
+        {"op": "replace", "path": "/os_hidden", "value": False}, {"op": "replace", "path": "/protected", "value": False}]
+
+
+def test_finish_image_sends_no_os_hidden_false_to_a_glance_without_the_field(cloud: Cloud, api: HTTPCloud) -> None:
+    del api.add_image("img-old", "snap")["os_hidden"]      # image API before 2.7: it would become a property
+    assert cloud.finish_image("img-old", properties={}, hidden=False) == []
+    assert cloud.finish_image("img-old", properties={}, hidden=True) == [
+        {"op": "add", "path": "/os_hidden", "value": True}]
+
+
+def test_deleting_a_protected_image_unprotects_it_first(cloud: Cloud, api: HTTPCloud) -> None:
+    api.add_image("img-guarded", "snap", protected=True)
+    cloud.delete_image("img-guarded")
+    assert api.images["img-guarded"]["status"] == "deleted"
+    assert api.calls(pattern="/v2/images/img-guarded") == [
+        "DELETE /v2/images/img-guarded", "GET /v2/images/img-guarded", "PATCH /v2/images/img-guarded",
+        "DELETE /v2/images/img-guarded"]
+    assert api.last_json("PATCH", "img-guarded") == [{"op": "replace", "path": "/protected", "value": False}]
+
+
+def test_a_refused_delete_of_an_unprotected_image_is_still_an_error(cloud: Cloud, api: HTTPCloud) -> None:
+    api.add_image("img-theirs", "snap")
+    api.fault("DELETE", r"/images/img-theirs", status=403, body={"message": "You are not permitted"})
+    with pytest.raises(CloudError, match="not permitted"):
+        cloud.delete_image("img-theirs")
+    assert api.calls("PATCH") == []
+
+
 def test_marked_resources_are_found_with_their_marks(cloud: Cloud, api: HTTPCloud) -> None:
     from snapbuild.openstack.marks import Marks
 

@@ -414,3 +414,59 @@ def test_on_error_ask_shows_how_to_log_in_then_cleans_up_as_told(cloud: Cloud, a
     assert f"log in with: ssh -i {key_files[0]} -p {port} snapbuild@127.0.0.1" in out.getvalue()
     assert not key_files[0].exists()                     # cleaned up with the builder, as chosen
     assert _deleted(api) == ["server", "security_group"]
+
+
+# ---- the image options (named as `openstack image create` names them) --------------------------------------------
+
+def test_image_options_reach_the_finishing_patch(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
+    settings = _settings(image_name="golden-docker", min_disk_gb=12, min_ram_mb=4096, protected=True, hidden=True,
+                         visibility="community")
+    result = build_snapshot(settings, plan, Reporter(io.StringIO()), cloud=cloud)
+    assert result.image_name == "golden-docker"
+    patches = [r.json() for r in api.m.request_history if r.method == "PATCH"]
+    assert len(patches) == 1                                       # one JSON-patch finishes the image
+    fields = {op["path"]: (op["op"], op["value"]) for op in patches[0] if op["op"] != "remove"}
+    assert fields["/min_disk"] == ("replace", 12) and fields["/min_ram"] == ("replace", 4096)
+    assert fields["/protected"] == ("replace", True) and fields["/os_hidden"] == ("replace", True)
+    assert fields["/visibility"] == ("replace", "community")
+    image = api.images[result.image_id]
+    assert (image["min_disk"], image["min_ram"], image["protected"], image["os_hidden"], image["visibility"]) == (
+        12, 4096, True, True, "community")
+
+
+def test_without_the_options_the_recipe_s_minimums_and_no_protection(cloud: Cloud, api: HTTPCloud, plan: Plan) -> None:
+    build_snapshot(_settings(), plan, Reporter(io.StringIO()), cloud=cloud)
+    (patch,) = [r.json() for r in api.m.request_history if r.method == "PATCH"]
+    paths = {op["path"] for op in patch}
+    assert "/protected" not in paths and "/os_hidden" not in paths   # already false: nothing to change
+    fields = {op["path"]: op["value"] for op in patch if op["op"] != "remove"}
+    assert (fields["/min_disk"], fields["/min_ram"]) == (plan.image.min_disk_gb, plan.image.min_ram_mb)
+
+
+def test_a_min_disk_larger_than_the_builder_s_disk_fails_in_preflight(cloud: Cloud, api: HTTPCloud,
+                                                                     plan: Plan) -> None:
+    with pytest.raises(UserError, match=r"has a 20 GB disk; the build needs 30 GB \(--min-disk\)"):
+        build_snapshot(_settings(min_disk_gb=30), plan, Reporter(io.StringIO()), cloud=cloud)
+    assert api.calls("POST", r"/v2") == []
+
+
+def test_a_protected_image_is_still_undone_when_the_build_fails_after_the_patch(cloud: Cloud, api: HTTPCloud,
+                                                                               plan: Plan,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    read = cloud.get_image
+
+    def fails_once_patched(image_id: str) -> Any:
+        if api.calls("PATCH", rf"/images/{image_id}$"):
+            raise CloudError(f"image {image_id}: 503 Service Unavailable")
+        return read(image_id)
+
+    monkeypatch.setattr(cloud, "get_image", fails_once_patched)
+    with pytest.raises(CloudError, match="503"):
+        build_snapshot(_settings(protected=True), plan, Reporter(io.StringIO()), cloud=cloud)
+    (image_id,) = [i for i, image in api.images.items() if image.get("image_type") == "image"]
+    assert api.images[image_id]["status"] == "deleted"
+    # Glance refused the first DELETE (protected), so the undo unprotected the image and deleted it.
+    assert len(api.calls("DELETE", rf"/v2/images/{image_id}$")) == 2
+    assert api.calls(pattern=rf"/v2/images/{image_id}$")[-3:] == [
+        f"GET /v2/images/{image_id}", f"PATCH /v2/images/{image_id}", f"DELETE /v2/images/{image_id}"]
+    assert api.last_json("PATCH", rf"/images/{image_id}$") == [{"op": "replace", "path": "/protected", "value": False}]

@@ -281,3 +281,17 @@ def test_progress_lines_when_not_a_terminal() -> None:
         progress(done)
     lines = out.getvalue().splitlines()
     assert 10 <= len(lines) <= 11 and lines[-1].startswith("  upload: 100%") and "\r" not in out.getvalue()
+
+
+def test_image_options_reach_the_record_and_the_finishing_patch(cloud: Cloud, api: GlanceUpload, qcow2: Path,
+                                                                isolated_state: Path) -> None:
+    settings = _settings(qcow2, min_disk_gb=20, min_ram_mb=2048, protected=True, hidden=True, visibility="shared")
+    result = upload_image(settings, Reporter(io.StringIO()), cloud=cloud)
+    created = api.last_json("POST", r"/v2/images$")
+    assert (created["min_disk"], created["min_ram"]) == (20, 2048)
+    assert "protected" not in created and created["visibility"] == "private"   # a partial image stays deletable
+    ops = {op["path"]: op["value"] for op in api.last_json("PATCH", rf"/v2/images/{result.image_id}$")
+           if op["op"] != "remove"}
+    assert (ops["/protected"], ops["/os_hidden"], ops["/visibility"]) == (True, True, "shared")
+    image = api.images[result.image_id]
+    assert (image["protected"], image["os_hidden"], image["visibility"]) == (True, True, "shared")
