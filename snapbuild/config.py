@@ -67,6 +67,35 @@ class Config:
     distro: str | None = None
     variables: Mapping[str, Any] = field(default_factory=dict)
     build: Mapping[str, Any] = field(default_factory=dict)   # BUILD_KEYS (underscores) → value, as in the file
+    # `clouds: NAME: build:` and `clouds: NAME: regions: REGION: build:`, each shaped as `build`, keyed by where
+    # it is in the file ("clouds.NAME.build", "clouds.NAME.regions.REGION.build").
+    clouds: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def build_for(self, cloud: str | None, region: str | None) -> BuildDefaults:
+        """The build defaults that serve a build on `cloud` (and `region`): the `build:` section, then the cloud's,
+        then the cloud's region's; a later section wins per key."""
+        values: dict[str, Any] = {}
+        origins: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        layers = [("build", self.build)]
+        if cloud:
+            layers.append((f"clouds.{cloud}.build", self.clouds.get(f"clouds.{cloud}.build", {})))
+            if region:
+                where = f"clouds.{cloud}.regions.{region}.build"
+                layers.append((where, self.clouds.get(where, {})))
+        for where, section in layers:
+            for key, value in section.items():
+                values[key] = value
+                origins[key] = (where, section)
+        return BuildDefaults(values=values, origins=origins)
+
+
+@dataclass(frozen=True)
+class BuildDefaults:
+    """Build option defaults merged from the config's sections, each key knowing the section it came from (for an
+    error that names the file's line and the key's full path)."""
+
+    values: Mapping[str, Any]
+    origins: Mapping[str, tuple[str, Mapping[str, Any]]]    # key → (where, section)
 
 
 def find_config(explicit: str | None) -> Path | None:
@@ -87,7 +116,7 @@ def load_config(explicit: str | None) -> Config:
         return Config()
     data = yamlfile.load(path) or {}
     check = Checker(str(path))
-    check.mapping(data, "config", optional=("recipes_path", "mirrors", "distro", "variables", "build"))
+    check.mapping(data, "config", optional=("recipes_path", "mirrors", "distro", "variables", "build", "clouds"))
     folders = []
     for entry in check.string_list(data, "recipes_path", "config"):
         folder = (path.parent / Path(entry).expanduser()).resolve()
@@ -97,24 +126,49 @@ def load_config(explicit: str | None) -> Config:
     variables = data.get("variables") or {}
     if not isinstance(variables, dict):
         raise check.fail("variables must be a mapping of name: value", data, "variables")
-    build = _build_section(check, data)
+    build = _build_section(check, data, "build")
     return Config(path=str(path), recipes_path=tuple(folders),
                   mirrors=check.string(data, "mirrors", "config", default="") or None,
                   distro=check.string(data, "distro", "config", default="") or None,
-                  variables=dict(variables), build=build)
+                  variables=dict(variables), build=build, clouds=_clouds_section(check, data))
 
 
-def _build_section(check: Checker, data: dict[str, Any]) -> dict[str, Any]:
-    """The `build:` section by underscore key, keeping each key's line (its values are checked by the command
+def _clouds_section(check: Checker, data: dict[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """`clouds:` by cloud name (as in clouds.yaml, chosen with --os-cloud), each with its own `build:` defaults and
+    per region (--os-region-name) another: a site's clouds differ in flavor names, networks and floating pools."""
+    clouds = data.get("clouds") or {}
+    if not isinstance(clouds, dict):
+        raise check.fail(f"clouds must be a mapping of cloud name: {{build: ...}}, not {type_name(clouds)}",
+                         data, "clouds")
+    out: dict[str, Mapping[str, Any]] = {}
+    for name, entry in clouds.items():
+        where = f"clouds.{name}"
+        entry = entry if entry is not None else {}
+        check.mapping(entry, where, optional=("build", "regions"), parent=clouds, parent_key=name)
+        out[f"{where}.build"] = _build_section(check, entry, f"{where}.build")
+        regions = entry.get("regions") or {}
+        if not isinstance(regions, dict):
+            raise check.fail(f"{where}.regions must be a mapping of region name: {{build: ...}}, not "
+                             f"{type_name(regions)}", entry, "regions")
+        for region, region_entry in regions.items():
+            at = f"{where}.regions.{region}"
+            region_entry = region_entry if region_entry is not None else {}
+            check.mapping(region_entry, at, optional=("build",), parent=regions, parent_key=region)
+            out[f"{at}.build"] = _build_section(check, region_entry, f"{at}.build")
+    return out
+
+
+def _build_section(check: Checker, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A `build:` section by underscore key, keeping each key's line (its values are checked by the command
     that takes them: they need that command's click options)."""
     section = data.get("build") or {}
     if not isinstance(section, dict):
-        raise check.fail(f"build must be a mapping of option: value, not {type_name(section)}", data, "build")
+        raise check.fail(f"{where} must be a mapping of option: value, not {type_name(section)}", data, "build")
     for key in section:
         if key.replace("-", "_") in BUILD_REFUSED:
-            raise check.fail(f"build: --{key.replace('_', '-')} cannot have a default in the config file",
+            raise check.fail(f"{where}: --{key.replace('_', '-')} cannot have a default in the config file",
                              section, key, hint=BUILD_REFUSED[key.replace("-", "_")])
-    check.mapping(section, "build", optional=(*BUILD_KEYS, *(k.replace("_", "-") for k in BUILD_KEYS if "_" in k)),
+    check.mapping(section, where, optional=(*BUILD_KEYS, *(k.replace("_", "-") for k in BUILD_KEYS if "_" in k)),
                   parent=data, parent_key="build")
     out = LineDict()
     out.line, out.key_lines = getattr(section, "line", 0), {}
@@ -122,10 +176,10 @@ def _build_section(check: Checker, data: dict[str, Any]) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name in out:
             other = name if "-" in key else name.replace("_", "-")
-            raise check.fail(f"build: {key!r} and {other!r} are the same option", section, key,
+            raise check.fail(f"{where}: {key!r} and {other!r} are the same option", section, key,
                              hint="keep one of the two")
         if value is None:
-            raise check.fail(f"build.{key} has no value", section, key, hint="give it one, or remove the line")
+            raise check.fail(f"{where}.{key} has no value", section, key, hint="give it one, or remove the line")
         out[name] = value
         out.key_lines[name] = yamlfile.line_of(section, key) or 0
     return out

@@ -106,11 +106,13 @@ def cli(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, co
                       os_region=os_region_name, verbose=verbose)
     _setup_logging(verbose)
     if ctx.invoked_subcommand in BUILD_COMMANDS:
-        # snapbuild.yaml's `build:` section becomes their options' defaults: click applies them with its own types,
-        # a command-line value wins, and they count for required=True (--flavor). Only these commands read the
-        # config here; the others (and `snapbuild --help`, which ends before this) load it when they need it.
+        # snapbuild.yaml's `build:` section, then the chosen cloud's and region's (`clouds:`), become their options'
+        # defaults: click applies them with its own types, a command-line value wins, and they count for
+        # required=True (--flavor). Only these commands read the config here; the others (and `snapbuild --help`,
+        # which ends before this) load it when they need it.
         command = cli.get_command(ctx, ctx.invoked_subcommand)
-        defaults = site_defaults(ctx.obj.config, command, ctx) if command is not None else {}
+        defaults = site_defaults(ctx.obj.config, command, ctx, cloud=os_cloud,
+                                 region=os_region_name) if command is not None else {}
         if defaults:
             ctx.default_map = {**(ctx.default_map or {}), ctx.invoked_subcommand: defaults}
 

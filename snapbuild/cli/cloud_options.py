@@ -163,12 +163,15 @@ def long_name(param: click.Parameter) -> str:
     return longs[0][2:].replace("-", "_") if longs else param.name or ""
 
 
-def site_defaults(config: Config, command: click.Command, ctx: click.Context) -> dict[str, Any]:
-    """The config file's `build:` section as `command`'s `default_map`: by parameter name, each value shaped as the
+def site_defaults(config: Config, command: click.Command, ctx: click.Context, *, cloud: str | None = None,
+                  region: str | None = None) -> dict[str, Any]:
+    """The config file's build defaults for `cloud`/`region` (`build:`, then `clouds.CLOUD.build`, then
+    `clouds.CLOUD.regions.REGION.build`) as `command`'s `default_map`: by parameter name, each value shaped as the
     option takes it (one string for a repeatable option is one item; a `property` mapping is KEY=VALUE items; a
     relative path is the config file's) and converted by the option's own click type. Click converts them again
     when it applies them; converting here first makes a bad value fail with the file and line."""
-    if not config.build:
+    merged = config.build_for(cloud, region)
+    if not merged.values:
         return {}
     from snapbuild.schema import Checker
 
@@ -176,42 +179,43 @@ def site_defaults(config: Config, command: click.Command, ctx: click.Context) ->
     options = {long_name(param): param for param in command.params if isinstance(param, click.Option)}
     base = Path(config.path).absolute().parent if config.path else Path.cwd()
     defaults: dict[str, Any] = {}
-    for key, value in config.build.items():
+    for key, value in merged.values.items():
+        where, section = merged.origins[key]
         param = options.get(key)
         if param is None or param.name is None:   # config.BUILD_KEYS names an option the command lacks (a bug)
-            raise check.fail(f"build.{key} is not an option of `snapbuild {command.name}`", config.build, key)
+            raise check.fail(f"{where}.{key} is not an option of `snapbuild {command.name}`", section, key)
         if not param.multiple:
-            defaults[param.name] = _convert(check, ctx, param, f"build.{key}", value, config.build, key, base)
+            defaults[param.name] = _convert(check, ctx, param, f"{where}.{key}", value, section, key, base)
             continue
         # Each item with where it is: a list's items, a property mapping's entries, or one value alone.
         entries: list[tuple[Any, str, Any, str | int]]
         if isinstance(value, list):
-            entries = [(item, f"build.{key}[{index}]", value, index) for index, item in enumerate(value)]
+            entries = [(item, f"{where}.{key}[{index}]", value, index) for index, item in enumerate(value)]
         elif key == "property" and isinstance(value, dict):
-            entries = [(_property(check, name, item, value), f"build.property.{name}", value, name)
-                       for name, item in value.items()]
+            entries = [(_property(check, f"{where}.property.{name}", item, value, name), f"{where}.property.{name}",
+                        value, name) for name, item in value.items()]
         else:
-            entries = [(value, f"build.{key}", config.build, key)]
-        converted = [_convert(check, ctx, param, where, item, node, at, base, listable=node is config.build)
-                     for item, where, node, at in entries]
+            entries = [(value, f"{where}.{key}", section, key)]
+        converted = [_convert(check, ctx, param, at_path, item, node, at, base, listable=node is section)
+                     for item, at_path, node, at in entries]
         if key == "property":
             try:
                 parse_properties(converted)
             except click.BadParameter as exc:
-                raise check.fail(f"build.property: {exc.message}", config.build, key,
+                raise check.fail(f"{where}.property: {exc.message}", section, key,
                                  hint="give a mapping of name: value, or a list of KEY=VALUE items") from None
         defaults[param.name] = tuple(converted)
     return defaults
 
 
-def _property(check: Checker, name: str, value: Any, node: Any) -> str:
+def _property(check: Checker, where: str, value: Any, node: Any, name: str) -> str:
     """A `property:` mapping entry as --property takes it; booleans read as a recipe's image properties read them."""
     from snapbuild.schema import type_name
 
     if isinstance(value, bool):
         value = "true" if value else "false"
     if not isinstance(value, str | int | float):
-        raise check.fail(f"build.property.{name} must be a string or number, not {type_name(value)}", node, name)
+        raise check.fail(f"{where} must be a string or number, not {type_name(value)}", node, name)
     return f"{name}={value}"
 
 

@@ -295,3 +295,91 @@ def test_help_and_recipes_do_not_convert_the_build_section(tmp_path: Path, capsy
     assert code == 0 and "docker-ce" in out, err
     code, _, err = run(capsys, "--config", str(config), "build", "base", "--flavor", "f")
     assert code == 2 and "build.timeout_ssh" in err
+
+
+# -- per cloud and per region: `clouds: NAME: build:` and `clouds: NAME: regions: REGION: build:` ---------------
+
+CLOUDS = """\
+build:
+  flavor: m1.large
+  network: [private]
+  ssh_user: ubuntu
+clouds:
+  east:
+    build:
+      flavor: e1.medium
+      floating_network: ext-east
+    regions:
+      RegionTwo:
+        build:
+          network: [builders-two]
+  west:
+    build:
+      flavor: w.large
+"""
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ([], ("m1.large", ("private",), None)),
+    (["--os-cloud", "east"], ("e1.medium", ("private",), "ext-east")),
+    (["--os-cloud", "east", "--os-region-name", "RegionOne"], ("e1.medium", ("private",), "ext-east")),
+    (["--os-cloud", "east", "--os-region-name", "RegionTwo"], ("e1.medium", ("builders-two",), "ext-east")),
+    (["--os-cloud", "west", "--os-region-name", "RegionTwo"], ("w.large", ("private",), None)),
+    (["--os-cloud", "south"], ("m1.large", ("private",), None)),    # a cloud with no section: the top-level build:
+], ids=["no-cloud", "east", "east-RegionOne", "east-RegionTwo", "west-RegionTwo", "unlisted"])
+def test_the_chosen_cloud_s_and_region_s_defaults_win_over_the_top_level_ones(
+        where: list[str], expected: tuple[Any, ...], tmp_path: Path, captured: list[SnapshotSettings],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, CLOUDS)
+    code, _, err = run(capsys, "--config", str(config), *where, "build", "base")
+    assert code == 0, err
+    (s,) = captured
+    assert (s.flavor, s.networks, s.floating_network) == expected
+    assert s.ssh_user == "ubuntu"       # keys no cloud section sets stay the top-level ones
+
+
+def test_the_cloud_from_os_cloud_in_the_environment_chooses_the_section(
+        tmp_path: Path, captured: list[SnapshotSettings], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OS_CLOUD", "east")
+    monkeypatch.setenv("OS_REGION_NAME", "RegionTwo")
+    config = write_config(tmp_path, CLOUDS)
+    code, _, err = run(capsys, "--config", str(config), "build", "base", "--flavor", "cli.flavor")
+    assert code == 0, err
+    (s,) = captured
+    assert (s.flavor, s.networks, s.floating_network) == ("cli.flavor", ("builders-two",), "ext-east")
+
+
+def test_help_shows_the_cloud_s_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, CLOUDS)
+    code, out, _ = run(capsys, "--config", str(config), "--os-cloud", "east", "k8s", "--help")
+    assert code == 0 and "[default: ext-east]" in " ".join(out.split())   # help wraps lines
+
+
+@pytest.mark.parametrize(("body", "needle", "hint"), [
+    ("clouds:\n  east:\n    build:\n      flavour: x\n",
+     "snapbuild.yaml:5: unknown key 'flavour' in clouds.east.build", "did you mean 'flavor'?"),
+    ("clouds:\n  east:\n    bulid:\n      flavor: x\n",
+     "snapbuild.yaml:4: unknown key 'bulid' in clouds.east", "did you mean 'build'?"),
+    ("clouds:\n  east:\n    regions:\n      r1:\n        build:\n          name: x\n",
+     "snapbuild.yaml:7: clouds.east.regions.r1.build: --name cannot have a default in the config file",
+     BUILD_REFUSED["name"]),
+    ("clouds: [east]\n", "snapbuild.yaml:2: clouds must be a mapping of cloud name", None),
+    ("clouds:\n  east:\n    regions: [r1]\n", "snapbuild.yaml:4: clouds.east.regions must be a mapping", None),
+])
+def test_a_bad_clouds_section_names_file_line_and_path(body: str, needle: str, hint: str | None, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, body)
+    err = the_error(*run(capsys, "--config", str(config), "build", "base", "--flavor", "f")[::2])
+    assert needle in err, err
+    if hint:
+        assert hint in err, err
+
+
+def test_a_bad_value_in_a_cloud_section_names_its_full_path(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, "clouds:\n  east:\n    regions:\n      r1:\n        build:\n"
+                                    "          timeout_ssh: soon\n")
+    err = the_error(*run(capsys, "--config", str(config), "--os-cloud", "east", "--os-region-name", "r1",
+                         "build", "base", "--flavor", "f")[::2])
+    assert "snapbuild.yaml:7: clouds.east.regions.r1.build.timeout_ssh must be a number, not a string" in err, err
