@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import os
 import shlex
 import threading
 import time
@@ -119,7 +120,8 @@ def verify_image(image: Path, *, plan: Plan | None = None, settings: VerifySetti
                       cleanup_command="snapbuild cleanup --host --build-id {build_id}", build_id=build_id)
     manifest = _read_manifest(image)
     checks: list[CheckResult] = []
-    side_by_side, why = boots_side_by_side(memory_mb=settings.memory_mb, available_mb=mem_available_mb())
+    side_by_side, why = boots_side_by_side(memory_mb=settings.memory_mb, available_mb=mem_available_mb(),
+                                           cpus=settings.cpus, host_cpus=host_cpu_count())
     log.info("verify: %s", why)
     with running_build(ctx):
         tempdir = _tempdir(ctx)
@@ -134,7 +136,7 @@ def verify_image(image: Path, *, plan: Plan | None = None, settings: VerifySetti
     return VerifyResult(image=image, checks=tuple(checks), timings=timings)
 
 
-# ---------------------------------------------------------------- two boots, side by side when memory allows
+# ---------------------------------------------------------------- two boots, side by side when the host holds both
 
 # Per VM beyond its RAM: QEMU itself and TCG's translation cache (tb-size=256); and what the host keeps for itself.
 QEMU_OVERHEAD_MB = 384
@@ -154,15 +156,35 @@ def mem_available_mb(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     return None
 
 
-def boots_side_by_side(*, memory_mb: int, available_mb: int | None, boots: int = 2) -> tuple[bool, str]:
-    """Whether the boots fit in memory at once (each VM's RAM plus QEMU's overhead, plus a margin), and why."""
+def host_cpu_count() -> int | None:
+    """The CPUs this process may run on (its affinity, not the machine's total), or None when unknown."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def boots_side_by_side(*, memory_mb: int, available_mb: int | None, cpus: int, host_cpus: int | None,
+                       boots: int = 2) -> tuple[bool, str]:
+    """Whether the boots fit on this host at once, and why.
+
+    Memory: each VM's RAM plus QEMU's overhead, plus a margin. CPUs: a vCPU is a busy host thread (always under
+    TCG), so guests sharing too few cores starve each other's vCPUs; a guest kernel then reports soft lockups
+    and misses the boot deadline (seen on 2 cores: 2 guests x 2 vCPUs, one stuck 261 s in its crypto self-test).
+    """
     need = boots * (memory_mb + QEMU_OVERHEAD_MB) + HOST_MARGIN_MB
     if available_mb is None:
         return False, "boots one after the other (MemAvailable unknown)"
     if available_mb < need:
         return False, (f"boots one after the other: {available_mb} MiB available, {need} MiB needed for "
                        f"{boots} side by side")
-    return True, f"boots side by side: {available_mb} MiB available, {need} MiB needed"
+    vcpus = boots * cpus
+    if host_cpus is None:
+        return False, "boots one after the other (host CPU count unknown)"
+    if host_cpus < vcpus:
+        return False, f"boots one after the other: {host_cpus} host CPUs, {vcpus} vCPUs for {boots} side by side"
+    return True, (f"boots side by side: {available_mb} MiB available, {need} MiB needed; "
+                  f"{host_cpus} CPUs for {vcpus} vCPUs")
 
 
 def run_boots(ctx: BuildContext, image: Path, info: dict[str, Any], tempdir: Path, plan: Plan | None,

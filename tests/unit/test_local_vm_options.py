@@ -3,6 +3,7 @@ only when MemAvailable holds both VMs plus a margin."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +65,29 @@ def test_settings_default_to_nat_like_a_cloud_server() -> None:
 
 # ---------------------------------------------------------------- verify: side by side or one after the other
 
-def test_two_boots_run_side_by_side_when_memory_holds_both_plus_margin() -> None:
+def test_two_boots_run_side_by_side_when_memory_and_cpus_hold_both() -> None:
     need = 2 * (1024 + verify.QEMU_OVERHEAD_MB) + verify.HOST_MARGIN_MB
-    together, why = verify.boots_side_by_side(memory_mb=1024, available_mb=need)
-    assert together and f"{need} MiB needed" in why
+    together, why = verify.boots_side_by_side(memory_mb=1024, available_mb=need, cpus=2, host_cpus=4)
+    assert together and f"{need} MiB needed" in why and "4 CPUs for 4 vCPUs" in why
 
 
 def test_two_boots_run_one_after_the_other_when_memory_is_short_or_unknown() -> None:
     need = 2 * (2048 + verify.QEMU_OVERHEAD_MB) + verify.HOST_MARGIN_MB
-    together, why = verify.boots_side_by_side(memory_mb=2048, available_mb=need - 1)
+    together, why = verify.boots_side_by_side(memory_mb=2048, available_mb=need - 1, cpus=1, host_cpus=64)
     assert not together and why.startswith("boots one after the other") and f"{need - 1} MiB available" in why
-    assert verify.boots_side_by_side(memory_mb=512, available_mb=None)[0] is False
+    assert verify.boots_side_by_side(memory_mb=512, available_mb=None, cpus=1, host_cpus=64)[0] is False
+
+
+def test_two_boots_run_one_after_the_other_when_their_vcpus_would_share_too_few_cores() -> None:
+    # 2 guests x 2 vCPUs on 2 cores starved a guest into a 261 s soft lockup under TCG: never side by side there.
+    together, why = verify.boots_side_by_side(memory_mb=1024, available_mb=100_000, cpus=2, host_cpus=2)
+    assert not together and "2 host CPUs, 4 vCPUs" in why
+    assert verify.boots_side_by_side(memory_mb=1024, available_mb=100_000, cpus=1, host_cpus=2)[0] is True
+    assert verify.boots_side_by_side(memory_mb=1024, available_mb=100_000, cpus=1, host_cpus=None)[0] is False
+
+
+def test_host_cpu_count_is_this_process_affinity() -> None:
+    assert verify.host_cpu_count() == len(os.sched_getaffinity(0))
 
 
 def test_mem_available_is_read_from_meminfo(tmp_path: Path) -> None:
