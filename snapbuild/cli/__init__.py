@@ -26,6 +26,7 @@ from snapbuild.cli.cloud_options import (  # click and dataclasses: --help stays
     site_defaults,
     snapshot_options,
 )
+from snapbuild.cli.global_options import GlobalOptionsGroup, auth_args_of
 from snapbuild.cli.output import Output, Result, choose, output_options
 from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError, UserError
 
@@ -48,6 +49,9 @@ class Session:
     os_cloud: str | None
     os_region: str | None
     verbose: bool
+    # The openstack CLI's authentication options as typed (--os-auth-url URL, --insecure, …): openstacksdk parses
+    # them when a connection is made. Passwords among them: never shown.
+    auth_args: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     _config: Config | None = None
     variant: str | None = None      # --variant, from the shared recipe options (see _remember_variant)
 
@@ -89,7 +93,8 @@ pass_session = click.make_pass_decorator(Session)
 BUILD_COMMANDS = ("build", "k8s", "docker-ce", "validate")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=GlobalOptionsGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--os-cloud", envvar="OS_CLOUD", help="Cloud name from clouds.yaml (env OS_CLOUD).")
 @click.option("--os-region-name", envvar="OS_REGION_NAME", help="Region (env OS_REGION_NAME); always passed on.")
 @click.option("--config", "config_file", metavar="FILE",
@@ -101,9 +106,11 @@ BUILD_COMMANDS = ("build", "k8s", "docker-ce", "validate")
 @click.pass_context
 def cli(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, config_file: str | None,
         recipes_dir: tuple[str, ...], verbose: bool) -> None:
-    """Build ready-to-boot OpenStack images (Docker CE, Kubernetes) through mirrors."""
+    """Build ready-to-boot OpenStack images (Docker CE, Kubernetes) through mirrors.
+
+    Global options work before or after the subcommand."""
     ctx.obj = Session(config_file=config_file, recipes_dirs=recipes_dir, os_cloud=os_cloud,
-                      os_region=os_region_name, verbose=verbose)
+                      os_region=os_region_name, verbose=verbose, auth_args=auth_args_of(ctx))
     _setup_logging(verbose)
     if ctx.invoked_subcommand in BUILD_COMMANDS:
         # snapbuild.yaml's `build:` section becomes their options' defaults: click applies them with its own types,
@@ -389,7 +396,8 @@ def build_command(session: Session, /, recipe: str, distro: str | None, mirrors:
     from snapbuild.openstack.snapshot import build_snapshot
 
     output = choose(options.pop("fmt"), options.pop("columns"), options["as_json"])
-    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
+    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, auth_args=session.auth_args,
+                                     **options)
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
     _warn_plan(plan)
     refuse_blocked(plan, settings.allow_blocked)   # before any cloud is contacted
@@ -673,7 +681,7 @@ def cleanup_command(session: Session, host: bool, cloud: bool, older_than: str |
         settings = CleanupSettings(older_than=parse_duration(older_than) if older_than else None,
                                    build_id=build_id, all_owners=all_owners, dry_run=dry_run)
         try:
-            adapter = Cloud.connect(session.os_cloud, session.os_region)
+            adapter = Cloud.connect(session.os_cloud, session.os_region, auth_args=session.auth_args)
         except NoCloudSelected as exc:
             from snapbuild.errors import UserError
 
@@ -764,6 +772,7 @@ def upload_command(session: Session, /, file: Path, recipe: str | None, name: st
     min_disk = min_disk if image["min_disk_gb"] is None else image["min_disk_gb"]
     min_ram = min_ram if image["min_ram_mb"] is None else image["min_ram_mb"]
     settings = UploadSettings(file=file, name=name, cloud=session.os_cloud, region=session.os_region,
+                              auth_args=session.auth_args,
                               recipe=recipe or "", recipe_properties=recipe_props, min_disk_gb=min_disk,
                               min_ram_mb=min_ram, properties=parse_properties(properties), tags=tags,
                               visibility=visibility, protected=image["protected"], hidden=image["hidden"],

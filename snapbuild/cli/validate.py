@@ -87,7 +87,8 @@ def optional_flavor_options(func: Any) -> Any:
 def validate_command(session: Session, /, recipe: str, distro: str | None, mirrors: str | None,
                      sets: tuple[str, ...], **options: Any) -> None:
     options["flavor"] = options["flavor"] or ""       # "": none given (preflight lists it when a cloud is checked)
-    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
+    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, auth_args=session.auth_args,
+                                     **options)
     verdict = Verdict(recipe=recipe)
     try:
         plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
@@ -133,7 +134,7 @@ def connect(session: Session, verdict: Verdict) -> Cloud | None:
     from snapbuild.openstack.cloud import Cloud, NoCloudSelected
 
     try:
-        cloud = Cloud.connect(session.os_cloud, session.os_region)
+        cloud = Cloud.connect(session.os_cloud, session.os_region, auth_args=session.auth_args)
     except NoCloudSelected as exc:
         known = f"; clouds.yaml has: {', '.join(exc.known)}" if exc.known else ""
         verdict.cloud = {"checked": False,
