@@ -26,6 +26,7 @@ from snapbuild.cli.cloud_options import (  # click and dataclasses: --help stays
     site_defaults,
     snapshot_options,
 )
+from snapbuild.cli.completion import complete_profile, complete_recipe
 from snapbuild.cli.global_options import GlobalOptionsGroup, auth_args_of
 from snapbuild.cli.output import Output, Result, choose, output_options
 from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError, UserError
@@ -187,7 +188,8 @@ def _remember_variant(ctx: click.Context, _param: click.Parameter, value: str | 
 
 recipe_options = [
     click.option("--distro", help="ubuntu-24.04 (default) or debian-12."),
-    click.option("--mirrors", metavar="PROFILE", help="Mirror profile name or path (default: cloudinative)."),
+    click.option("--mirrors", metavar="PROFILE", shell_complete=complete_profile,
+                 help="Mirror profile name or path (default: cloudinative)."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a recipe variable (repeatable)."),
     click.option("--variant", metavar="NAME", expose_value=False, callback=_remember_variant,
                  help="Recipe variant, e.g. k8s: full (default) or slim (no pre-pulled images)."),
@@ -235,7 +237,7 @@ def recipes(session: Session, fmt: str | None, columns: tuple[str, ...], as_json
 
 
 @cli.command()
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @with_recipe_options
 @click.option("-o", "--output", "output_dir", metavar="DIR", help="Write everything into DIR instead of printing.")
 @pass_session
@@ -254,7 +256,7 @@ def render(session: Session, recipe: str, distro: str | None, mirrors: str | Non
 
 
 @cli.command("plan")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @with_recipe_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_session
@@ -304,6 +306,7 @@ def profile_group() -> None:
 
 @profile_group.command("init")
 @click.option("--from", "source", default="airgap-example", show_default=True, metavar="PROFILE",
+              shell_complete=complete_profile,
               help="Profile to start from: a name (shipped, or in --recipes-dir) or a path to a .yaml.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
               help="Write to FILE instead of printing (an existing FILE is kept unless --force).")
@@ -384,7 +387,7 @@ def build_options(func: Any) -> Any:
 
 
 @cli.command("build")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @with_recipe_options
 @snapshot_options
 @events_option
@@ -453,7 +456,7 @@ LOCAL_COLUMNS = ("output", "manifest", "sha256", "size_bytes", "virtual_size_byt
 
 
 @cli.command("local")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @build_options
 @output_options(*LOCAL_COLUMNS, json_help="Print the result as JSON on stdout (same as -f json).")
 @vm_options
@@ -494,7 +497,8 @@ def local_command(session: Session, recipe: str, distro: str | None, mirrors: st
 
 @cli.command("verify")
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--recipe", help="Also run this recipe's checks and expect its default user groups.")
+@click.option("--recipe", shell_complete=complete_recipe,
+              help="Also run this recipe's checks and expect its default user groups.")
 @with_recipe_options
 @vm_options
 @output_options("name", "ok", "detail", json_help="Machine-readable output (same as -f json).")
@@ -520,7 +524,7 @@ CHROOT_COLUMNS = ("build_id", "output", "manifest", "attach", "size_bytes", "unc
 
 
 @cli.command("chroot")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @build_options
 @output_options(*CHROOT_COLUMNS, json_help="Print the result as JSON on stdout (same as -f json).")
 @click.option("--base", "base", required=True, type=click.Path(path_type=Path), help="Base cloud image.")
@@ -733,7 +737,8 @@ def with_image_options(func: Any) -> Any:
 
 @cli.command("upload")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--recipe", metavar="RECIPE", help="Take name, properties, min_disk/min_ram from this recipe's plan.")
+@click.option("--recipe", metavar="RECIPE", shell_complete=complete_recipe,
+              help="Take name, properties, min_disk/min_ram from this recipe's plan.")
 @click.option("--name", help="Image name (default: the recipe's image name).")
 @with_recipe_options
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",

@@ -17,6 +17,7 @@ import click
 
 from snapbuild.cli import Session, blocked_problem, cli, pass_session, with_recipe_options
 from snapbuild.cli.cloud_options import settings_from_options, snapshot_options
+from snapbuild.cli.completion import complete_recipe
 from snapbuild.errors import EXIT_USAGE, RecipeError, UserError
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def optional_flavor_options(func: Any) -> Any:
 
 
 @cli.command("validate", help=HELP, short_help="Check a build's inputs, the cloud's included, creating nothing.")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @with_recipe_options
 @optional_flavor_options
 @pass_session

@@ -873,10 +873,12 @@ def connection_config(cloud: str | None, region: str | None, auth_args: Sequence
     openstacksdk reads them, plus the openstack CLI's authentication options from the command line (`auth_args`,
     e.g. --os-auth-url URL --insecure), parsed by openstacksdk's and keystoneauth's own argparse registration.
 
-    Only what `auth_args` says overrides the cloud's settings: the parser's defaults (which keystoneauth takes from
-    the OS_* variables) are dropped, so a named clouds.yaml cloud is not mixed with OS_PASSWORD and friends, as
-    before; without a named cloud openstacksdk still reads the OS_* variables itself."""
+    What the command line says wins over the cloud's settings (`--os-cloud site --os-project-name other` switches the
+    project). Only what it says: the parser's defaults (which keystoneauth takes from the OS_* variables) are
+    dropped, so a named clouds.yaml cloud is not mixed with OS_PASSWORD and friends, as before; without a named
+    cloud openstacksdk reads the OS_* variables itself."""
     import openstack.config
+    from keystoneauth1 import loading
 
     config = openstack.config.OpenStackConfig()
     # --os-cloud goes in too: openstacksdk peeks at the cloud's auth_type to register that plugin's options.
@@ -888,21 +890,38 @@ def connection_config(cloud: str | None, region: str | None, auth_args: Sequence
         if "auth-type" not in str(exc):    # the cloud itself is unknown: the caller says so
             raise
         raise UserError(f"--os-auth-type: {exc}") from None
+    spellings: dict[str, str] = {}
     for action in parser._actions:          # argparse has no public way to drop the defaults
         action.default = argparse.SUPPRESS
-    namespace, unknown = parser.parse_known_args(list(argv))
+        spellings.update((spelling.replace("_", "-"), spelling) for spelling in action.option_strings)
+    # keystoneauth registers some as --os-application_credential_secret: both spellings work, as in openstacksdk
+    words = [_respelled(word, spellings) for word in argv]
+    namespace, unknown = parser.parse_known_args(words)
     if unknown:
-        raise unknown_auth_option(unknown, parser)
+        raise unknown_auth_option(unknown, spellings)
+    # openstacksdk lets a cloud's `auth:` win over the same option given on the line: hand the auth plugin's
+    # options over as `auth` (which it merges over the cloud's), the session's and adapter's stay as they are.
+    peek = config.get_one(cloud=cloud, argparse=namespace, region_name=region, validate=False)
+    plugin = {opt.dest for opt in loading.get_plugin_options(peek.config["auth_type"])}
+    given = dict(vars(namespace))
+    auth = {name[3:]: given.pop(name) for name in list(given) if name.startswith("os_") and name[3:] in plugin}
     # region passed explicitly: with clouds.yaml, OS_REGION_NAME alone does not select it
-    return config.get_one(cloud=cloud, argparse=namespace, region_name=region, **NO_HIDDEN_RETRIES)
+    return config.get_one(cloud=cloud, argparse=argparse.Namespace(**given), region_name=region,
+                          **({"auth": auth} if auth else {}), **NO_HIDDEN_RETRIES)
 
 
-def unknown_auth_option(unknown: Sequence[str], parser: argparse.ArgumentParser) -> UserError:
+def _respelled(word: str, spellings: Mapping[str, str]) -> str:
+    if not word.startswith("--"):
+        return word
+    name, equals, value = word.partition("=")
+    return spellings.get(name.replace("_", "-"), name) + equals + value
+
+
+def unknown_auth_option(unknown: Sequence[str], spellings: Mapping[str, str]) -> UserError:
     """An option openstacksdk's parser does not know, with the close ones it does know."""
     options = [word.partition("=")[0] for word in unknown if word.startswith("-")]
-    name = options[0] if options else unknown[0]
-    known = sorted({spelling for action in parser._actions for spelling in action.option_strings
-                    if spelling.startswith("--os-") or spelling == "--insecure"})
+    name = options[0].replace("_", "-") if options else unknown[0]
+    known = sorted(spelling for spelling in spellings if spelling.startswith("--os-") or spelling == "--insecure")
     near = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
     hint = (f"did you mean {', '.join(near)}?" if near
             else f"the authentication options for this cloud's auth type: {', '.join(known)}")
