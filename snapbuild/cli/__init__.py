@@ -26,6 +26,8 @@ from snapbuild.cli.cloud_options import (  # click and dataclasses: --help stays
     site_defaults,
     snapshot_options,
 )
+from snapbuild.cli.completion import complete_profile, complete_recipe
+from snapbuild.cli.global_options import GlobalOptionsGroup, auth_args_of
 from snapbuild.cli.output import Output, Result, choose, output_options
 from snapbuild.errors import EXIT_BUILD, EXIT_INTERRUPTED, EXIT_USAGE, SnapbuildError, UserError
 
@@ -48,6 +50,9 @@ class Session:
     os_cloud: str | None
     os_region: str | None
     verbose: bool
+    # The openstack CLI's authentication options as typed (--os-auth-url URL, --insecure, …): openstacksdk parses
+    # them when a connection is made. Passwords among them: never shown.
+    auth_args: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     _config: Config | None = None
     variant: str | None = None      # --variant, from the shared recipe options (see _remember_variant)
 
@@ -89,7 +94,8 @@ pass_session = click.make_pass_decorator(Session)
 BUILD_COMMANDS = ("build", "k8s", "docker-ce", "validate")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=GlobalOptionsGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--os-cloud", envvar="OS_CLOUD", help="Cloud name from clouds.yaml (env OS_CLOUD).")
 @click.option("--os-region-name", envvar="OS_REGION_NAME", help="Region (env OS_REGION_NAME); always passed on.")
 @click.option("--config", "config_file", metavar="FILE",
@@ -101,9 +107,11 @@ BUILD_COMMANDS = ("build", "k8s", "docker-ce", "validate")
 @click.pass_context
 def cli(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, config_file: str | None,
         recipes_dir: tuple[str, ...], verbose: bool) -> None:
-    """Build ready-to-boot OpenStack images (Docker CE, Kubernetes) through mirrors."""
+    """Build ready-to-boot OpenStack images (Docker CE, Kubernetes) through mirrors.
+
+    Global options work before or after the subcommand."""
     ctx.obj = Session(config_file=config_file, recipes_dirs=recipes_dir, os_cloud=os_cloud,
-                      os_region=os_region_name, verbose=verbose)
+                      os_region=os_region_name, verbose=verbose, auth_args=auth_args_of(ctx))
     _setup_logging(verbose)
     if ctx.invoked_subcommand in BUILD_COMMANDS:
         # snapbuild.yaml's `build:` section, then the chosen cloud's and region's (`clouds:`), become their options'
@@ -182,7 +190,8 @@ def _remember_variant(ctx: click.Context, _param: click.Parameter, value: str | 
 
 recipe_options = [
     click.option("--distro", help="ubuntu-24.04 (default) or debian-12."),
-    click.option("--mirrors", metavar="PROFILE", help="Mirror profile name or path (default: cloudinative)."),
+    click.option("--mirrors", metavar="PROFILE", shell_complete=complete_profile,
+                 help="Mirror profile name or path (default: cloudinative)."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a recipe variable (repeatable)."),
     click.option("--variant", metavar="NAME", expose_value=False, callback=_remember_variant,
                  help="Recipe variant, e.g. k8s: full (default) or slim (no pre-pulled images)."),
@@ -230,7 +239,7 @@ def recipes(session: Session, fmt: str | None, columns: tuple[str, ...], as_json
 
 
 @cli.command()
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @with_recipe_options
 @click.option("-o", "--output", "output_dir", metavar="DIR", help="Write everything into DIR instead of printing.")
 @pass_session
@@ -249,7 +258,7 @@ def render(session: Session, recipe: str, distro: str | None, mirrors: str | Non
 
 
 @cli.command("plan")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @with_recipe_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_session
@@ -299,6 +308,7 @@ def profile_group() -> None:
 
 @profile_group.command("init")
 @click.option("--from", "source", default="airgap-example", show_default=True, metavar="PROFILE",
+              shell_complete=complete_profile,
               help="Profile to start from: a name (shipped, or in --recipes-dir) or a path to a .yaml.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
               help="Write to FILE instead of printing (an existing FILE is kept unless --force).")
@@ -379,7 +389,7 @@ def build_options(func: Any) -> Any:
 
 
 @cli.command("build")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @with_recipe_options
 @snapshot_options
 @events_option
@@ -391,7 +401,8 @@ def build_command(session: Session, /, recipe: str, distro: str | None, mirrors:
     from snapbuild.openstack.snapshot import build_snapshot
 
     output = choose(options.pop("fmt"), options.pop("columns"), options["as_json"])
-    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
+    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, auth_args=session.auth_args,
+                                     **options)
     plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
     _warn_plan(plan)
     refuse_blocked(plan, settings.allow_blocked)   # before any cloud is contacted
@@ -447,7 +458,7 @@ LOCAL_COLUMNS = ("output", "manifest", "sha256", "size_bytes", "virtual_size_byt
 
 
 @cli.command("local")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @build_options
 @output_options(*LOCAL_COLUMNS, json_help="Print the result as JSON on stdout (same as -f json).")
 @vm_options
@@ -488,7 +499,8 @@ def local_command(session: Session, recipe: str, distro: str | None, mirrors: st
 
 @cli.command("verify")
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--recipe", help="Also run this recipe's checks and expect its default user groups.")
+@click.option("--recipe", shell_complete=complete_recipe,
+              help="Also run this recipe's checks and expect its default user groups.")
 @with_recipe_options
 @vm_options
 @output_options("name", "ok", "detail", json_help="Machine-readable output (same as -f json).")
@@ -514,7 +526,7 @@ CHROOT_COLUMNS = ("build_id", "output", "manifest", "attach", "size_bytes", "unc
 
 
 @cli.command("chroot")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @build_options
 @output_options(*CHROOT_COLUMNS, json_help="Print the result as JSON on stdout (same as -f json).")
 @click.option("--base", "base", required=True, type=click.Path(path_type=Path), help="Base cloud image.")
@@ -675,7 +687,7 @@ def cleanup_command(session: Session, host: bool, cloud: bool, older_than: str |
         settings = CleanupSettings(older_than=parse_duration(older_than) if older_than else None,
                                    build_id=build_id, all_owners=all_owners, dry_run=dry_run)
         try:
-            adapter = Cloud.connect(session.os_cloud, session.os_region)
+            adapter = Cloud.connect(session.os_cloud, session.os_region, auth_args=session.auth_args)
         except NoCloudSelected as exc:
             from snapbuild.errors import UserError
 
@@ -727,7 +739,8 @@ def with_image_options(func: Any) -> Any:
 
 @cli.command("upload")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--recipe", metavar="RECIPE", help="Take name, properties, min_disk/min_ram from this recipe's plan.")
+@click.option("--recipe", metavar="RECIPE", shell_complete=complete_recipe,
+              help="Take name, properties, min_disk/min_ram from this recipe's plan.")
 @click.option("--name", help="Image name (default: the recipe's image name).")
 @with_recipe_options
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
@@ -766,6 +779,7 @@ def upload_command(session: Session, /, file: Path, recipe: str | None, name: st
     min_disk = min_disk if image["min_disk_gb"] is None else image["min_disk_gb"]
     min_ram = min_ram if image["min_ram_mb"] is None else image["min_ram_mb"]
     settings = UploadSettings(file=file, name=name, cloud=session.os_cloud, region=session.os_region,
+                              auth_args=session.auth_args,
                               recipe=recipe or "", recipe_properties=recipe_props, min_disk_gb=min_disk,
                               min_ram_mb=min_ram, properties=parse_properties(properties), tags=tags,
                               visibility=visibility, protected=image["protected"], hidden=image["hidden"],

@@ -116,8 +116,8 @@ def parse_properties(items: Sequence[str]) -> dict[str, str]:
     return props
 
 
-def settings_from_options(*, cloud: str | None, region: str | None, log_path: Path | None = None,
-                          **options: Any) -> SnapshotSettings:
+def settings_from_options(*, cloud: str | None, region: str | None, auth_args: Sequence[str] = (),
+                          log_path: Path | None = None, **options: Any) -> SnapshotSettings:
     """Every option of `snapshot_options` (as click passes them) → SnapshotSettings."""
     floating = options.pop("floating_network")
     version = options.pop("ssh_ip_version")
@@ -125,7 +125,7 @@ def settings_from_options(*, cloud: str | None, region: str | None, log_path: Pa
     on_error = on_error_of(options.pop("on_error"), options.pop("keep_on_failure"))
     options.pop("fmt", None), options.pop("columns", None)    # how the result is printed: the command's business
     return SnapshotSettings(
-        cloud=cloud, region=region, log_path=log_path, json=as_json, on_error=on_error,
+        cloud=cloud, region=region, auth_args=tuple(auth_args), log_path=log_path, json=as_json, on_error=on_error,
         visibility=image_visibility(options),
         floating_network=None if floating in (None, "", "none") else floating,
         ssh_ip_version=int(version) if version else None,

@@ -17,6 +17,7 @@ import click
 
 from snapbuild.cli import Session, blocked_problem, cli, pass_session, with_recipe_options
 from snapbuild.cli.cloud_options import settings_from_options, snapshot_options
+from snapbuild.cli.completion import complete_recipe
 from snapbuild.errors import EXIT_USAGE, RecipeError, UserError
 
 if TYPE_CHECKING:
@@ -80,14 +81,15 @@ def optional_flavor_options(func: Any) -> Any:
 
 
 @cli.command("validate", help=HELP, short_help="Check a build's inputs, the cloud's included, creating nothing.")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete_recipe)
 @with_recipe_options
 @optional_flavor_options
 @pass_session
 def validate_command(session: Session, /, recipe: str, distro: str | None, mirrors: str | None,
                      sets: tuple[str, ...], **options: Any) -> None:
     options["flavor"] = options["flavor"] or ""       # "": none given (preflight lists it when a cloud is checked)
-    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, **options)
+    settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, auth_args=session.auth_args,
+                                     **options)
     verdict = Verdict(recipe=recipe)
     try:
         plan = session.plan(recipe, distro=distro, mirrors=mirrors, sets=sets)
@@ -133,7 +135,7 @@ def connect(session: Session, verdict: Verdict) -> Cloud | None:
     from snapbuild.openstack.cloud import Cloud, NoCloudSelected
 
     try:
-        cloud = Cloud.connect(session.os_cloud, session.os_region)
+        cloud = Cloud.connect(session.os_cloud, session.os_region, auth_args=session.auth_args)
     except NoCloudSelected as exc:
         known = f"; clouds.yaml has: {', '.join(exc.known)}" if exc.known else ""
         verdict.cloud = {"checked": False,

@@ -7,6 +7,7 @@ Waits poll no faster than once a second and always have a deadline (DESIGN rule 
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import ipaddress
 import json
@@ -17,7 +18,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as sdk_exc
@@ -95,23 +96,29 @@ class Cloud:
         self._clock = clock
         self._sleep = sleep
         self.poll_interval = max(MIN_POLL, poll_interval)
+        self.auth_url_option = False   # the auth_url came from --os-auth-url: hints point there, not at clouds.yaml
 
     # ---- connecting -------------------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, cloud: str | None, region: str | None = None, **kwargs: Any) -> Cloud:
-        """Connect to a clouds.yaml cloud and prove the credentials work (fails fast, before anything is made)."""
-        import openstack
-        import openstack.config
+    def connect(cls, cloud: str | None, region: str | None = None, *, auth_args: Sequence[str] = (),
+                **kwargs: Any) -> Cloud:
+        """Connect to a clouds.yaml cloud (or the OS_* variables' one, or the one `auth_args` describe) and prove the
+        credentials work (fails fast, before anything is made)."""
+        from openstack import connection
 
         try:
-            # region passed explicitly: with clouds.yaml, OS_REGION_NAME alone does not select it
-            conn = openstack.connect(cloud=cloud, region_name=region, **NO_HIDDEN_RETRIES)
+            conn = connection.Connection(config=connection_config(cloud, region, auth_args))
         except sdk_exc.ConfigException as exc:
             _refuse_unreadable_clouds_yaml()
             raise UserError(f"cloud {cloud!r} not found in clouds.yaml ({exc})",
                             hint=close_matches(cloud or "", _cloud_names())) from None
         except ksa_exc.auth_plugins.MissingRequiredOptions as exc:
+            if auth_args:           # the command line describes a cloud, but not all of it
+                missing = ", ".join(f"--os-{option.name}" for option in exc.options)
+                raise UserError(f"the OpenStack authentication options lack {missing}",
+                                hint=f"pass {missing} (or OS_* variables) too; or use --os-cloud NAME with "
+                                     "clouds.yaml") from None
             _refuse_unreadable_clouds_yaml()
             known = _cloud_names()
             raise NoCloudSelected(f"no cloud to build on: {exc}",
@@ -119,11 +126,12 @@ class Cloud:
                                        "variables)" + (f"; clouds.yaml has: {', '.join(known)}" if known else ""),
                                   known=known) from None
         name = cloud or str(getattr(conn.config, "name", "") or "default")
+        adapter = cls(conn, name=name, **kwargs)
+        adapter.auth_url_option = any(word.partition("=")[0] == "--os-auth-url" for word in auth_args)
         auth_url = _auth_url(conn)
         if auth_url and not auth_url.startswith(("http://", "https://")):
             raise UserError(f"cloud {name!r}: auth_url {auth_url!r} is not an http(s) URL",
-                            hint=f"fix auth_url {_where_configured(name)}, e.g. https://keystone.example:5000/v3")
-        adapter = cls(conn, name=name, **kwargs)
+                            hint=f"fix {adapter.auth_url_source()}, e.g. https://keystone.example:5000/v3")
         adapter.authorize()
         return adapter
 
@@ -137,6 +145,16 @@ class Cloud:
             if _caused_by(exc, ksa_exc.ConnectionError):
                 raise self._unreachable(exc) from exc
             raise CloudError(f"cloud {self.name!r}: cannot authenticate: {faults.cloud_message(exc)}") from None
+        except Exception as exc:
+            # keystoneauth's generic password plugin says so with a bare Exception, at the first request
+            if "is a required attribute" not in str(exc):
+                raise
+            raise UserError(f"cloud {self.name!r}: {exc}",
+                            hint="give it in clouds.yaml (secrets in secure.yaml), as --os-* options or OS_* "
+                                 "variables") from None
+
+    def auth_url_source(self) -> str:
+        return "--os-auth-url" if self.auth_url_option else f"auth_url {_where_configured(self.name)}"
 
     def _unreachable(self, exc: BaseException) -> CloudError | UserError:
         """One line for an identity endpoint that cannot be reached (keystoneauth's own runs to 350 characters).
@@ -147,7 +165,7 @@ class Cloud:
         cause = netcause.cause_of(exc)
         url = _auth_url(self._conn) or "(no auth_url)"
         message = f"cloud {self.name!r}: cannot reach its identity endpoint {url}: {cause.text}"
-        hint = (f"check auth_url {_where_configured(self.name)} and that this host can reach it, "
+        hint = (f"check {self.auth_url_source()} and that this host can reach it, "
                 "or pick another cloud with --os-cloud")
         if cause.kind in netcause.WRONG_ADDRESS:
             return UserError(message, hint=hint)
@@ -840,6 +858,75 @@ def _image_data(data: Mapping[str, Any]) -> ImageData:
                      hash_algo=data.get("os_hash_algo") or None, hash_value=data.get("os_hash_value") or None,
                      disk_format=data.get("disk_format"), tags=tuple(data.get("tags") or ()), properties=props,
                      failed_import=str(data.get("os_glance_failed_import") or ""))
+
+
+class _Parser(argparse.ArgumentParser):
+    """openstacksdk's argparse registration on a parser whose mistakes are snapbuild's usage errors."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"OpenStack authentication options: {message}",
+                        hint="see `snapbuild --help` (OpenStack authentication) and the README")
+
+
+def connection_config(cloud: str | None, region: str | None, auth_args: Sequence[str] = ()) -> Any:
+    """The openstacksdk CloudRegion a connection is made from: clouds.yaml/secure.yaml and the OS_* variables as
+    openstacksdk reads them, plus the openstack CLI's authentication options from the command line (`auth_args`,
+    e.g. --os-auth-url URL --insecure), parsed by openstacksdk's and keystoneauth's own argparse registration.
+
+    What the command line says wins over the cloud's settings (`--os-cloud site --os-project-name other` switches the
+    project). Only what it says: the parser's defaults (which keystoneauth takes from the OS_* variables) are
+    dropped, so a named clouds.yaml cloud is not mixed with OS_PASSWORD and friends, as before; without a named
+    cloud openstacksdk reads the OS_* variables itself."""
+    import openstack.config
+    from keystoneauth1 import loading
+
+    config = openstack.config.OpenStackConfig()
+    # --os-cloud goes in too: openstacksdk peeks at the cloud's auth_type to register that plugin's options.
+    argv = [*(("--os-cloud", cloud) if cloud else ()), *auth_args]
+    parser = _Parser(prog="snapbuild", add_help=False, allow_abbrev=False)
+    try:
+        config.register_argparse_arguments(parser, list(argv))
+    except sdk_exc.ConfigException as exc:
+        if "auth-type" not in str(exc):    # the cloud itself is unknown: the caller says so
+            raise
+        raise UserError(f"--os-auth-type: {exc}") from None
+    spellings: dict[str, str] = {}
+    for action in parser._actions:          # argparse has no public way to drop the defaults
+        action.default = argparse.SUPPRESS
+        spellings.update((spelling.replace("_", "-"), spelling) for spelling in action.option_strings)
+    # keystoneauth registers some as --os-application_credential_secret: both spellings work, as in openstacksdk
+    words = [_respelled(word, spellings) for word in argv]
+    namespace, unknown = parser.parse_known_args(words)
+    if unknown:
+        raise unknown_auth_option(unknown, spellings)
+    # openstacksdk lets a cloud's `auth:` win over the same option given on the line: hand the auth plugin's
+    # options over as `auth` (which it merges over the cloud's), the session's and adapter's stay as they are.
+    peek = config.get_one(cloud=cloud, argparse=namespace, region_name=region, validate=False)
+    plugin = {opt.dest for opt in loading.get_plugin_options(peek.config["auth_type"])}
+    given = dict(vars(namespace))
+    auth = {name[3:]: given.pop(name) for name in list(given) if name.startswith("os_") and name[3:] in plugin}
+    # region passed explicitly: with clouds.yaml, OS_REGION_NAME alone does not select it
+    return config.get_one(cloud=cloud, argparse=argparse.Namespace(**given), region_name=region,
+                          **({"auth": auth} if auth else {}), **NO_HIDDEN_RETRIES)
+
+
+def _respelled(word: str, spellings: Mapping[str, str]) -> str:
+    if not word.startswith("--"):
+        return word
+    name, equals, value = word.partition("=")
+    return spellings.get(name.replace("_", "-"), name) + equals + value
+
+
+def unknown_auth_option(unknown: Sequence[str], spellings: Mapping[str, str]) -> UserError:
+    """An option openstacksdk's parser does not know, with the close ones it does know."""
+    options = [word.partition("=")[0] for word in unknown if word.startswith("-")]
+    name = options[0].replace("_", "-") if options else unknown[0]
+    known = sorted(spelling for spelling in spellings if spelling.startswith("--os-") or spelling == "--insecure")
+    near = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+    hint = (f"did you mean {', '.join(near)}?" if near
+            else f"the authentication options for this cloud's auth type: {', '.join(known)}")
+    what = f"unknown option {name}" if options else f"unexpected argument {name!r} among the authentication options"
+    return UserError(what, hint=hint)
 
 
 def _auth_url(conn: Any) -> str | None:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 class SnapshotSettings:
     cloud: str | None = None                 # clouds.yaml entry (None: OS_CLOUD / openstacksdk's default)
     region: str | None = None
+    auth_args: tuple[str, ...] = field(default=(), repr=False)   # the openstack CLI's auth options (secrets too)
     flavor: str
     base_image: str | None = None            # name or id; None: most recent image matching the recipe's distro
     networks: tuple[str, ...] = ()           # names or ids; none given: Nova's "auto"

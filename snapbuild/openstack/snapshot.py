@@ -85,7 +85,7 @@ def build_snapshot(settings: SnapshotSettings, plan: Plan, monitor: Monitor, *,
     machine = Machine()
     with running_build(ctx, variant=plan.variant):
         with ctx.step("preflight"):
-            cloud = cloud or Cloud.connect(settings.cloud, settings.region)
+            cloud = cloud or Cloud.connect(settings.cloud, settings.region, auth_args=settings.auth_args)
             inputs = preflight(cloud, settings, plan, build_id=ctx.build_id)
             ctx.monitor.line(f"flavor {inputs.flavor.name}, base image {inputs.base_image.name} "
                              f"({inputs.base_image.id})")

@@ -43,6 +43,7 @@ class UploadSettings:
     name: str
     cloud: str | None = None
     region: str | None = None
+    auth_args: tuple[str, ...] = field(default=(), repr=False)   # the openstack CLI's auth options (secrets too)
     recipe: str = ""                                   # recipe name, when the properties come from one
     recipe_properties: Mapping[str, str] = field(default_factory=dict)
     min_disk_gb: int = 0
@@ -272,7 +273,7 @@ def upload_image(settings: UploadSettings, reporter: Reporter, *, cloud: Cloud |
     size = path.stat().st_size
     manifest = find_manifest(path)
     if cloud is None:
-        cloud = Cloud.connect(settings.cloud, settings.region)
+        cloud = Cloud.connect(settings.cloud, settings.region, auth_args=settings.auth_args)
     warn_if_backend_wants_raw(cloud, disk_format, reporter)
     if settings.use_import and "glance-direct" not in cloud.import_methods():
         raise UserError("this Glance does not offer the glance-direct import method",
