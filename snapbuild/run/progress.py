@@ -53,7 +53,7 @@ class Progress:
         self._started = clock()
         self._last_event = float("-inf")
         self._sent: tuple[float, float | None] | None = None
-        self._event(force=True)
+        self._event(force=True, now=self._started)
 
     def update(self, n: float) -> None:
         """n more units done."""
@@ -78,10 +78,10 @@ class Progress:
             self._display.show(done, self.state)
         self._event(force=self.total is not None and done >= self.total)
 
-    def _event(self, *, force: bool = False) -> None:
+    def _event(self, *, force: bool = False, now: float | None = None) -> None:
         if self._monitor is None:
             return
-        now = self._clock()
+        now = self._clock() if now is None else now
         if not force and now - self._last_event < EVENT_EVERY_S:
             return
         self._last_event = now
