@@ -5,10 +5,10 @@
             bar.update(len(chunk))          # or bar.set(position); bar.status("saving") for a wait
 
 Where it shows is the monitor's business. The terminal monitor's stream (stderr) gets a tqdm bar when it is a
-terminal, and otherwise a line when the work starts, one per tenth of it (or every 30 s while it moves) and one at
-the end, so CI logs stay readable. The whole monitor hears `progress` events, at most one every EVENT_EVERY_S
-plus the first and the last (only the event stream does anything with them). stdout never sees a bar: results
-go there. With no monitor nothing is shown; the start and end go to the log.
+terminal, and otherwise a line when the work starts, one per tenth of it (or every 30 s while it moves; never two
+within 5 s) and one at the end, so CI logs stay readable. The whole monitor hears `progress` events, at most one
+every EVENT_EVERY_S plus the first and the last (only the event stream does anything with them). stdout never sees
+a bar: results go there. With no monitor nothing is shown; the start and end go to the log.
 
 tqdm is imported only when a bar is drawn, so `snapbuild --help` never loads it. While a bar is on the terminal,
 the monitor's lines and the console log handler write above it (through tqdm.write) instead of through it.
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,8 @@ from snapbuild.run.monitor import Monitor, TerminalMonitor, terminal_of
 log = logging.getLogger(__name__)
 
 EVENT_EVERY_S = 2.0        # --events: at most one progress event this often (plus the first and the last)
-PLAIN_EVERY_S = 30.0       # without a terminal: a line per tenth, and one at least this often while it moves
+PLAIN_EVERY_S = 30.0       # without a terminal: a line per tenth, and one at least this often while it moves …
+PLAIN_GAP_S = 5.0          # … but never two closer than this (a few seconds of work: its start and end only)
 BAR_REFRESH_S = 0.2        # tqdm's mininterval: redraws no faster than this
 
 Clock = Callable[[], float]
@@ -161,6 +164,8 @@ class _Lines:
         tenth = self._tenth(done)
         if self.total is not None and done >= self.total:
             return      # the end line says it
+        if now - self.last_time < PLAIN_GAP_S:
+            return
         if tenth == self.last_tenth and status == self.last_state and now - self.last_time < PLAIN_EVERY_S:
             return
         self.last_tenth, self.last_state, self.last_time = tenth, status, now
@@ -208,6 +213,13 @@ def _rate(moved: float, elapsed: float, unit: str) -> str:
 
 # ---- on a terminal: a tqdm bar ---------------------------------------------------------------------------------
 
+def _unsized(stream: TextIO) -> bool:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns == 0
+    except (AttributeError, OSError, ValueError):     # not a real terminal (a test's stream): tqdm copes
+        return False
+
+
 def _tqdm() -> Any:
     from tqdm import tqdm  # here, not at the top: `snapbuild --help` must not pay for it
 
@@ -220,6 +232,10 @@ class _Bar:
                  indent: str) -> None:
         options: dict[str, Any] = {"desc": indent + label, "total": total, "initial": initial, "file": stream,
                                    "leave": True, "dynamic_ncols": True, "mininterval": BAR_REFRESH_S}
+        if _unsized(stream):
+            # a pseudo-terminal nobody sized (ssh -t from a script, `script`): tqdm would draw an empty line
+            size = shutil.get_terminal_size()       # $COLUMNS and $LINES, else 80x24
+            options.update(dynamic_ncols=False, ncols=size.columns, nrows=size.lines)
         if unit == "B":
             options.update(unit="B", unit_scale=True, unit_divisor=1024)
         elif unit == "%":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def ticking(step: float = 1.0) -> Iterator[float]:
 
 def test_no_terminal_means_no_bar_only_a_start_line_a_line_per_tenth_and_an_end_line() -> None:
     out = io.StringIO()
-    clock = ticking(0.1)
+    clock = ticking(0.5)          # read twice per update (the lines and the events): 1 s an update
     with progress(TerminalMonitor(out), "upload", total=100 << 20, clock=lambda: next(clock)) as bar:
         for _ in range(200):
             bar.update(512 << 10)
@@ -56,6 +57,15 @@ def test_no_terminal_means_no_bar_only_a_start_line_a_line_per_tenth_and_an_end_
     assert lines[0] == "upload: started (100.0 MiB)"
     assert re.fullmatch(r"upload: done, 100\.0 MiB in [\d.]+ s, [\d.]+ [KM]iB/s", lines[-1]), lines[-1]
     assert [line.split()[1] for line in lines[1:-1]] == [f"{p}%" for p in range(10, 100, 10)]
+
+
+def test_no_terminal_and_quick_work_is_only_its_start_and_end() -> None:
+    out = io.StringIO()
+    clock = ticking(0.01)
+    with progress(TerminalMonitor(out), "verify (sha256)", total=100, clock=lambda: next(clock)) as bar:
+        for done in range(1, 101):
+            bar.set(done)
+    assert [line.split(":")[1].split()[0] for line in out.getvalue().splitlines()] == ["started", "done,"]
 
 
 def test_no_terminal_and_slow_work_still_says_something_every_30_s() -> None:
@@ -128,6 +138,21 @@ def test_a_terminal_gets_a_tqdm_bar_with_the_label_and_a_percentage() -> None:
     text = out.getvalue()
     assert "\r" in text and "started" not in text
     assert re.search(r"upload: 100%\|#+\| 10\.0M/10\.0M", text), text
+
+
+def test_a_real_pseudo_terminal_that_nobody_sized_still_gets_a_whole_bar() -> None:
+    # `script`, or ssh -t from a script, hand over a 0x0 terminal: tqdm alone would draw empty lines there
+    main, secondary = os.openpty()
+    try:
+        with open(secondary, "w", closefd=False) as stream:
+            assert os.get_terminal_size(secondary).columns == 0
+            with progress(TerminalMonitor(stream), "upload", total=1 << 20) as bar:
+                bar.set(1 << 20)
+        drawn = os.read(main, 65536).decode()
+    finally:
+        os.close(main)
+        os.close(secondary)
+    assert re.search(r"upload: 100%\|█+\| 1\.00M/1\.00M", drawn), repr(drawn)
 
 
 def test_tty_false_overrides_a_terminal_and_tty_true_draws_on_anything() -> None:
