@@ -15,6 +15,7 @@ from snapbuild.errors import BuildError
 from snapbuild.guest.base import Guest, OutputCallback
 from snapbuild.plan import Plan, normalize_image
 from snapbuild.run.monitor import Monitor
+from snapbuild.run.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +164,14 @@ class _Provisioner:
                                timeout=self.step_timeout or 1800)
                 self.monitor.line(f"pulled {ref} in {time.monotonic() - start:.1f} s")
 
-            with concurrent.futures.ThreadPoolExecutor(max_workers=a.parallel) as pool:
+            with (progress(self.monitor, "pre-pull", total=len(images), unit="images") as bar,
+                  concurrent.futures.ThreadPoolExecutor(max_workers=a.parallel) as pool):
                 futures = {pool.submit(pull, ref): ref for ref in images}
                 errors = []
-                self.monitor.progress("pre-pull", 0, len(images), unit="images")
                 for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
                     if future.exception() is not None:
                         errors.append(f"{futures[future]}: {future.exception()}")
-                    self.monitor.progress("pre-pull", done, len(images), unit="images")
+                    bar.set(done)
             if errors:
                 raise BuildError(f"pre-pull failed for {len(errors)} of {len(images)} images:\n" + "\n".join(errors),
                                  hint="check the registry mirrors in the profile and hosts.toml")

@@ -30,6 +30,7 @@ from snapbuild.host.sizes import parse_size
 from snapbuild.run.context import Asker, BuildContext, OnError, StepTiming, new_context, running_build
 from snapbuild.run.manifest import build_manifest, manifest_path_for, write_manifest
 from snapbuild.run.monitor import Monitor
+from snapbuild.run.progress import progress
 from snapbuild.run.scope import close, undo_scope
 from snapbuild.run.tail import apply_plan
 
@@ -110,9 +111,9 @@ def build_chroot(plan: Plan, settings: ChrootSettings, monitor: Monitor, *,
             with ctx.step("unmount and detach"):
                 close(disk)
         capture_from = attached.data_path if attached.backend == "loop-raw" else work
-        with ctx.step(f"compact ({job.compression})"):
+        with ctx.step(f"compact ({job.compression})"), progress(monitor, "compact", total=100, unit="%") as bar:
             result = compact(capture_from, work_dir / "result.qcow2", job.compression,
-                             src_format="raw" if attached.backend == "loop-raw" else "qcow2")
+                             src_format="raw" if attached.backend == "loop-raw" else "qcow2", on_percent=bar.set)
         with ctx.step("check image"):
             from snapbuild.sealing.offline import require_clean_image
 

@@ -595,9 +595,8 @@ def fetch_base_command(image: str, url: str | None, mirror: str | None, output: 
     from snapbuild.transfer.ranged import DownloadSettings
 
     printed = choose(fmt, columns, as_json)
-    reporter = _reporter()
     result = fetch_base(FetchRequest(image=image, url=url, mirror=mirror, output=output),
-                        settings=DownloadSettings(connections=connections), on_progress=reporter.line)
+                        settings=DownloadSettings(connections=connections), monitor=_reporter())
     row = {"path": str(result.path), "url": result.url, "algorithm": result.algorithm, "digest": result.digest,
            "size": result.size, "cached": result.cached, "received": result.received}
     emit(printed, Result(rows=row, text=str(result.path), document=json.dumps(row, indent=2)))
@@ -632,11 +631,10 @@ def ship_command(file: Path, upload_args: tuple[str, ...], via: str, to: str, de
 
     if upload_args and not upload:
         raise UserError(f"unexpected arguments: {' '.join(upload_args)}", hint="pass them after --upload --")
-    reporter = _reporter()
     request = ShipRequest(file=file, via=parse_hops(via, default_port=port), to=Hop.parse(to, default_port=port),
                           dest=dest, stage=stage, upload=tuple(upload_args) if upload else None, bwlimit=bwlimit,
                           ssh=SSHOptions(identity=identity, known_hosts=known_hosts))
-    result = ship(request, on_progress=reporter.line)
+    result = ship(request, monitor=_reporter())
     row = {"remote_path": result.remote_path, "sha256": result.sha256, "size": result.size,
            "seconds": round(result.seconds, 1), "hops": [h.__dict__ for h in result.hops]}
     emit(output, Result(rows=row, text=f"{result.remote_path} sha256:{result.sha256}",

@@ -23,10 +23,12 @@ from snapbuild import paths
 from snapbuild.errors import BuildError, UserError
 from snapbuild.host import loopdisk as disk
 from snapbuild.host.commands import require_tools, run
+from snapbuild.host.compact import run_convert
 from snapbuild.host.images import image_info
 from snapbuild.host.mounts import remove_tree
 from snapbuild.host.sizes import parse_size
 from snapbuild.run.context import BuildContext, Reporter, new_context, running_build
+from snapbuild.run.progress import progress
 from snapbuild.run.scope import UndoScope
 
 log = logging.getLogger(__name__)
@@ -148,8 +150,9 @@ def build_base_image(*, distro: str, output: Path, mirror: str = DEFAULT_MIRROR,
         with ctx.step("convert"):
             partial = output.with_name(f".{output.name}.{ctx.build_id}.partial")
             done = ctx.own("file", str(partial), f"remove {partial}", partial.unlink, True)
-            run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd",
-                 str(raw), str(partial)], timeout=1800)
+            with progress(reporter, "convert", total=100, unit="%") as bar:
+                run_convert(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd",
+                             str(raw), str(partial)], timeout=1800, on_percent=bar.set)
             os.replace(partial, output)
             done.release()
     virtual = int(image_info(output)["virtual-size"])

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from snapbuild.errors import BuildError, UserError
 from snapbuild.host.commands import require_tools, run
+from snapbuild.host.compact import run_convert
 from snapbuild.host.images import image_info
 from snapbuild.host.mounts import remove_tree
 from snapbuild.local import qemu
@@ -27,6 +28,7 @@ from snapbuild.local.seed import SeedKind, SeedSpec, write_seed
 from snapbuild.run.context import Asker, BuildContext, OnError, Undo, new_context, running_build
 from snapbuild.run.manifest import build_manifest, manifest_path_for, write_manifest
 from snapbuild.run.monitor import Monitor, TerminalMonitor
+from snapbuild.run.progress import progress
 from snapbuild.run.tail import BuilderAccess, Timeouts, drive_booted
 
 if TYPE_CHECKING:
@@ -295,7 +297,9 @@ def compact(ctx: BuildContext, state: _Run) -> None:
     state.partial_undo = ctx.own("file", str(state.partial), f"remove partial output {state.partial}", _unlink,
                                  state.partial)
     start = time.monotonic()
-    run(compact_argv(state.work_image, state.partial, state.settings.compression), timeout=3600)
+    with progress(ctx.monitor, "compact", total=100, unit="%") as bar:
+        run_convert(compact_argv(state.work_image, state.partial, state.settings.compression), timeout=3600,
+                    on_percent=bar.set)
     state.metrics["compact_s"] = time.monotonic() - start
     ctx.monitor.line(f"{state.settings.compression}: {state.partial.stat().st_size / 1e6:.1f} MB in "
                       f"{state.metrics['compact_s']:.1f} s")

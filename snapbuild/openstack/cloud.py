@@ -214,10 +214,12 @@ class Cloud:
         return response
 
     def _poll(self, what: str, fetch: Callable[[], T], done: Callable[[T], bool], timeout: float,
-              describe: Callable[[T], str] = str) -> T:
+              describe: Callable[[T], str] = str, on_poll: Callable[[T], None] | None = None) -> T:
         deadline = self._clock() + timeout
         while True:
             value = fetch()
+            if on_poll is not None:
+                on_poll(value)      # progress: what each poll saw
             if done(value):
                 return value
             left = deadline - self._clock()
@@ -549,8 +551,10 @@ class Cloud:
     def get_image(self, image_id: str) -> Image:
         return _image(self._image_json(image_id))
 
-    def wait_image_active(self, image_id: str, timeout: float) -> Image:
-        """Active with a non-zero size and a checksum; killed/deleted/deactivated or vanished fail at once."""
+    def wait_image_active(self, image_id: str, timeout: float,
+                          on_poll: Callable[[Image], None] | None = None) -> Image:
+        """Active with a non-zero size and a checksum; killed/deleted/deactivated or vanished fail at once.
+        `on_poll` sees the image at every poll (its status for a progress display)."""
 
         def fetch() -> Image:
             try:
@@ -563,7 +567,7 @@ class Cloud:
 
         return self._poll(f"wait for image {image_id} active", fetch,
                           lambda i: i.status == "active" and bool(i.size) and bool(i.checksum), timeout,
-                          lambda i: f"{i.status}, size={i.size}")
+                          lambda i: f"{i.status}, size={i.size}", on_poll)
 
     def tag_image(self, image_id: str, tags: Iterable[str]) -> None:
         for tag in tags:
@@ -772,7 +776,8 @@ class Cloud:
             return [str(s.get(key) or s.get("id") or "") for s in body.get("stores") or []]
         return []
 
-    def wait_image_uploaded(self, image_id: str, timeout: float) -> ImageData:
+    def wait_image_uploaded(self, image_id: str, timeout: float,
+                            on_poll: Callable[[ImageData], None] | None = None) -> ImageData:
         """Active with size and digest; killed/deleted or a failed import (back to queued with
         `os_glance_failed_import`) fail at once. Upload and import pass through saving/uploading/importing."""
 
@@ -789,7 +794,7 @@ class Cloud:
 
         return self._poll(f"wait for image {image_id} active", fetch,
                           lambda i: i.status == "active" and bool(i.size) and bool(i.hash_value or i.checksum),
-                          timeout, lambda i: f"{i.status}, size={i.size}")
+                          timeout, lambda i: f"{i.status}, size={i.size}", on_poll)
 
     def marked_ports(self) -> list[Marked]:
         ports = self._read("list ports", lambda: list(self._conn.network.ports(tags=marks.TAG)))

@@ -30,6 +30,7 @@ from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
 from snapbuild.run.context import Asker, BuildContext, Undo, new_context, running_build
 from snapbuild.run.manifest import build_manifest, write_manifest
 from snapbuild.run.monitor import Monitor
+from snapbuild.run.progress import progress
 from snapbuild.run.tail import BuilderAccess, Timeouts, drive_booted
 
 if TYPE_CHECKING:
@@ -458,7 +459,9 @@ def capture(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, inputs:
     machine.image_id = image_id
     ctx.monitor.line(f"image {image_id}")
     cloud.tag_image(image_id, [marks.TAG])
-    image = cloud.wait_image_active(image_id, settings.timeout_snapshot)
+    # Nova and Glance give no byte count while the snapshot uploads: the status (queued, saving) and the time.
+    with progress(ctx.monitor, "snapshot upload", unit="") as wait:
+        image = cloud.wait_image_active(image_id, settings.timeout_snapshot, on_poll=lambda i: wait.status(i.status))
     ctx.monitor.line(f"active: {image.size} bytes")
     if machine.volume_id:
         cloud.wait_volume_available(machine.volume_id, settings.timeout_snapshot)   # "uploading" until done

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO
 
 from snapbuild.errors import BuildError, CloudError, UserError
 from snapbuild.host import commands
@@ -29,6 +29,7 @@ from snapbuild.ledger import installation_id, new_build_id, now_iso
 from snapbuild.openstack import faults, marks, properties
 from snapbuild.openstack.cloud import Cloud, ImageData
 from snapbuild.run.context import BuildContext, Reporter, Undo, new_context, running_build
+from snapbuild.run.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -199,37 +200,6 @@ def hash_file(path: Path, on_progress: Callable[[int], None] | None = None) -> d
         reader.close()
 
 
-class Progress:
-    """A bar on a terminal; otherwise a line every 10 % (or 30 s), for logs and CI."""
-
-    def __init__(self, stream: TextIO, total: int, *, label: str, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream, self.total, self.label, self.clock = stream, max(total, 1), label, clock
-        self.tty = stream.isatty() if tty is None else tty
-        self.started = self.last_time = clock()
-        self.last_percent = -1
-
-    def __call__(self, done: int) -> None:
-        now = self.clock()
-        percent = done * 100 // self.total
-        rate = done / max(now - self.started, 1e-6) / 1e6
-        if self.tty:
-            if now - self.last_time < 0.2 and done < self.total:
-                return
-            filled = percent * 30 // 100
-            self.stream.write(f"\r  {self.label} [{'#' * filled}{'.' * (30 - filled)}] {percent:3d}% "
-                              f"{done / 1e6:,.0f}/{self.total / 1e6:,.0f} MB {rate:,.0f} MB/s")
-            if done >= self.total:
-                self.stream.write("\n")
-        else:
-            if percent // 10 == self.last_percent // 10 and now - self.last_time < 30 and done < self.total:
-                return
-            self.stream.write(f"  {self.label}: {percent}% ({done / 1e6:,.1f} of {self.total / 1e6:,.1f} MB, "
-                              f"{rate:,.0f} MB/s)\n")
-        self.last_percent, self.last_time = percent, now
-        self.stream.flush()
-
-
 # ---- the cloud side ----------------------------------------------------------------------------------------
 
 def warn_if_backend_wants_raw(cloud: Cloud, disk_format: str, reporter: Reporter) -> None:
@@ -250,7 +220,8 @@ def already_uploaded(cloud: Cloud, settings: UploadSettings, size: int, reporter
     if not candidates:
         return None
     reporter.line(f"an image named {settings.name!r} of the same size exists: comparing digests")
-    digests = hash_file(settings.file, Progress(reporter.stream, size, label="hashing", tty=tty))
+    with progress(reporter, "hashing", total=size, tty=tty) as bar:
+        digests = hash_file(settings.file, bar.set)
     for image in candidates:
         if image.hash_algo and image.hash_value == digests[image.hash_algo]:
             return image, digests
@@ -298,8 +269,7 @@ def upload_image(settings: UploadSettings, reporter: Reporter, *, cloud: Cloud |
             partial = _Partial()
             try:
                 with ctx.step(f"upload {path.name}" + (f" (attempt {attempt})" if attempt > 1 else "")):
-                    image, digests = _one_attempt(ctx, cloud, settings, disk_format, size, upload_marks, partial,
-                                                   reporter.stream)
+                    image, digests = _one_attempt(ctx, cloud, settings, disk_format, size, upload_marks, partial)
                 break
             except CloudError as exc:
                 if attempt >= settings.attempts or not _transient(exc):
@@ -327,8 +297,7 @@ def _drop(ctx: BuildContext, cloud: Cloud, partial: _Partial) -> None:
 
 
 def _one_attempt(ctx: BuildContext, cloud: Cloud, settings: UploadSettings, disk_format: str, size: int,
-                 upload_marks: marks.Marks, partial: _Partial, stream: TextIO
-                 ) -> tuple[ImageData, dict[str, str]]:
+                 upload_marks: marks.Marks, partial: _Partial) -> tuple[ImageData, dict[str, str]]:
     name = settings.name
     props = {**{k: str(v) for k, v in settings.recipe_properties.items()},
              **{k: str(v) for k, v in settings.properties.items()}, **upload_marks.metadata()}
@@ -340,17 +309,21 @@ def _one_attempt(ctx: BuildContext, cloud: Cloud, settings: UploadSettings, disk
         description=f"partial image of {name}")
     ctx.monitor.line(f"image {record.id} ({disk_format}, {size / 1e6:,.1f} MB)")
 
-    progress = Progress(stream, size, label="import staging" if settings.use_import else "upload",
-                        tty=settings.progress_tty)
-    reader = HashingReader(settings.file, progress)
-    try:
-        cloud.put_image_data(record.id, reader, size, stage=settings.use_import)
-        digests = {n: reader.digest(n) for n in DIGESTS}
-    finally:
-        reader.close()
+    with progress(ctx.monitor, "import staging" if settings.use_import else "upload", total=size,
+                  tty=settings.progress_tty) as bar:
+        reader = HashingReader(settings.file, bar.set)
+        try:
+            cloud.put_image_data(record.id, reader, size, stage=settings.use_import)
+            digests = {n: reader.digest(n) for n in DIGESTS}
+        finally:
+            reader.close()
     if settings.use_import:
         cloud.import_image(record.id, "glance-direct")
-    image = cloud.wait_image_uploaded(record.id, settings.timeout_active)
+        with progress(ctx.monitor, "import", unit="", tty=settings.progress_tty) as wait:   # Glance converts, copies
+            image = cloud.wait_image_uploaded(record.id, settings.timeout_active,
+                                              on_poll=lambda i: wait.status(i.status))
+    else:
+        image = cloud.wait_image_uploaded(record.id, settings.timeout_active)
     verify(image, digests, size)
     ctx.monitor.line(f"active, {image.hash_algo} verified")
     return image, digests

@@ -74,7 +74,7 @@ class TerminalMonitor:
         return None     # builders say what they made in their own words; the ledger has the rest
 
     def progress(self, what: str, done: float, total: float | None, *, unit: str = "") -> None:
-        return None     # the long transfers draw their own bars
+        return None     # bars and plain progress lines are drawn by snapbuild.run.progress, on this stream
 
     def result(self, ok: bool, fields: Mapping[str, Any]) -> None:
         return None
@@ -163,3 +163,14 @@ class Monitors:
     def result(self, ok: bool, fields: Mapping[str, Any]) -> None:
         for m in self.monitors:
             m.result(ok, fields)
+
+
+def terminal_of(monitor: Monitor | None) -> TerminalMonitor | None:
+    """The human side of `monitor` (itself, or one of the Monitors it fans out to): where progress is drawn."""
+    if isinstance(monitor, TerminalMonitor):
+        return monitor
+    for member in monitor.monitors if isinstance(monitor, Monitors) else ():
+        found = terminal_of(member)
+        if found is not None:
+            return found
+    return None

@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import requests
 from snapbuild import paths
 from snapbuild.errors import BuildError, UserError
 from snapbuild.outputs import check_output_file
+from snapbuild.run.monitor import Monitor
+from snapbuild.run.progress import progress
 from snapbuild.transfer.checksums import algorithm_of, file_digest, lookup
 from snapbuild.transfer.ranged import Downloader, DownloadSettings, Unreachable, fetch_text
 
@@ -150,20 +151,20 @@ def _unreachable_hint(request: FetchRequest) -> str:
 
 
 def fetch_base(request: FetchRequest, *, settings: DownloadSettings | None = None,
-               on_progress: Callable[[str], None] | None = None) -> FetchResult:
+               monitor: Monitor | None = None) -> FetchResult:
     """Fetch, verify and cache a base image; see the module docstring."""
     settings = settings or DownloadSettings()
     url, sums_url = resolve(request)
     if request.output is not None:
         check_output_file(request.output, option="-o")   # before a byte is downloaded
     try:
-        return _fetch(request, url, sums_url, settings, on_progress)
+        return _fetch(request, url, sums_url, settings, monitor)
     except Unreachable as exc:
         raise Unreachable(exc.url, exc.cause, hint=_unreachable_hint(request)) from exc.__cause__
 
 
 def _fetch(request: FetchRequest, url: str, sums_url: str, settings: DownloadSettings,
-           on_progress: Callable[[str], None] | None) -> FetchResult:
+           monitor: Monitor | None) -> FetchResult:
     algorithm = algorithm_of(sums_url.rsplit("/", 1)[-1])
     digest = lookup(fetch_text(sums_url, settings), url.rsplit("/", 1)[-1], algorithm=algorithm, source=sums_url)
     entry = cache_entry(url, digest)
@@ -175,12 +176,13 @@ def _fetch(request: FetchRequest, url: str, sums_url: str, settings: DownloadSet
                            cached=True, received=0)
 
     part = entry.with_name(entry.name + ".part")
-    downloader = Downloader(url, part, key=f"{algorithm}:{digest}", settings=settings, on_progress=on_progress)
+    downloader = Downloader(url, part, key=f"{algorithm}:{digest}", settings=settings, monitor=monitor)
     stats = downloader.run()
     log.info("downloaded %d bytes in %.1f s (%s)", stats.received, stats.seconds,
              "parallel ranges" if stats.parallel else "one stream")
 
-    got = file_digest(part, algorithm)
+    with progress(monitor, f"verify ({algorithm})", total=part.stat().st_size) as bar:
+        got = file_digest(part, algorithm, bar.update)
     if got != digest:
         part.unlink(missing_ok=True)
         part.with_name(part.name + ".json").unlink(missing_ok=True)

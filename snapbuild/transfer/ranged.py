@@ -21,6 +21,8 @@ import requests
 
 from snapbuild import netcause
 from snapbuild.errors import BuildError, UserError
+from snapbuild.run.monitor import Monitor
+from snapbuild.run.progress import Progress, progress
 from snapbuild.transfer.backoff import ProgressBackoff
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class DownloadSettings:
     attempts: int = 8                     # consecutive attempts WITHOUT progress before giving up
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
-    progress_every: float = 5.0           # seconds between progress lines (and state saves)
+    progress_every: float = 5.0           # seconds between saves of the completed ranges
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,10 +162,11 @@ class Downloader:
     """One download of `url` into `part` (+ `part.json`); `run()` returns when every byte is there."""
 
     def __init__(self, url: str, part: Path, *, key: str, settings: DownloadSettings,
-                 on_progress: Callable[[str], None] | None = None) -> None:
+                 monitor: Monitor | None = None) -> None:
         self.url, self.part, self.key, self.settings = url, part, key, settings
         self.state_path = part.with_name(part.name + ".json")
-        self.on_progress = on_progress or (lambda text: log.info("%s", text))
+        self.monitor = monitor
+        self._bar: Progress | None = None     # the running download's bar (workers update it)
         self.received = 0
         self._received_lock = threading.Lock()
         self._local = threading.local()
@@ -191,6 +194,14 @@ class Downloader:
     def _count(self, n: int) -> None:
         with self._received_lock:
             self.received += n
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def _say(self, text: str) -> None:
+        if self.monitor is not None:
+            self.monitor.line(text)
+        else:
+            log.info("%s", text)
 
     def probe(self) -> tuple[int | None, bool]:
         """(size, ranges supported) from a one-byte Range request."""
@@ -241,7 +252,7 @@ class Downloader:
         if state.done and not (self.part.exists() and self.part.stat().st_size == size):
             state.done = []  # the state outlived its data file
         if state.done:
-            self.on_progress(f"resuming: {state.completed() / MiB:.1f} of {size / MiB:.1f} MiB already here")
+            self._say(f"resuming: {state.completed() / MiB:.1f} of {size / MiB:.1f} MiB already here")
         fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if os.fstat(fd).st_size != size:
@@ -252,16 +263,18 @@ class Downloader:
             state.save()
             chunks = list(_split(state.missing(), self.settings.chunk_bytes))
             workers = max(1, min(self.settings.connections, len(chunks)))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+            with (progress(self.monitor, "download", total=size, initial=state.completed()) as self._bar,
+                  ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool):
                 futures: set[Future[None]] = {pool.submit(self._chunk, fd, state, a, b) for a, b in chunks}
                 try:
-                    self._watch(futures, state, size)
+                    self._watch(futures, state)
                 finally:
                     self._cancel.set()
                     for f in futures:
                         f.cancel()
                     pool.shutdown(wait=True)
                     state.save()
+                    self._bar = None
             for f in futures:
                 error = None if f.cancelled() else f.exception()
                 if error is not None:
@@ -269,18 +282,15 @@ class Downloader:
         finally:
             os.close(fd)
 
-    def _watch(self, futures: set[Future[None]], state: RangeState, size: int) -> None:
-        last_bytes, last_time = state.completed(), time.monotonic()
+    def _watch(self, futures: set[Future[None]], state: RangeState) -> None:
+        """Wait for the workers, saving the state of completed ranges every `progress_every` (the bar moves with
+        every block the workers write)."""
         pending = futures
         while pending:
             finished, pending = wait(pending, timeout=self.settings.progress_every, return_when=FIRST_EXCEPTION)
             if any(f.exception() for f in finished):
                 return
             state.save()
-            now, have = time.monotonic(), state.completed()
-            rate = (have - last_bytes) / max(now - last_time, 1e-6) / MiB
-            self.on_progress(f"{have / MiB:.1f}/{size / MiB:.1f} MiB ({100 * have / size:.0f} %, {rate:.1f} MiB/s)")
-            last_bytes, last_time = have, now
 
     def _chunk(self, fd: int, state: RangeState, start: int, end: int) -> None:
         pos = [start]
@@ -319,17 +329,19 @@ class Downloader:
         raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
     def _single_once(self) -> int:
-        written, last = 0, time.monotonic()
+        written = 0
         with contextlib.closing(self._get({})) as resp, self.part.open("wb") as out:
             _check_status(resp, self.url)
             length = resp.headers.get("Content-Length")
-            for data in resp.iter_content(_BLOCK):
-                out.write(data)
-                written += len(data)
-                self._count(len(data))
-                if time.monotonic() - last >= self.settings.progress_every:
-                    last = time.monotonic()
-                    self.on_progress(f"{written / MiB:.1f} MiB")
+            total = int(length) if length and length.isdigit() else None
+            with progress(self.monitor, "download", total=total) as self._bar:
+                try:
+                    for data in resp.iter_content(_BLOCK):
+                        out.write(data)
+                        written += len(data)
+                        self._count(len(data))
+                finally:
+                    self._bar = None
         if length and length.isdigit() and written != int(length):
             raise _Transient(f"short read: {written} of {length} bytes")
         return written

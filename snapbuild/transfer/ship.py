@@ -27,6 +27,8 @@ from pathlib import Path
 from snapbuild.errors import BuildError, CommandFailed, UserError
 from snapbuild.guest.base import Completed
 from snapbuild.host import commands
+from snapbuild.run.monitor import Monitor
+from snapbuild.run.progress import Progress, progress
 from snapbuild.transfer.backoff import ProgressBackoff
 from snapbuild.transfer.checksums import file_digest
 from snapbuild.transfer.rsync import Attempt, Failure, classify, rsync_argv, run_attempt
@@ -51,7 +53,6 @@ class ShipRequest:
     backoff_max: float = 60.0
     io_timeout: int = 120                 # rsync --timeout: no data for this long ends the attempt
     bwlimit: str | None = None            # rsync --bwlimit (e.g. "20m"), to leave the link usable
-    progress_every: float = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,7 +240,7 @@ def _no_space(chain: SSHChain, index: int, request: ShipRequest, size: int, free
 
 
 def _transfer(chain: SSHChain, index: int, request: ShipRequest, local_digest: Future[str], size: int,
-              on_progress: Callable[[str], None]) -> HopResult:
+              monitor: Monitor | None, report: Callable[[str], None]) -> HopResult:
     started = time.monotonic()
     where = chain.describe(index)
     path = _remote_path(request)
@@ -249,20 +250,16 @@ def _transfer(chain: SSHChain, index: int, request: ShipRequest, local_digest: F
     if free < size - have:
         raise _no_space(chain, index, request, size, free)
     if have:
-        on_progress(f"{where}: resuming, {_human(have)} of {_human(size)} already there")
+        report(f"{where}: resuming, {_human(have)} of {_human(size)} already there")
 
     remote = have            # bytes of the file known to be at the hop: the measure of progress
     sent = attempts = 0
-    last_report = [time.monotonic(), have]
+    bar: Progress | None = None
 
-    def progress(position: int) -> None:
+    def moved(position: int) -> None:
         # with --append-verify, progress2 counts from the start of the file: it is the position reached
-        if time.monotonic() - last_report[0] >= request.progress_every:
-            total = min(max(position, remote), size)
-            rate = (total - last_report[1]) / max(time.monotonic() - last_report[0], 1e-6) / MiB
-            on_progress(f"{where}: {_human(total)}/{_human(size)} ({100 * total / max(size, 1):.0f} %, "
-                        f"{max(rate, 0.0):.1f} MiB/s)")
-            last_report[:] = [time.monotonic(), total]
+        if bar is not None:
+            bar.set(min(max(position, remote), size))
 
     argv = rsync_argv(request.file, f"{chain.alias(index)}:{path}", rsh=chain.rsh(), io_timeout=request.io_timeout,
                       bwlimit=request.bwlimit)
@@ -271,7 +268,7 @@ def _transfer(chain: SSHChain, index: int, request: ShipRequest, local_digest: F
         nonlocal remote, sent, attempts
         attempts += 1
         before = remote
-        result = run_attempt(argv, on_progress=progress)
+        result = run_attempt(argv, on_progress=moved)
         log.debug("%s: attempt %d: rsync exit %d after %.1f s, position %d, stats sent %s", where, attempts,
                   result.returncode, result.seconds, result.moved, result.sent)
         if result.failure is Failure.NONE:
@@ -304,9 +301,10 @@ def _transfer(chain: SSHChain, index: int, request: ShipRequest, local_digest: F
     for verify_round in range(2):
         backoff = _retry(request, position, where)
         try:
-            for attempt in backoff.retrying(where):
-                with attempt:
-                    once()
+            with progress(monitor, f"to {where}", total=size, initial=remote) as bar:
+                for attempt in backoff.retrying(where):
+                    with attempt:
+                        once()
         except _LinkFailure as exc:
             raise BuildError(f"giving up on {where} after {attempts} attempts ({request.attempts} without "
                              f"progress): {exc}", hint="the partial file stays there; rerun to resume") from None
@@ -321,7 +319,7 @@ def _transfer(chain: SSHChain, index: int, request: ShipRequest, local_digest: F
                     there, digest)
         _ssh(chain, index, request, argv=["rm", "-f", "--", path])
         remote = 0
-    on_progress(f"{where}: {path} verified (sha256 {digest[:16]}…)")
+    report(f"{where}: {path} verified (sha256 {digest[:16]}…)")
     return HopResult(hop=where, path=path, attempts=attempts, moved=size - have, sent=sent,
                      seconds=time.monotonic() - started)
 
@@ -347,9 +345,10 @@ def upload_argv(path: str, args: tuple[str, ...]) -> list[str]:
     return ["snapbuild", "upload", path, *args]
 
 
-def ship(request: ShipRequest, *, on_progress: Callable[[str], None] | None = None) -> ShipResult:
-    """Ship `request.file` along the chain; see the module docstring."""
-    report = on_progress or (lambda text: log.info("%s", text))
+def ship(request: ShipRequest, *, monitor: Monitor | None = None) -> ShipResult:
+    """Ship `request.file` along the chain, a progress bar per hop on the monitor's terminal; see the module
+    docstring."""
+    report = monitor.line if monitor is not None else (lambda text: log.info("%s", text))
     started = time.monotonic()
     commands.require_tools("rsync", "ssh", "sha256sum")
     if not request.file.is_file():
@@ -363,7 +362,7 @@ def ship(request: ShipRequest, *, on_progress: Callable[[str], None] | None = No
         # hashing here overlaps the first transfer; each hop's copy is compared with it at the end
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
             local_digest = pool.submit(file_digest, request.file, "sha256")
-            results = tuple(_transfer(chain, i, request, local_digest, size, report) for i in targets)
+            results = tuple(_transfer(chain, i, request, local_digest, size, monitor, report) for i in targets)
             digest = local_digest.result()
         if request.upload is not None:
             last = len(hops) - 1

@@ -108,12 +108,15 @@ def test_ctrl_c_mid_stream_leaves_no_image(cloud: Cloud, qcow2: Path, unique_nam
     remove_images.append(unique_name)
     seen: list[int] = []
 
-    def interrupt(done: int) -> None:
-        seen.append(done)
-        if done >= 2 << 20:
-            raise KeyboardInterrupt
+    class Interrupting(upload_module.HashingReader):
+        def read(self, n: int = -1) -> bytes:
+            chunk = super().read(n)
+            seen.append(self.sent)
+            if self.sent >= 2 << 20:
+                raise KeyboardInterrupt
+            return chunk
 
-    monkeypatch.setattr(upload_module, "Progress", lambda *a, **k: interrupt)
+    monkeypatch.setattr(upload_module, "HashingReader", Interrupting)
     with pytest.raises(KeyboardInterrupt):
         upload_image(_settings(qcow2, unique_name), Reporter(io.StringIO()), cloud=cloud)
     assert seen[-1] < qcow2.stat().st_size              # really mid-stream
@@ -130,11 +133,12 @@ def test_sigint_to_an_uploading_process_leaves_no_image(qcow2: Path, unique_name
         "from pathlib import Path\n"
         "import snapbuild.openstack.upload as u\n"
         "from snapbuild.run.context import Reporter\n"
-        "class Slow:\n"
-        "    def __init__(self, *a, **k): pass\n"
-        "    def __call__(self, done):\n"
-        "        if done > 1 << 20: print('STREAMING', flush=True); time.sleep(0.05)\n"
-        "u.Progress = Slow\n"
+        "class Slow(u.HashingReader):\n"
+        "    def read(self, n=-1):\n"
+        "        chunk = super().read(n)\n"
+        "        if self.sent > 1 << 20: print('STREAMING', flush=True); time.sleep(0.05)\n"
+        "        return chunk\n"
+        "u.HashingReader = Slow\n"
         f"u.upload_image(u.UploadSettings(file=Path({str(qcow2)!r}), name={unique_name!r}), Reporter())\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SNAPBUILD_STATE_DIR": str(tmp_path / "state")}

@@ -70,8 +70,7 @@ def request(chain: HostChain, key: Path, file: Path, dest: Path, *, via: tuple[i
         return Hop(host=host.address, user="root")
 
     ssh = SSHOptions(identity=key, known_hosts=chain.known_hosts, connect_timeout=5, alive_interval=1, alive_count=3)
-    settings: dict[str, object] = {"backoff_initial": 0.2, "backoff_max": 1.0, "io_timeout": 10,
-                                   "progress_every": 1.0, "attempts": 4}
+    settings: dict[str, object] = {"backoff_initial": 0.2, "backoff_max": 1.0, "io_timeout": 10, "attempts": 4}
     settings.update(kw)
     return ShipRequest(file=file, via=tuple(hop(chain.hosts[i]) for i in via), to=hop(chain.hosts[to]),
                        dest=str(dest), ssh=ssh, **settings)  # type: ignore[arg-type]

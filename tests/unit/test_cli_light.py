@@ -1,4 +1,5 @@
-"""`snapbuild --help` stays light (no openstacksdk, paramiko or jinja2 at start-up); the terminal stays readable."""
+"""`snapbuild --help` stays light (no openstacksdk, paramiko, jinja2 or tqdm at start-up); the terminal stays
+readable."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 def test_help_imports_no_cloud_or_ssh_library() -> None:
     code = ("import sys\nfrom snapbuild.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('openstack', 'paramiko', 'keystoneauth1', 'jinja2') if m in sys.modules))")
+            "print(sorted(m for m in ('openstack', 'paramiko', 'keystoneauth1', 'jinja2', 'tqdm') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
 

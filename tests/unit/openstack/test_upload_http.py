@@ -20,7 +20,7 @@ from httpcloud import HTTPCloud
 
 from snapbuild.errors import BuildError, CloudError, UserError
 from snapbuild.openstack.cloud import Cloud
-from snapbuild.openstack.upload import HashingReader, Progress, UploadSettings, find_manifest, upload_image
+from snapbuild.openstack.upload import HashingReader, UploadSettings, find_manifest, upload_image
 from snapbuild.run.context import Reporter
 
 
@@ -147,7 +147,7 @@ def test_upload_streams_verifies_and_finishes_with_properties(cloud: Cloud, api:
     for temporary in ("snapbuild_installation_id", "snapbuild_host", "snapbuild_created_at", "snapbuild_expires_at"):
         assert temporary not in image
     assert api.deletes() == []
-    assert "upload: 100%" in out.getvalue()
+    assert re.search(r"upload: done, [\d.]+ MiB in ", out.getvalue())
     assert _ledgers(isolated_state) == []      # a finished upload leaves no ledger
 
 
@@ -173,20 +173,21 @@ def test_digest_mismatch_deletes_the_image_and_fails(cloud: Cloud, api: GlanceUp
     assert all(not ledger["resources"] for ledger in _ledgers(isolated_state))
 
 
-class CtrlCAt:
-    def __init__(self, at: int) -> None:
-        self.at = at
+class CtrlCAt(HashingReader):
+    """The upload's reader, with a Ctrl-C once 1 MiB has been read."""
 
-    def __call__(self, done: int) -> None:
-        if done >= self.at:
+    def read(self, n: int = -1) -> bytes:
+        chunk = super().read(n)
+        if self.sent >= 1 << 20:
             raise KeyboardInterrupt
+        return chunk
 
 
 def test_ctrl_c_mid_stream_deletes_the_partial_image(cloud: Cloud, api: GlanceUpload, qcow2: Path,
                                                      isolated_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import snapbuild.openstack.upload as upload_module
 
-    monkeypatch.setattr(upload_module, "Progress", lambda *a, **k: CtrlCAt(1 << 20))
+    monkeypatch.setattr(upload_module, "HashingReader", CtrlCAt)
     with pytest.raises(KeyboardInterrupt):
         upload_image(_settings(qcow2), Reporter(io.StringIO()), cloud=cloud)
     (created,) = [i for i in api.images.values() if i["name"] == "docker-ce-test"]
@@ -273,14 +274,20 @@ def test_reader_has_len_and_hashes_what_it_hands_out(tmp_path: Path) -> None:
     reader.close()
 
 
-def test_progress_lines_when_not_a_terminal() -> None:
+def test_upload_progress_is_plain_lines_when_stderr_is_not_a_terminal(cloud: Cloud, api: GlanceUpload, qcow2: Path,
+                                                                        isolated_state: Path) -> None:
     out = io.StringIO()
-    ticks = iter(range(100))
-    progress = Progress(out, 1000, label="upload", tty=False, clock=lambda: float(next(ticks)))
-    for done in range(100, 1001, 50):
-        progress(done)
-    lines = out.getvalue().splitlines()
-    assert 10 <= len(lines) <= 11 and lines[-1].startswith("  upload: 100%") and "\r" not in out.getvalue()
+    upload_image(_settings(qcow2, progress_tty=None), Reporter(out), cloud=cloud)
+    text = out.getvalue()
+    assert "\r" not in text and "|" not in text                 # no bar drawn
+    assert "upload: started (" in text and re.search(r"upload: done, [\d.]+ [KM]iB in ", text), text
+
+
+def test_upload_draws_a_bar_on_a_terminal(cloud: Cloud, api: GlanceUpload, qcow2: Path,
+                                          isolated_state: Path) -> None:
+    out = io.StringIO()
+    upload_image(_settings(qcow2, progress_tty=True), Reporter(out), cloud=cloud)
+    assert re.search(r"\r  upload: 100%\|#+\|", out.getvalue()), out.getvalue()
 
 
 def test_image_options_reach_the_record_and_the_finishing_patch(cloud: Cloud, api: GlanceUpload, qcow2: Path,
