@@ -50,8 +50,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, help="ansible-test's HOME (kept, so its virtualenvs are reused); "
                                                   "default: a temporary directory")
-    parser.add_argument("ansible_test_args", nargs="*", help="more ansible-test sanity arguments, e.g. --test pylint")
-    args = parser.parse_args(argv)
+    # Everything else goes to ansible-test sanity as it is (`tox -e ansible-sanity -- --test pylint -v`).
+    args, ansible_test_args = parser.parse_known_args(argv)
     ansible_test = shutil.which("ansible-test", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     if ansible_test is None:
         print("ansible-test not found: install ansible-core (tox -e ansible-sanity does)", file=sys.stderr)
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
         shutil.copytree(COLLECTION, copy, ignore=shutil.ignore_patterns("__pycache__", "output", "*.tar.gz"))
         env = {**os.environ, "HOME": str(home)}
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
-        argv_test = [ansible_test, "sanity", "--local", "--python", python, "--color", "no", *args.ansible_test_args]
+        argv_test = [ansible_test, "sanity", "--local", "--python", python, "--color", "no", *ansible_test_args]
         print("+", " ".join(argv_test), f"(in {copy})", file=sys.stderr)
         return subprocess.run(argv_test, cwd=copy, env=env, check=False).returncode
 

@@ -154,7 +154,7 @@ def parse_json_document(stdout: Optional[str], what: str) -> Dict[str, Any]:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ArgvError("%s: stdout is not JSON (%s): %s" % (what, exc, text[-500:]))
+        raise ArgvError("%s: stdout is not JSON (%s): %s" % (what, exc, text[-500:])) from None
     if not isinstance(data, dict):
         raise ArgvError("%s: expected a JSON object on stdout, got: %s" % (what, text[-500:]))
     return data
@@ -178,8 +178,13 @@ def image_facts(result: Mapping[str, Any], params: Params) -> Dict[str, Any]:
     }
 
 
+# Events left out of the module's result: many per build, and their story is in the build's log file.
+CHATTY_EVENTS = ("progress", "output")
+
+
 def read_events(text: Optional[str]) -> List[Dict[str, Any]]:
-    """The --events JSON-lines stream; a line that is not JSON (a build killed mid-write) is left out."""
+    """The --events JSON-lines stream without its chatty events; a line that is not JSON (a build killed
+    mid-write) is left out."""
     events: List[Dict[str, Any]] = []
     for line in (text or "").splitlines():
         line = line.strip()
@@ -189,7 +194,7 @@ def read_events(text: Optional[str]) -> List[Dict[str, Any]]:
             event = json.loads(line)
         except ValueError:
             continue
-        if isinstance(event, dict):
+        if isinstance(event, dict) and event.get("event") not in CHATTY_EVENTS:
             events.append(event)
     return events
 
@@ -197,10 +202,8 @@ def read_events(text: Optional[str]) -> List[Dict[str, Any]]:
 def last_result(events: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
     """The stream's `result` event (ok, image id or failing step and error), or None when the build never
     got that far (bad input: exit 2 before the build started)."""
-    for event in reversed(events):
-        if event.get("event") == "result":
-            return event
-    return None
+    found = [event for event in events if event.get("event") == "result"]
+    return found[-1] if found else None
 
 
 def tail(text: Optional[str], lines: int = 20) -> str:
@@ -234,13 +237,10 @@ def failure_message(command: str, rc: int, stderr: Optional[str],
 
 
 def validation_problems(verdict: Mapping[str, Any]) -> List[str]:
-    """validate's problems, one line each with its hint (and file:line for recipe errors)."""
+    """validate's problems, one line each with its hint (a recipe error's message starts with its file:line)."""
     lines: List[str] = []
     for problem in verdict.get("problems") or ():
-        where = ""
-        if problem.get("file"):
-            where = "%s%s: " % (problem["file"], ":%s" % problem["line"] if problem.get("line") else "")
-        line = where + (problem.get("message") or "")
+        line = problem.get("message") or ""
         if problem.get("hint"):
             line += " (hint: %s)" % problem["hint"]
         lines.append(line)

@@ -240,7 +240,7 @@ EXAMPLES = r"""
     flavor: m1.medium
     networks: [private]
     floating_network: public
-    mirrors: ./my-mirrors.yaml
+    mirrors: "{{ playbook_dir }}/my-mirrors.yaml"
     visibility: public
     properties:
       hw_qemu_guest_agent: "yes"
@@ -346,7 +346,9 @@ stderr:
   returned: always
   type: str
 events:
-  description: The build's C(--events) stream, one object per event (not in check mode).
+  description:
+    - The build's C(--events) stream, one object per event, without its C(progress) and C(output) events
+      (not in check mode). The last is the C(result) event (C(ok), and on failure C(step) and C(error)).
   returned: when the build started
   type: list
   elements: dict
