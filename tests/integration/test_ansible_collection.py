@@ -1,0 +1,209 @@
+"""The snapbuild.cloud collection (ansible_collections/snapbuild/cloud in this repository) in real `ansible-playbook`
+runs against the cloud: check mode validates and creates nothing (the diff names the image; a bad flavor and
+network fail the task, each named); a build's image id comes back as the `snapbuild_image` fact and the image is
+in Glance; a build that fails names its step and leaves nothing behind.
+
+ansible-playbook runs on localhost (connection local) with this interpreter, from ansible-core in the test extras;
+the collection is the repository's own (ANSIBLE_COLLECTIONS_PATH), and the module runs the snapbuild installed
+beside this interpreter. The API-level builds use `--no-provision` on the fake machines (m1.small), as
+test_snapshot_build.py does; with real guests, the `base` recipe is built end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openstack.connection import Connection
+from realguests import FLAVOR as REAL_FLAVOR
+from realguests import IMAGE as REAL_IMAGE
+from realguests import needs_real_guests
+from test_validate_cloud import project_resources
+
+REPO = Path(__file__).resolve().parents[2]
+FLAVOR = "m1.small"
+NETWORK = "private"
+EXTERNAL = "public"
+BASE = "debian-12"
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (ansible-core and snapbuild are installed in it), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found beside {sys.executable} or in PATH: the test extras install ansible-core "
+                    "(pip install '.[test]'), snapbuild is this repository", pytrace=False)
+    return found
+
+
+@dataclass(frozen=True)
+class Run:
+    rc: int
+    stdout: str
+    stderr: str
+    result: dict[str, Any]          # the module's registered result
+    fact: dict[str, Any] | None     # snapbuild_image, if the module set it
+
+
+def playbook(tmp_path: Path, module_args: dict[str, Any], *, check: bool = False,
+             env: dict[str, str] | None = None) -> Run:
+    """One play on localhost: the module with these arguments (its failure does not stop the play), then its
+    result and the fact written to a file (also in check mode)."""
+    out = tmp_path / "out.json"
+    play = [{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "tasks": [
+            {"name": "snapbuild", "snapbuild.cloud.image": module_args, "register": "built", "ignore_errors": True},
+            {"name": "keep what came back", "check_mode": False, "ansible.builtin.copy": {
+                "dest": str(out), "mode": "0600",
+                "content": "{{ {'result': built, 'fact': snapbuild_image | default(None)} | to_json }}"}},
+        ],
+    }]
+    book = tmp_path / "play.yaml"
+    book.write_text(json.dumps(play, indent=2))          # JSON is YAML
+    for folder in ("ansible-local", "ansible-remote"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    environment = {**os.environ, **(env or {}),
+                   "ANSIBLE_COLLECTIONS_PATH": str(REPO),   # holds ansible_collections/snapbuild/cloud
+                   "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
+                   "ANSIBLE_REMOTE_TEMP": str(tmp_path / "ansible-remote"),
+                   "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+    argv = [tool("ansible-playbook"), "-i", "localhost,", "-e", f"ansible_python_interpreter={sys.executable}",
+            str(book), "--diff", *(["--check"] if check else [])]
+    done = subprocess.run(argv, capture_output=True, text=True, env=environment, timeout=3600, check=False)
+    assert out.exists(), f"the play did not finish (exit {done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr}"
+    kept = json.loads(out.read_text())
+    return Run(done.returncode, done.stdout, done.stderr, kept["result"], kept["fact"])
+
+
+def build_args(cloud: str, name: str, **changes: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "recipe": "docker-ce", "cloud": cloud, "distro": "debian-12", "mirrors": "upstream", "flavor": FLAVOR,
+        "base_image": BASE, "networks": [NETWORK], "floating_network": EXTERNAL, "name": name,
+        "properties": {"sbtest": "1"}, "tags": ["sbtest"], "timeouts": {"boot": 180, "snapshot": 300},
+        "executable": tool("snapbuild"),
+    }
+    args.update(changes)
+    region = os.environ.get("OS_REGION_NAME")
+    return {**args, **({"region": region} if region else {})}
+
+
+@pytest.fixture
+def state_env(tmp_path: Path) -> dict[str, str]:
+    """snapbuild's state (ledgers, manifests, logs) in the test's own directory."""
+    return {"SNAPBUILD_STATE_DIR": str(tmp_path / "state")}
+
+
+def test_check_mode_validates_names_the_image_in_the_diff_and_creates_nothing(
+        conn: Connection, admin_conn: Connection, cloud_names: Any, unique_name: str, tmp_path: Path,
+        state_env: dict[str, str]) -> None:
+    before = project_resources(admin_conn, conn.current_project_id)
+    run = playbook(tmp_path, build_args(cloud_names.member, unique_name), check=True, env=state_env)
+    assert run.rc == 0, run.stdout[-4000:]
+    result = run.result
+    assert result["changed"] is True and not result.get("failed")
+    assert result["cmd"][1:3] == ["--os-cloud", cloud_names.member] and "validate" in result["cmd"]
+    verdict = result["validation"]
+    assert verdict["ok"] is True and verdict["cloud"]["checked"] is True
+    assert verdict["resolved"]["flavor"]["id"] == conn.compute.find_flavor(FLAVOR, ignore_missing=False).id
+    image = result["image"]
+    assert image["id"] is None and image["name"] == unique_name and image["cloud_checked"] is True
+    assert f"+image {unique_name} from recipe docker-ce on cloud {cloud_names.member}" in run.stdout   # --diff
+    assert run.fact is None                                   # no image, no fact
+    assert project_resources(admin_conn, conn.current_project_id) == before
+    assert conn.image.find_image(unique_name) is None
+
+
+def test_check_mode_fails_naming_every_bad_input_and_creates_nothing(
+        conn: Connection, admin_conn: Connection, cloud_names: Any, unique_name: str, tmp_path: Path,
+        state_env: dict[str, str]) -> None:
+    before = project_resources(admin_conn, conn.current_project_id)
+    run = playbook(tmp_path, build_args(cloud_names.member, unique_name, flavor="m1.smal", networks=["privat"]),
+                   check=True, env=state_env)
+    result = run.result
+    assert result["failed"] is True and result["rc"] == 2, result
+    assert result["msg"].startswith("snapbuild validate found 2 problems (nothing was created):")
+    (flavor,) = [p for p in result["problems"] if "flavor 'm1.smal' not found" in p]
+    (network,) = [p for p in result["problems"] if "network 'privat' not found" in p]
+    assert FLAVOR in flavor and NETWORK in network                 # the hints' close matches
+    assert run.fact is None
+    assert project_resources(admin_conn, conn.current_project_id) == before
+
+
+def assert_built(conn: Connection, run: Run, name: str, recipe: str) -> str:
+    """The fact carries the image id, and Glance has that image, active, with the build's marks."""
+    assert run.rc == 0, run.stdout[-4000:]
+    result, fact = run.result, run.fact
+    assert result["changed"] is True and fact is not None
+    assert fact == result["image"] and fact["name"] == name and fact["recipe"] == recipe
+    image = conn.image.get(f"/images/{fact['id']}").json()     # the raw record, every property as Glance has it
+    assert image["status"] == "active" and image["size"] and image["checksum"]
+    assert image["name"] == name
+    assert image["snapbuild_recipe"] == recipe and image["snapbuild_build_id"] == fact["build_id"]
+    assert image["snapbuild_content_digest"] == fact["content_digest"]
+    events = result["events"]
+    assert events[-1]["event"] == "result" and events[-1]["ok"] is True and events[-1]["image_id"] == fact["id"]
+    assert Path(fact["manifest"]).is_file()
+    return str(fact["id"])
+
+
+def test_a_build_returns_its_image_as_a_fact_and_the_image_is_in_glance(
+        conn: Connection, cloud_names: Any, unique_name: str, tmp_path: Path, state_env: dict[str, str],
+        cleanup: Callable[..., Any]) -> None:
+    """The API-level build (boot, stop, snapshot, properties: --no-provision, as the fake machines have no SSH)."""
+    args = build_args(cloud_names.member, unique_name, extra_args=["--no-provision"])
+    run = playbook(tmp_path, args, env=state_env)
+    found = conn.image.find_image(unique_name)
+    if found is not None:
+        cleanup(conn.image.delete_image, found.id, ignore_missing=True)
+    image_id = assert_built(conn, run, unique_name, "docker-ce")
+    assert found is not None and found.id == image_id
+    image = conn.image.get(f"/images/{image_id}").json()
+    assert image["sbtest"] == "1" and image["tags"] == ["sbtest"]
+    conn.image.delete_image(image_id)
+    assert conn.image.find_image(image_id) is None
+
+
+def test_a_failed_build_names_its_step_and_leaves_nothing(
+        conn: Connection, admin_conn: Connection, cloud_names: Any, unique_name: str, tmp_path: Path,
+        state_env: dict[str, str]) -> None:
+    """This cloud's fake machines never answer SSH: the build fails at `connect`, and the module's --on-error
+    cleanup removes what it made."""
+    before = project_resources(admin_conn, conn.current_project_id)
+    run = playbook(tmp_path, build_args(cloud_names.member, unique_name, timeouts={"boot": 180, "ssh": 15}),
+                   env=state_env)
+    result = run.result
+    assert result["failed"] is True and result["rc"] == 3, result
+    assert result["step"] == "connect"
+    assert result["msg"].startswith("snapbuild build failed at step 'connect' (exit 3): ")
+    assert "snapbuild: full log:" in result["msg"]
+    assert run.fact is None
+    assert conn.image.find_image(unique_name) is None
+    assert project_resources(admin_conn, conn.current_project_id) == before
+
+
+@needs_real_guests
+def test_a_real_build_through_a_playbook(conn: Connection, cloud_names: Any, unique_name: str, tmp_path: Path,
+                                         state_env: dict[str, str], cleanup: Callable[..., Any]) -> None:
+    """`base` end to end on a real guest (provision, seal, snapshot), as test_real_guest.py builds it by hand."""
+    name = f"{unique_name}-base"
+    args = build_args(cloud_names.member, name, recipe="base", flavor=REAL_FLAVOR, base_image=REAL_IMAGE,
+                      floating_network="none", timeouts={"ssh": 600})
+    run = playbook(tmp_path, args, env=state_env)
+    found = conn.image.find_image(name)
+    if found is not None:
+        cleanup(conn.image.delete_image, found.id, ignore_missing=True)
+    image_id = assert_built(conn, run, name, "base")
+    steps = [e["step"] for e in run.result["events"] if e["event"] == "step_finished" and e["level"] == "step"]
+    assert "provision" in steps and "seal" in steps, steps
+    conn.image.delete_image(image_id)
+    assert conn.image.find_image(image_id) is None
