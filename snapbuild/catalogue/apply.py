@@ -178,7 +178,7 @@ class Applier:
         except SnapbuildError as exc:
             done = Done(entry=item.entry, target=item.target, action="failed", image_id=None,
                         seconds=time.monotonic() - started, detail=exc.message)
-        except Exception as exc:  # noqa: BLE001 - one job's bug must not stop the others' cleanup
+        except Exception as exc:
             log.exception("%s failed", item.key)
             done = Done(entry=item.entry, target=item.target, action="failed", image_id=None,
                         seconds=time.monotonic() - started, detail=f"{type(exc).__name__}: {exc}")

@@ -61,7 +61,7 @@ def load_catalogue(path: Path, *, library: Any, known_clouds: Sequence[str] | No
 
 # ---- targets -----------------------------------------------------------------------------------------------
 
-def _targets(check: Checker, data: Mapping[str, Any], known_clouds: Sequence[str] | None) -> tuple[Target, ...]:
+def _targets(check: Checker, data: dict[str, Any], known_clouds: Sequence[str] | None) -> tuple[Target, ...]:
     node = data["targets"]
     if not isinstance(node, dict) or not node:
         raise check.fail(f"targets must be a mapping of target name: {{cloud: …, region: …}}, not "
@@ -153,7 +153,7 @@ def _entries(check: Checker, data: Mapping[str, Any], library: Any, targets: Seq
                              hint="remove one of the two (they would build the same image twice)")
         seen[identity] = name
         out.append(entry)
-    names = {}
+    names: dict[str, str] = {}
     for entry in out:
         if entry.image_name:
             if entry.image_name in names:
@@ -164,7 +164,7 @@ def _entries(check: Checker, data: Mapping[str, Any], library: Any, targets: Seq
     return tuple(out)
 
 
-def _entry(check: Checker, name: str, spec: Mapping[str, Any], where: str, library: Any,
+def _entry(check: Checker, name: str, spec: dict[str, Any], where: str, library: Any,
            target_names: Sequence[str]) -> Entry:
     from snapbuild.distros import get_distro
     from snapbuild.recipes import validate_value

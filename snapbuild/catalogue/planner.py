@@ -112,7 +112,7 @@ class Clouds:
         for cloud in self._clouds.values():
             try:
                 cloud.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:
                 log.debug("closing %s failed", cloud.name, exc_info=True)
 
 
@@ -211,8 +211,9 @@ def _build_item(catalogue: Catalogue, entry: Entry, target: Target, plan: Plan, 
         return _claimed_item(catalogue, entry, target, digest, holder, base=based)
     older = [i for i in clouds.entry_images(target, entry.name) if i.status == "active"
              and rotation.not_ours(i, cloud.project_id) is None]
-    reason = "no image yet" if not older else \
-        f"inputs changed: newest has digest {max(older, key=lambda i: i.created_at).properties.get(DIGEST_PROPERTY, '')[:12]}"
+    newest = max(older, key=lambda i: i.created_at) if older else None
+    reason = "no image yet" if newest is None else \
+        f"inputs changed: newest has digest {newest.properties.get(DIGEST_PROPERTY, '')[:12]}"
     return Item(entry=entry.name, target=target.name, action="build", digest=digest, base=based,
                 reason=f"{reason} (base {base.name})")
 
