@@ -132,7 +132,9 @@ def entry_plan(entry: Entry, library: Any) -> Plan:
 def resolve_base(cloud: Cloud, entry: Entry, plan: Plan) -> Image:
     if entry.base.name:
         return cloud.resolve_image(entry.base.name)
-    return cloud.default_image(plan.distro.id, plan.distro.version, entry.base.properties)
+    from snapbuild.openstack import marks
+
+    return cloud.default_image(plan.distro.id, plan.distro.version, entry.base.properties, exclude_tag=marks.TAG)
 
 
 def parse_only(catalogue: Catalogue, only: Iterable[str]) -> set[tuple[str, str]]:
