@@ -33,7 +33,7 @@ def entry_images(regions, region, entry, **extra):
 
 def test_first_apply_builds_each_entry_once_and_copies_it_to_the_receiving_region(regions, tmp_path):
     seed_bases(regions)
-    plan, report, builder = run(regions, load(tmp_path))
+    _plan, report, builder = run(regions, load(tmp_path))
     assert sorted(builder.built) == [("docker-ce", "RegionOne"), ("k8s-full", "RegionOne"), ("k8s-slim", "RegionOne")]
     assert actions(report) == [(e, t, "built" if t == "one" else "copied") for e in ("docker-ce", "k8s-full",
                                                                                       "k8s-slim") for t in ("one", "two")]
@@ -51,7 +51,7 @@ def test_second_apply_with_nothing_changed_builds_and_copies_nothing_and_counts_
     catalogue = load(tmp_path)
     run(regions, catalogue)
     before = len(regions.m.request_history)
-    plan, report, builder = run(regions, catalogue)
+    _plan, report, builder = run(regions, catalogue)
     assert builder.built == []
     assert {d.action for d in report.done} == {"skipped"}
     calls = regions.requests()[before:]
@@ -125,7 +125,7 @@ def test_a_failed_build_is_reported_its_copy_not_attempted_and_the_rest_goes_on(
 def test_a_shared_multi_store_glance_copies_with_copy_image(shared, tmp_path):
     seed_bases(shared)
     text = TWO_REGIONS.replace("    role: receive\n", "    role: receive\n    store: ceph-two\n")
-    plan, report, _ = run(shared, load(tmp_path, text))
+    plan, _report, _ = run(shared, load(tmp_path, text))
     copies = [i for i in plan.items if i.action == "copy"]
     assert copies and all(i.store == "ceph-two" and "copy-image" in i.reason for i in copies)
     assert shared.count("POST", "/import") == 3 and shared.count("PUT", "/file") == 3   # the builds' uploads only
@@ -136,7 +136,7 @@ def test_a_shared_multi_store_glance_copies_with_copy_image(shared, tmp_path):
 def test_only_runs_the_named_entry_at_the_named_target(regions, tmp_path):
     seed_bases(regions)
     catalogue = load(tmp_path)
-    plan, report, builder = run(regions, catalogue, only=parse_only(catalogue, ["k8s-slim@one"]))
+    plan, _report, builder = run(regions, catalogue, only=parse_only(catalogue, ["k8s-slim@one"]))
     assert builder.built == [("k8s-slim", "RegionOne")]
     assert [(i.entry, i.target) for i in plan.items] == [("k8s-slim", "one")]
     plan, _, _ = run(regions, catalogue, only=parse_only(catalogue, ["docker-ce@two"]))

@@ -86,6 +86,6 @@ def test_glance_copy_image_adds_the_store_and_keeps_the_id(shared):
     copied = glance_copy(cloud, image, "ceph-two", timeout=60)
     assert copied.image_id == image.id and copied.method == "copy-image"
     assert shared.glances["RegionOne"].images[image.id]["stores"] == "ceph-one,ceph-two"
-    import_call = [r for r in shared.m.request_history if r.path.endswith("/import")][0]
+    import_call = next(r for r in shared.m.request_history if r.path.endswith("/import"))
     assert import_call.json()["method"] == {"name": "copy-image"} and import_call.json()["stores"] == ["ceph-two"]
     assert shared.count("PUT", "/file") == 0
