@@ -847,6 +847,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Commands in their own modules register themselves on `cli` (click only at their module level: --help stays fast).
+from snapbuild.cli import apply as _apply  # noqa: E402,F401
 from snapbuild.cli import validate as _validate  # noqa: E402,F401
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -277,12 +277,16 @@ class Cloud:
             log.info("%d images named %r: using the most recent", len(candidates), name_or_id)
         return _image(max(candidates, key=lambda i: str(i.get("created_at", ""))))
 
-    def default_image(self, os_distro: str, os_version: str, properties: Mapping[str, str] | None = None) -> Image:
-        """The most recent active image with the recipe distro's `os_distro` and `os_version` properties."""
+    def default_image(self, os_distro: str, os_version: str, properties: Mapping[str, str] | None = None, *,
+                      exclude_tag: str | None = None) -> Image:
+        """The most recent active image with the recipe distro's `os_distro` and `os_version` properties (and
+        without `exclude_tag`: the catalogue never takes an image snapbuild made, which carries the same
+        os_distro/os_version, for a base)."""
         wanted = {"os_distro": os_distro, "os_version": os_version, **dict(properties or {})}
         wanted = {k: v for k, v in wanted.items() if v}
         candidates = [i for i in self._images(status="active")
-                      if all(str(i.get(k, "")) == v for k, v in wanted.items())]
+                      if all(str(i.get(k, "")) == v for k, v in wanted.items())
+                      and (exclude_tag is None or exclude_tag not in (i.get("tags") or ()))]
         if not candidates:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
             raise UserError(f"no active image with {shown}",
@@ -839,6 +843,59 @@ class Cloud:
         return True
 
 
+    # ---- the catalogue (`snapbuild apply`): find by property, images in use, copy between Glances ----------
+
+    def image_endpoint(self) -> str:
+        """The Glance endpoint this connection uses: two targets with the same one share a Glance."""
+        try:
+            return str(self._conn.image.get_endpoint() or "").rstrip("/")
+        except (sdk_exc.SDKException, ksa_exc.ClientException) as exc:
+            raise faults.translate(exc, "image endpoint") from exc
+
+    def images_with(self, **properties: str) -> list[ImageData]:
+        """Every image visible to the project whose properties (or `tag`) match, the hidden ones included: Glance
+        leaves `os_hidden` images out of a listing unless asked for them, so that is a second listing."""
+        shown = self._images(**properties)
+        hidden = self._images(**properties, os_hidden="true")
+        seen = {i["id"] for i in shown}
+        return [_image_data(i) for i in [*shown, *(h for h in hidden if h["id"] not in seen)]]
+
+    def images_in_use(self) -> dict[str, list[str]]:
+        """Image id → the servers (names) the user can see booted from it. Boot-from-volume servers name no image
+        here (their volume's image metadata would): those images are not known to be in use."""
+        servers = self._read("list servers", lambda: list(self._conn.compute.servers(details=True)))
+        used: dict[str, list[str]] = {}
+        for server in servers:
+            image = server.image if isinstance(server.image, Mapping) else {}
+            image_id = image.get("id") or getattr(server.image, "id", None)
+            if image_id:
+                used.setdefault(str(image_id), []).append(str(server.name or server.id))
+        return used
+
+    def download_image(self, image_id: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """GET /file as a stream of chunks (never the whole image in memory or on disk); tried once."""
+        response = self._create(f"download image {image_id}", self._raw, self._conn.image, "get",
+                                f"/images/{urllib.parse.quote(image_id, safe='')}/file", stream=True)
+        try:
+            yield from response.iter_content(chunk_size=chunk_size)
+        finally:
+            response.close()
+
+    def upload_image_stream(self, image_id: str, chunks: Iterable[bytes], size: int | None) -> None:
+        """PUT /file with the data as a generator (chunked transfer); tried once, as a stream cannot be re-sent."""
+        headers = {"Content-Type": "application/octet-stream", "Accept": ""}
+        if size:
+            headers["X-OpenStack-Image-Size"] = str(size)
+        self._create(f"upload image {image_id}", self._raw, self._conn.image, "put", f"/images/{image_id}/file",
+                     data=iter(chunks), headers=headers)
+
+    def copy_image_to_stores(self, image_id: str, stores: Sequence[str]) -> None:
+        """Glance's own copy between the stores of a multi-store Glance (the `copy-image` import method)."""
+        self._create(f"copy image {image_id} to {', '.join(stores)}", self._raw, self._conn.image, "post",
+                     f"/images/{image_id}/import",
+                     json={"method": {"name": "copy-image"}, "stores": list(stores), "all_stores_must_succeed": True})
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageData:
     """An image record with what an upload checks: its digests and store state."""
@@ -854,6 +911,15 @@ class ImageData:
     tags: tuple[str, ...]
     properties: Mapping[str, str]
     failed_import: str = ""
+    created_at: str = ""
+    hidden: bool = False          # os_hidden
+    owner: str | None = None
+    visibility: str | None = None
+    container_format: str | None = None
+    min_disk: int = 0
+    min_ram: int = 0
+    protected: bool = False
+    stores: tuple[str, ...] = ()
 
 
 def _image_data(data: Mapping[str, Any]) -> ImageData:
@@ -862,7 +928,12 @@ def _image_data(data: Mapping[str, Any]) -> ImageData:
                      size=data.get("size"), checksum=data.get("checksum") or None,
                      hash_algo=data.get("os_hash_algo") or None, hash_value=data.get("os_hash_value") or None,
                      disk_format=data.get("disk_format"), tags=tuple(data.get("tags") or ()), properties=props,
-                     failed_import=str(data.get("os_glance_failed_import") or ""))
+                     failed_import=str(data.get("os_glance_failed_import") or ""),
+                     created_at=str(data.get("created_at") or ""), hidden=data.get("os_hidden") is True,
+                     owner=data.get("owner") or None, visibility=data.get("visibility") or None,
+                     container_format=data.get("container_format") or None, min_disk=int(data.get("min_disk") or 0),
+                     min_ram=int(data.get("min_ram") or 0), protected=data.get("protected") is True,
+                     stores=tuple(s for s in str(data.get("stores") or "").split(",") if s))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -940,6 +1011,17 @@ def _auth_url(conn: Any) -> str | None:
     auth = config.get("auth") if isinstance(config, dict) else None
     url = auth.get("auth_url") if isinstance(auth, dict) else None
     return str(url) if url else None
+
+
+def cloud_names() -> list[str] | None:
+    """clouds.yaml's cloud names (None when there is no clouds.yaml: only the OS_* variables can name a cloud)."""
+    import openstack.config
+
+    try:
+        config = openstack.config.OpenStackConfig()
+    except Exception:  # noqa: BLE001 - an unreadable file is reported where a cloud is connected to
+        return None
+    return list(config.get_cloud_names()) if config.config_filename else None
 
 
 def _cloud_names() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 
@@ -18,6 +19,11 @@ class Interrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def _signals_handled(sigs: tuple[signal.Signals, ...], handler: Callable[[int, FrameType | None], None]
                      ) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        # Only the main thread may set handlers (and only it receives signals): a build running in a worker
+        # thread (`snapbuild apply`) is interrupted by the main thread handing it KeyboardInterrupt instead.
+        yield
+        return
     saved = {sig: signal.getsignal(sig) for sig in sigs}
     for sig in sigs:
         signal.signal(sig, handler)

@@ -174,7 +174,8 @@ def test_setup_cfg_ships_every_schema_as_package_data() -> None:
     cfg.read(REPO / "setup.cfg")
     patterns = cfg["options.package_data"]["snapbuild"].split()
     shipped = sorted(p.name for p in (REPO / "snapbuild" / "schemas").iterdir())
-    assert shipped == sorted(f"{k}.schema.json" for k in (*KINDS, "manifest"))   # manifest: tests/manifestcheck
+    # manifest: tests/manifestcheck; catalogue: tests/unit/catalogue/test_catalogue_schema.py
+    assert shipped == sorted(f"{k}.schema.json" for k in (*KINDS, "manifest", "catalogue"))
     assert all(any(fnmatch.fnmatch(f"schemas/{name}", p) for p in patterns) for name in shipped)
 
 

@@ -88,6 +88,12 @@ def test_the_cloud_builder_imports_nothing_of_local_chroot_or_host() -> None:
     assert _in(_reach("snapbuild.openstack.cleanup"), "snapbuild.local", "snapbuild.chroot", "snapbuild.host") == []
 
 
+@pytest.mark.parametrize("module", ["snapbuild.catalogue.apply", "snapbuild.catalogue.planner",
+                                    "snapbuild.catalogue.load", "snapbuild.catalogue.copying"])
+def test_the_catalogue_builds_on_the_cloud_builder_only(module: str) -> None:
+    assert _in(_reach(module), "snapbuild.local", "snapbuild.chroot", "snapbuild.host", "snapbuild.cli") == []
+
+
 def test_local_and_chroot_do_not_import_each_other() -> None:
     local = [m for m in _imports() if m.startswith("snapbuild.local")]
     chroot = [m for m in _imports() if m.startswith("snapbuild.chroot")]

@@ -1,0 +1,240 @@
+"""`snapbuild apply` on a real cloud: the issue's drills with two entries × two targets.
+
+Builds use the fake guests (`no_provision: true`: boot → stop → snapshot → properties, no SSH), since these
+drills are about the catalogue's API behaviour; the image content is the real-guest tier's business.
+
+Needs a second region in the same Keystone (its own Glance and Nova): SNAPBUILD_SECOND_REGION names it. The
+project's test cloud (tests/cloud) has one region today, so there these tests skip and say so; on a two-region
+cloud (or DevStack multi-region) they run. Everything made is named `sbtest-<session>-…` (the session's leak
+check sees it) and carries the entry property this module removes at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openstack.connection import Connection
+
+FLAVOR = os.environ.get("SNAPBUILD_TEST_FLAVOR", "m1.small")
+NETWORK = os.environ.get("SNAPBUILD_TEST_NETWORK", "private")
+EXTERNAL = os.environ.get("SNAPBUILD_TEST_EXTERNAL", "public")
+BASE = "debian-12"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def regions() -> tuple[str, str]:
+    first = os.environ.get("OS_REGION_NAME", "RegionOne")
+    second = os.environ.get("SNAPBUILD_SECOND_REGION")
+    if not second:
+        pytest.skip("the catalogue drills need a second region in the same Keystone: set SNAPBUILD_SECOND_REGION "
+                    "(tests/cloud has one region today)")
+    return first, second
+
+
+@pytest.fixture
+def names(unique_name: str) -> dict[str, str]:
+    return {"docker": f"{unique_name}-docker", "k8s": f"{unique_name}-k8s"}
+
+
+def catalogue_text(names: dict[str, str], regions: tuple[str, str], *, cloud: str, docker_version: str = "29.2.1",
+                   keep: int = 1, grace: str = "1h", extra_policy: str = "") -> str:
+    return f"""\
+images:
+  {names['docker']}:
+    recipe: docker-ce
+    distro: debian-12
+    mirrors: upstream
+    base_image: {BASE}
+    image_name: {names['docker']}
+    variables: {{docker_version: "{docker_version}"}}
+  {names['k8s']}:
+    recipe: k8s
+    variant: slim
+    distro: debian-12
+    mirrors: upstream
+    base_image: {BASE}
+    image_name: {names['k8s']}
+targets:
+  one:
+    cloud: {cloud}
+    region: {regions[0]}
+    build: {{flavor: {FLAVOR}, network: {NETWORK}, floating_network: {EXTERNAL}, no_provision: true,
+             timeout_boot: 5m, timeout_snapshot: 10m}}
+  two:
+    cloud: {cloud}
+    region: {regions[1]}
+    role: receive
+policy:
+  keep: {keep}
+  grace_period: {grace}
+  claim_settle: 2s
+{extra_policy}"""
+
+
+def apply(path: Path, *args: str, check: bool = True) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "snapbuild", "apply", str(path), "-f", "json", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"apply exited {proc.returncode}:\n{proc.stderr}")
+    return dict(json.loads(proc.stdout or "{}"))
+
+
+def done(result: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {(row["entry"], row["target"], row["action"]) for row in result["done"]}
+
+
+def images(conn: Connection, entry: str, *, hidden: bool | None = None) -> list[Any]:
+    found = list(conn.image.images(snapbuild_catalogue_entry=entry))
+    found += list(conn.image.images(snapbuild_catalogue_entry=entry, os_hidden=True))
+    return [i for i in {i.id: i for i in found}.values() if hidden is None or bool(i.is_hidden) == hidden]
+
+
+@pytest.fixture
+def two(conn: Connection, cloud_names: Any, regions: tuple[str, str]) -> Iterator[tuple[Connection, Connection]]:
+    import openstack
+
+    second = openstack.connect(cloud=cloud_names.member, region_name=regions[1])
+    yield conn, second
+    second.close()
+
+
+@pytest.fixture
+def catalogue(tmp_path: Path, names: dict[str, str], regions: tuple[str, str], cloud_names: Any,
+              two: tuple[Connection, Connection]) -> Iterator[Path]:
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(catalogue_text(names, regions, cloud=cloud_names.member))
+    yield path
+    for conn in two:
+        for entry in names.values():
+            for image in images(conn, entry):
+                if image.is_protected:
+                    conn.image.update_image(image, is_protected=False)
+                conn.image.delete_image(image, ignore_missing=True)
+        for claim in conn.image.images(tag="snapbuild-claim"):
+            if claim.properties.get("snapbuild_claim_target") in ("one", "two") and any(
+                    n in claim.name for n in names.values()):
+                conn.image.delete_image(claim, ignore_missing=True)
+
+
+def test_dry_run_creates_nothing(catalogue: Path, names: dict[str, str], two: Any) -> None:
+    result = apply(catalogue, "--dry-run")
+    assert [i["action"] for i in result["items"]] == ["build", "copy", "build", "copy"]
+    for conn in two:
+        assert all(images(conn, entry) == [] for entry in names.values())
+        assert [c for c in conn.image.images(tag="snapbuild-claim")] == []
+
+
+def test_apply_then_again_builds_nothing_then_one_change_rebuilds_only_that_entry(
+        catalogue: Path, names: dict[str, str], regions: tuple[str, str], cloud_names: Any, two: Any) -> None:
+    first = apply(catalogue)
+    assert done(first) == {(names["docker"], "one", "built"), (names["docker"], "two", "copied"),
+                           (names["k8s"], "one", "built"), (names["k8s"], "two", "copied")}
+    for conn in two:
+        for entry in names.values():
+            (image,) = images(conn, entry)
+            assert image.status == "active" and image.properties["snapbuild_content_digest"]
+    started = time.monotonic()
+    second = apply(catalogue)
+    assert {a for _, _, a in done(second)} == {"skipped"}
+    assert time.monotonic() - started < 30
+    (old,) = images(two[0], names["docker"])
+    catalogue.write_text(catalogue_text(names, regions, cloud=cloud_names.member, docker_version="29.2.2"))
+    third = apply(catalogue)
+    assert {(e, t, a) for e, t, a in done(third) if a in ("built", "copied")} == {
+        (names["docker"], "one", "built"), (names["docker"], "two", "copied")}
+    assert (names["docker"], "one", "hidden") in done(third)
+    assert [i.id for i in images(two[0], names["docker"], hidden=True)] == [old.id]
+
+
+def test_rotation_keep_1_hides_then_deletes_but_keeps_in_use_and_never_touches_foreign_images(
+        catalogue: Path, names: dict[str, str], regions: tuple[str, str], cloud_names: Any, two: Any,
+        unique_name: str, cleanup: Any) -> None:
+    conn = two[0]
+    apply(catalogue)
+    (old,) = images(conn, names["docker"])
+    (old_two,) = images(two[1], names["docker"])
+    # a server in the second region still boots from the old copy
+    flavor = two[1].compute.find_flavor(FLAVOR)
+    server = two[1].compute.create_server(name=f"{unique_name}-user", image_id=old_two.id, flavor_id=flavor.id,
+                                          networks="none")
+    cleanup(two[1].compute.delete_server, server)
+    two[1].compute.wait_for_server(server, wait=300)
+    # an image snapbuild did not make, with the same name and even the entry property
+    foreign = conn.image.create_image(name=old.name, disk_format="qcow2", container_format="bare", data=b"x" * 512,
+                                      properties={"snapbuild_catalogue_entry": names["docker"]})
+    cleanup(conn.image.delete_image, foreign)
+    catalogue.write_text(catalogue_text(names, regions, cloud=cloud_names.member, docker_version="29.2.2",
+                                        grace="5s"))
+    apply(catalogue)
+    assert conn.image.get_image(old.id).is_hidden
+    time.sleep(6)
+    result = apply(catalogue)
+    rows = {row["image_id"]: row for row in result["done"]}
+    assert rows[old.id]["action"] == "deleted"
+    assert rows[old_two.id]["action"] == "kept" and "in use" in rows[old_two.id]["detail"]
+    assert rows[foreign.id]["action"] == "untouched"
+    assert conn.image.get_image(foreign.id).status == "active" and not conn.image.get_image(foreign.id).is_hidden
+
+
+def test_two_applies_at_once_build_each_digest_once(catalogue: Path, names: dict[str, str], two: Any) -> None:
+    procs = [subprocess.Popen([sys.executable, "-m", "snapbuild", "apply", str(catalogue), "-f", "json"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [json.loads(p.communicate(timeout=3600)[0]) for p in procs]
+    built = [row for r in results for row in r["done"] if row["action"] == "built"]
+    assert sorted(row["entry"] for row in built) == sorted(names.values())
+    for conn in two:
+        for entry in names.values():
+            assert len(images(conn, entry)) == 1
+
+
+@pytest.mark.parametrize("moment", ["build", "copy"])
+def test_sigint_during_a_build_or_copy_leaves_nothing_and_the_next_apply_completes(
+        catalogue: Path, names: dict[str, str], two: Any, moment: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "snapbuild", "apply", str(catalogue)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = "▸ capture" if moment == "build" else "copy"
+    deadline = time.monotonic() + 900
+    seen = ""
+    while time.monotonic() < deadline and proc.poll() is None:
+        if moment == "copy" and any(images(two[1], entry) for entry in names.values()):
+            break
+        line = proc.stderr.readline() if proc.stderr else ""
+        seen += line
+        if moment == "build" and marker in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    for conn in two:
+        leftovers = [i for i in conn.image.images(tag="snapbuild") if i.properties.get("snapbuild_expires_at")]
+        assert leftovers == [], leftovers
+        assert list(conn.compute.servers(tags="snapbuild")) == []
+    result = apply(catalogue)
+    assert {a for _, _, a in done(result)} <= {"built", "copied", "skipped"}
+    for conn in two:
+        for entry in names.values():
+            assert len([i for i in images(conn, entry) if i.status == "active"]) == 1
+
+
+def test_a_bad_catalogue_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, names: dict[str, str],
+                                                                    regions: tuple[str, str], cloud_names: Any,
+                                                                    two: Any) -> None:
+    text = catalogue_text(names, regions, cloud=cloud_names.member).replace("recipe: k8s", "recipe: k9s")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "snapbuild", "apply", str(path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0].startswith(f"snapbuild: error: {path}:")
+    for conn in two:
+        assert all(images(conn, entry) == [] for entry in names.values())
