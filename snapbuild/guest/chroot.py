@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from snapbuild.errors import BuildError, CommandFailed
 from snapbuild.guest.base import Completed, OutputCallback
-from snapbuild.guest.pipes import collect, kill_group
+from snapbuild.guest.children import collect, kill_group
 from snapbuild.host import procs
 from snapbuild.ledger import Ledger
 

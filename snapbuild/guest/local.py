@@ -19,7 +19,7 @@ from pathlib import Path
 
 from snapbuild.errors import CommandFailed
 from snapbuild.guest.base import Completed, OutputCallback, systemd_service
-from snapbuild.guest.pipes import collect, kill_group
+from snapbuild.guest.children import collect, kill_group
 
 log = logging.getLogger(__name__)
 
