@@ -6,6 +6,17 @@ import shlex
 from dataclasses import dataclass
 
 
+def normalize_image(ref: str) -> str:
+    """`nginx:1` -> `docker.io/library/nginx:1`: containerd wants fully qualified references."""
+    name = ref.strip()
+    first = name.split("/", 1)[0]
+    if "/" not in name:
+        return f"docker.io/library/{name}"
+    if "." not in first and ":" not in first and first != "localhost":
+        return f"docker.io/{name}"
+    return name
+
+
 @dataclass(frozen=True, kw_only=True)
 class WriteFile:
     path: str

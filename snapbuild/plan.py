@@ -16,7 +16,7 @@ import jinja2
 import jinja2.meta
 
 from snapbuild import __version__, actions, digest, paths
-from snapbuild.actions import Action, PrePull, WriteFile
+from snapbuild.actions import Action, PrePull, WriteFile, normalize_image
 from snapbuild.distros import Distro
 from snapbuild.errors import RecipeError, UserError
 from snapbuild.profiles import REGISTRY_SERVERS, Forward, Profile
@@ -477,17 +477,6 @@ class _PlanBuilder:
 
 def render_cloudinit(env: jinja2.Environment, template: str, context: dict[str, Any]) -> str:
     return render_file(env, template, context, folder=paths.data_dir("cloudinit"))
-
-
-def normalize_image(ref: str) -> str:
-    """`nginx:1` -> `docker.io/library/nginx:1`: containerd wants fully qualified references."""
-    name = ref.strip()
-    first = name.split("/", 1)[0]
-    if "/" not in name:
-        return f"docker.io/library/{name}"
-    if "." not in first and ":" not in first and first != "localhost":
-        return f"docker.io/{name}"
-    return name
 
 
 def registry_of(ref: str) -> str:

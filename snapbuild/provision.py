@@ -1,4 +1,8 @@
-"""Apply a Plan to any Guest: the one provisioner for the cloud, local VM and chroot builders."""
+"""Apply a Plan to any Guest: the one provisioner for the cloud, local VM and chroot builders.
+
+Standard library and stdlib-only snapbuild modules only (actions, errors, the Guest protocol, the monitor): the
+console transport ships this module into the guest and runs it there with the guest's python3.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,19 @@ import logging
 import re
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from snapbuild import actions
+from snapbuild.actions import normalize_image
 from snapbuild.errors import BuildError
 from snapbuild.guest.base import Guest, OutputCallback
-from snapbuild.plan import Plan, normalize_image
 from snapbuild.run.monitor import Monitor
 from snapbuild.run.progress import progress
+
+if TYPE_CHECKING:
+    from snapbuild.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +42,7 @@ class ProvisionResult:
 
 
 class _Provisioner:
-    def __init__(self, plan: Plan, guest: Guest, monitor: Monitor, *, step_timeout: float | None) -> None:
-        self.plan = plan
+    def __init__(self, guest: Guest, monitor: Monitor, *, step_timeout: float | None) -> None:
         self.guest = guest
         self.monitor = monitor
         self.step_timeout = step_timeout
@@ -257,10 +264,16 @@ def parse_ctr_images(listing: str) -> dict[str, str]:
 
 def provision(plan: Plan, guest: Guest, monitor: Monitor, *, step_timeout: float | None = None) -> ProvisionResult:
     """Apply every action of the plan, in order, each timed and with its output streamed."""
-    worker = _Provisioner(plan, guest, monitor, step_timeout=step_timeout)
-    total = len(plan.actions)
+    return provision_actions(plan.actions, guest, monitor, step_timeout=step_timeout)
+
+
+def provision_actions(steps: Sequence[actions.Action], guest: Guest, monitor: Monitor, *,
+                      step_timeout: float | None = None) -> ProvisionResult:
+    """`provision` on the actions alone: what the console runner calls inside the guest (it has no Plan)."""
+    worker = _Provisioner(guest, monitor, step_timeout=step_timeout)
+    total = len(steps)
     begin = time.monotonic()
-    for number, action in enumerate(plan.actions, 1):
+    for number, action in enumerate(steps, 1):
         text = f"[{number}/{total}] {action.describe()}"
         monitor.step_started(text, level="action")
         start = time.monotonic()
