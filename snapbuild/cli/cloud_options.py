@@ -91,17 +91,17 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--allow-blocked", is_flag=True, help="Build even if the recipe pulls from blocked hosts."),
     click.option("--manifest", "manifest_path", type=click.Path(path_type=Path),
                  help="Where to write the build's manifest (default: the state directory's manifests/)."),
-    *output_option_list(BUILD_COLUMNS, json_help="Print the result as JSON on stdout (same as -f json)."),
 ]
 
 
-def snapshot_options(func: Any, *, require_flavor: bool = True) -> Any:
+def snapshot_options(func: Any, *, require_flavor: bool = True, columns: Sequence[str] = BUILD_COLUMNS) -> Any:
     """`build`'s options. `validate` checks the recipe alone when no cloud is selected, so there --flavor may be
-    missing (with a cloud, its absence is one of the problems listed)."""
+    missing (with a cloud, its absence is one of the problems listed); its result has its own `columns`."""
     flavor = click.option("--flavor", required=require_flavor,
                           help="Flavor (name or id) of the builder server."
                                + ("" if require_flavor else " Needed when a cloud is checked."))
-    for option in reversed([flavor, *_OPTIONS]):
+    output = output_option_list(columns, json_help="Print the result as JSON on stdout (same as -f json).")
+    for option in reversed([flavor, *_OPTIONS, *output]):
         func = option(func)
     return func
 

@@ -18,6 +18,7 @@ import click
 from snapbuild.cli import Session, blocked_problem, cli, pass_session, with_recipe_options
 from snapbuild.cli.cloud_options import settings_from_options, snapshot_options
 from snapbuild.cli.completion import complete_recipe
+from snapbuild.cli.output import Output, Result, choose
 from snapbuild.errors import EXIT_USAGE, RecipeError, UserError
 
 if TYPE_CHECKING:
@@ -76,8 +77,12 @@ def problem_json(problem: UserError) -> dict[str, Any]:
     return out
 
 
+# validate's result, one row: what -c picks and -f prints (the keys of `Verdict.as_json`).
+VALIDATE_COLUMNS = ("ok", "recipe", "checked", "cloud", "problems", "warnings", "resolved", "not_checked")
+
+
 def optional_flavor_options(func: Any) -> Any:
-    return snapshot_options(func, require_flavor=False)
+    return snapshot_options(func, require_flavor=False, columns=VALIDATE_COLUMNS)
 
 
 @cli.command("validate", help=HELP, short_help="Check a build's inputs, the cloud's included, creating nothing.")
@@ -88,6 +93,7 @@ def optional_flavor_options(func: Any) -> Any:
 def validate_command(session: Session, /, recipe: str, distro: str | None, mirrors: str | None,
                      sets: tuple[str, ...], **options: Any) -> None:
     options["flavor"] = options["flavor"] or ""       # "": none given (preflight lists it when a cloud is checked)
+    output = choose(options.pop("fmt"), options.pop("columns"), options["as_json"])
     settings = settings_from_options(cloud=session.os_cloud, region=session.os_region, auth_args=session.auth_args,
                                      **options)
     verdict = Verdict(recipe=recipe)
@@ -96,7 +102,7 @@ def validate_command(session: Session, /, recipe: str, distro: str | None, mirro
     except UserError as exc:          # nothing more can be checked without a plan
         verdict.problems.append(exc)
         verdict.cloud = {"checked": False, "reason": "the recipe must load first"}
-        report(verdict, settings)
+        report(verdict, output)
         return
     check_recipe(plan, settings, verdict)
     cloud = connect(session, verdict)
@@ -105,7 +111,7 @@ def validate_command(session: Session, /, recipe: str, distro: str | None, mirro
             check_cloud(cloud, plan, settings, verdict)
         finally:
             cloud.close()
-    report(verdict, settings)
+    report(verdict, output)
 
 
 def check_recipe(plan: Plan, settings: SnapshotSettings, verdict: Verdict) -> None:
@@ -194,11 +200,12 @@ def resolved(inputs: Inputs, settings: SnapshotSettings, plan: Plan) -> dict[str
 
 # -- output -------------------------------------------------------------------------------------------------------
 
-def report(verdict: Verdict, settings: SnapshotSettings) -> None:
-    """--json: one object on stdout. Otherwise the summary on stdout, warnings and problems on stderr. Exit 2 on a
-    problem."""
-    if settings.json:
-        click.echo(json.dumps(verdict.as_json(), indent=2))
+def report(verdict: Verdict, output: Output) -> None:
+    """-f/--json: the verdict as one row on stdout, as that format prints it (-f json is the object --json always
+    printed). Otherwise the summary on stdout, warnings and problems on stderr. Exit 2 on a problem."""
+    if output.format is not None or output.columns:
+        document = verdict.as_json()
+        click.echo(output.render(Result(rows=document, document=json.dumps(document, indent=2))))
     else:
         for warning in verdict.warnings:
             click.echo(f"WARNING: {warning}", err=True)

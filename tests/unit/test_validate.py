@@ -270,3 +270,28 @@ def test_a_recipe_error_exits_2_with_file_and_line(connects: list[tuple[str | No
     (problem,) = json.loads(out)["problems"]
     assert (problem["file"], problem["line"]) == (str(recipe), 6)
     assert connects == []                              # without a plan there is nothing to check the cloud against
+
+
+# -- output formats ------------------------------------------------------------------------------------------------
+
+def test_format_and_columns_print_the_verdict_as_the_openstack_cli_would(
+        no_clouds_yaml: requests_mock.Mocker, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "validate", "docker-ce", "--mirrors", "upstream", "-f", "json")
+    assert code == 0, err
+    assert json.loads(out)["ok"] is True and json.loads(out)["not_checked"]     # the object --json prints
+    code, out, _ = run(capsys, "validate", "docker-ce", "--mirrors", "upstream", "-f", "value", "-c", "ok",
+                       "-c", "recipe")
+    assert (code, out) == (0, "true\ndocker-ce\n")
+    import yaml
+
+    code, out, _ = run(capsys, "validate", "docker-ce", "--mirrors", "upstream", "-f", "yaml", "-c", "cloud")
+    assert code == 0 and yaml.safe_load(out)["cloud"]["checked"] is False
+    code, out, err = run(capsys, "validate", "k8s", "-f", "json")                # a problem: still exit 2
+    assert code == 2 and json.loads(out)["ok"] is False
+    assert "registry.k8s.io" in json.loads(out)["problems"][0]["message"]
+
+
+def test_columns_are_validate_s_own(no_clouds_yaml: requests_mock.Mocker, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "validate", "docker-ce", "-c", "seconds")     # a build column, not validate's
+    assert code == 2 and out == ""
+    assert "'seconds' is not one of 'ok', 'recipe'" in err
