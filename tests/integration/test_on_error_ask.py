@@ -99,9 +99,10 @@ def terminal_build(tmp_path: Path, unique_name: str) -> Iterator[Terminal]:
 
 
 def _build_id(text: str) -> str:
-    found = re.search(r"snapbuild-docker-ce-[0-9a-z-]+", text)
+    """The build id (UTC stamp and 8 hex digits) in the names of the build's resources, as the ledger keeps it."""
+    found = re.search(r"snapbuild-docker-ce-(\d{14}-[0-9a-f]{8})\b", text)
     assert found, text[-3000:]
-    return found.group(0)
+    return found.group(1)
 
 
 def _builders(admin: Connection, build_id: str) -> list[str]:
@@ -154,7 +155,7 @@ def test_ask_keep_leaves_the_builder_reachable_and_the_printed_cleanup_removes_i
     assert code == 3, term.text[-3000:]
     after = term.text[asked.end():]
     assert "kept for debugging" in after
-    command = re.search(r"remove them with: (snapbuild cleanup .*)", after)
+    command = re.search(r"remove them with: (snapbuild .*cleanup .*)", after)
     assert command and f"--build-id {build_id}" in command.group(1), after
     kept = _builders(admin_conn, build_id)
     assert any(k.startswith("server ") for k in kept), kept
