@@ -3,9 +3,9 @@
 Builds use the fake guests (`no_provision: true`: boot → stop → snapshot → properties, no SSH), since these
 drills are about the catalogue's API behaviour; the image content is the real-guest tier's business.
 
-Needs a second region in the same Keystone (its own Glance and Nova): SNAPBUILD_SECOND_REGION names it. The
-project's test cloud (tests/cloud) has one region today, so there these tests skip and say so; on a two-region
-cloud (or DevStack multi-region) they run. Everything made is named `sbtest-<session>-…` (the session's leak
+Needs a second region in the same Keystone with its own Glance: SNAPBUILD_SECOND_REGION names it (the project's
+test cloud has RegionTwo and its env file sets it; on another cloud without one these tests skip and say so).
+Servers are made in the first region only: the test cloud's RegionTwo shares RegionOne's Nova. Everything made is named `sbtest-<session>-…` (the session's leak
 check sees it) and carries the entry property this module removes at the end.
 """
 
@@ -37,7 +37,7 @@ def regions() -> tuple[str, str]:
     second = os.environ.get("SNAPBUILD_SECOND_REGION")
     if not second:
         pytest.skip("the catalogue drills need a second region in the same Keystone: set SNAPBUILD_SECOND_REGION "
-                    "(tests/cloud has one region today)")
+                    "(the project's test cloud has RegionTwo)")
     return first, second
 
 
@@ -159,16 +159,16 @@ def test_apply_then_again_builds_nothing_then_one_change_rebuilds_only_that_entr
 def test_rotation_keep_1_hides_then_deletes_but_keeps_in_use_and_never_touches_foreign_images(
         catalogue: Path, names: dict[str, str], regions: tuple[str, str], cloud_names: Any, two: Any,
         unique_name: str, cleanup: Any) -> None:
-    conn = two[0]
+    conn, conn_two = two
     apply(catalogue)
     (old,) = images(conn, names["docker"])
-    (old_two,) = images(two[1], names["docker"])
-    # a server in the second region still boots from the old copy
-    flavor = two[1].compute.find_flavor(FLAVOR)
-    server = two[1].compute.create_server(name=f"{unique_name}-user", image_id=old_two.id, flavor_id=flavor.id,
-                                          networks="none")
-    cleanup(two[1].compute.delete_server, server)
-    two[1].compute.wait_for_server(server, wait=300)
+    (old_two,) = images(conn_two, names["docker"])
+    # a server still boots from the old image where it was built
+    flavor = conn.compute.find_flavor(FLAVOR)
+    server = conn.compute.create_server(name=f"{unique_name}-user", image_id=old.id, flavor_id=flavor.id,
+                                        networks="none")
+    cleanup(conn.compute.delete_server, server)
+    conn.compute.wait_for_server(server, wait=300)
     # an image snapbuild did not make, with the same name and even the entry property
     foreign = conn.image.create_image(name=old.name, disk_format="qcow2", container_format="bare", data=b"x" * 512,
                                       properties={"snapbuild_catalogue_entry": names["docker"]})
@@ -176,14 +176,15 @@ def test_rotation_keep_1_hides_then_deletes_but_keeps_in_use_and_never_touches_f
     catalogue.write_text(catalogue_text(names, regions, cloud=cloud_names.member, docker_version="29.2.2",
                                         grace="5s"))
     apply(catalogue)
-    assert conn.image.get_image(old.id).is_hidden
+    assert conn.image.get_image(old.id).is_hidden and conn_two.image.get_image(old_two.id).is_hidden
     time.sleep(6)
     result = apply(catalogue)
     rows = {row["image_id"]: row for row in result["done"]}
-    assert rows[old.id]["action"] == "deleted"
-    assert rows[old_two.id]["action"] == "kept" and "in use" in rows[old_two.id]["detail"]
+    assert rows[old_two.id]["action"] == "deleted"
+    assert rows[old.id]["action"] == "kept" and "in use" in rows[old.id]["detail"]
     assert rows[foreign.id]["action"] == "untouched"
     assert conn.image.get_image(foreign.id).status == "active" and not conn.image.get_image(foreign.id).is_hidden
+    assert conn.image.get_image(old.id).status == "active"
 
 
 def test_two_applies_at_once_build_each_digest_once(catalogue: Path, names: dict[str, str], two: Any) -> None:

@@ -193,22 +193,6 @@ def test_cleanup_removes_exactly_this_installations_abandoned_and_old_leftovers(
     assert r1.proc.poll() is None                                       # the running build was left alone
 
 
-SLOW_UPLOAD = (
-    "import time\n"
-    "from pathlib import Path\n"
-    "import snapbuild.openstack.upload as u\n"
-    "from snapbuild.run.context import Reporter\n"
-    "class Slow(u.HashingReader):\n"
-    "    def read(self, n=-1):\n"
-    "        chunk = super().read(n)\n"
-    "        if self.sent > 1 << 20: print('STREAMING', flush=True); time.sleep(0.05)\n"
-    "        return chunk\n"
-    "u.HashingReader = Slow\n"
-    "u.upload_image(u.UploadSettings(file=Path(__import__('sys').argv[1]), name=__import__('sys').argv[2]), "
-    "Reporter())\n"
-)
-
-
 def test_cleanup_removes_the_partial_image_of_a_killed_upload(conn: Connection, admin_conn: Connection,
                                                               tmp_path: Path, unique_name: str,
                                                               cleanup: Callable[..., Any]) -> None:
@@ -224,7 +208,7 @@ def test_cleanup_removes_the_partial_image_of_a_killed_upload(conn: Connection, 
             conn.image.delete_image(image.id, ignore_missing=True)
 
     cleanup(remove_all)
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_UPLOAD, str(raw), unique_name], env=_env(state),
+    proc = subprocess.Popen([sys.executable, "-m", "tests.slowupload", str(raw), unique_name], env=_env(state),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     try:
         assert proc.stdout is not None

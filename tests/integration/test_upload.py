@@ -129,22 +129,9 @@ def test_sigint_to_an_uploading_process_leaves_no_image(qcow2: Path, unique_name
                                                         images_named: Callable[[str], list[Any]],
                                                         remove_images: list[str]) -> None:
     remove_images.append(unique_name)
-    # a slow reader so the signal lands mid-stream: progress sleeps a little per chunk
-    script = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "import snapbuild.openstack.upload as u\n"
-        "from snapbuild.run.context import Reporter\n"
-        "class Slow(u.HashingReader):\n"
-        "    def read(self, n=-1):\n"
-        "        chunk = super().read(n)\n"
-        "        if self.sent > 1 << 20: print('STREAMING', flush=True); time.sleep(0.05)\n"
-        "        return chunk\n"
-        "u.HashingReader = Slow\n"
-        f"u.upload_image(u.UploadSettings(file=Path({str(qcow2)!r}), name={unique_name!r}), Reporter())\n"
-    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SNAPBUILD_STATE_DIR": str(tmp_path / "state")}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.slowupload", str(qcow2), unique_name], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

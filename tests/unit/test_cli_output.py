@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from snapbuild import cli
 from snapbuild.cli.output import Output, Result
 from snapbuild.host import cleanup as host_cleanup
 from snapbuild.host.cleanup import SweptBuild
 from snapbuild.openstack import snapshot, upload
 from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
 from snapbuild.openstack.upload import UploadResult, UploadSettings
+from tests.clirun import run
 
 ROW = {"id": "img-1", "name": "k8s-20261204", "properties": {"os_distro": "ubuntu"}, "protected": False,
        "manifest": None}
@@ -78,16 +78,6 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("SNAPBUILD_STATE_DIR", str(tmp_path / "state"))
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 BUILT = SnapshotResult(image_id="3f1c-image", image_name="base-20261204-1200", build_id="20261204-ab12",

@@ -17,8 +17,8 @@ import snapbuild
 from snapbuild import cli
 from snapbuild.cli.cloud_options import long_name
 from snapbuild.config import BUILD_KEYS, BUILD_REFUSED
-from snapbuild.openstack import snapshot
-from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
+from snapbuild.openstack.settings import SnapshotSettings
+from tests.clirun import capture_snapshot_builds, run
 
 SCHEMA = Path(snapbuild.__file__).resolve().parent / "schemas" / "config.schema.json"
 EXAMPLE = """\
@@ -46,15 +46,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[SnapshotSettings]:
     """What `build_snapshot` is handed; nothing contacts a cloud."""
-    seen: list[SnapshotSettings] = []
-
-    def fake_build_snapshot(settings: SnapshotSettings, plan: Any, monitor: Any, **kw: Any) -> Any:
-        seen.append(settings)
-        return SnapshotResult(image_id="image-1", image_name="base-test", build_id="b-1", properties={}, seconds=1.0,
-                              manifest={})
-
-    monkeypatch.setattr(snapshot, "build_snapshot", fake_build_snapshot)
-    return seen
+    return capture_snapshot_builds(monkeypatch, image_name="base-test")
 
 
 def write_config(tmp_path: Path, text: str, name: str = "snapbuild.yaml") -> Path:
@@ -62,16 +54,6 @@ def write_config(tmp_path: Path, text: str, name: str = "snapbuild.yaml") -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("mirrors: upstream\n" + textwrap.dedent(text))
     return path
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def the_error(code: int, err: str) -> str:

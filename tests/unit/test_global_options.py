@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from snapbuild import cli
 from snapbuild.cli.global_options import AUTH_ARGS, GlobalOptionsGroup, split_line
-from snapbuild.openstack import snapshot
-from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
+from snapbuild.openstack.settings import SnapshotSettings
+from tests.clirun import capture_snapshot_builds, run
 
 KEYSTONE = "http://127.0.0.1:5000/v3"
 
@@ -33,25 +33,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> list[SnapshotSettings]:
     """What `build_snapshot` is handed; nothing contacts a cloud."""
-    seen: list[SnapshotSettings] = []
-
-    def fake_build_snapshot(settings: SnapshotSettings, plan: Any, monitor: Any, **kw: Any) -> SnapshotResult:
-        seen.append(settings)
-        return SnapshotResult(image_id="image-1", image_name="n", build_id="b-1", properties={}, seconds=1.0,
-                              manifest={})
-
-    monkeypatch.setattr(snapshot, "build_snapshot", fake_build_snapshot)
-    return seen
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return capture_snapshot_builds(monkeypatch)
 
 
 @pytest.mark.parametrize("line", [

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests_mock
 
-from snapbuild import cli
 from snapbuild.openstack.cloud import Cloud
+from tests.clirun import run
 from tests.unit.openstack.httpcloud import FakeClock, HTTPCloud
 
 GOOD = ["--mirrors", "upstream", "--flavor", "m1.small", "--network", "private", "--floating-network", "public"]
@@ -50,16 +50,6 @@ def connects(api: HTTPCloud, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str 
 
     monkeypatch.setattr(Cloud, "connect", classmethod(connect))
     return seen
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def changes(api: HTTPCloud) -> list[str]:

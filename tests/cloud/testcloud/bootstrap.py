@@ -1,7 +1,8 @@
 """What the tests expect to find in the cloud, made idempotently through the real APIs (openstacksdk).
 
-Identity (service users, catalog, the `snapbuild` member) right after Keystone is up; then networks `public` and
-`private` with a router, flavors m1.*, image `debian-12`, quotas; finally clouds.yaml and an env file.
+Identity (service users, catalog, the `snapbuild` member; RegionTwo and the second project) right after Keystone
+is up; then networks `public` and `private` with a router, flavors m1.*, image `debian-12`, quotas; finally
+clouds.yaml and an env file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import openstack
 import yaml
 from openstack.connection import Connection
 
-from testcloud.layout import REGION, Layout
+from testcloud.layout import REGION, REGION_TWO, Layout
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,21 @@ CATALOG = (  # service name, type, path under the service's root URL
 )
 
 
-def connect(lay: Layout, user: str = "admin", project: str = "admin") -> Connection:
+# RegionTwo's catalog: its own Glance; Keystone, Nova and Neutron are RegionOne's (one set of servers and
+# networks, seen from both regions): a catalogue copies to and rotates in RegionTwo's Glance for real.
+CATALOG_TWO = (  # service name, type, (endpoint name in the layout, path)
+    ("keystone", "identity", ("keystone", "/v3")),
+    ("glance", "image", ("glance2", "")),
+    ("nova", "compute", ("nova", "/v2.1")),
+    ("neutron", "network", ("neutron", "")),
+)
+OTHER = "snapbuild-other"    # a second project with its own member: what one project must not see of another
+
+
+def connect(lay: Layout, user: str = "admin", project: str = "admin", region: str = REGION) -> Connection:
     return openstack.connect(
         auth_url=lay.auth_url, username=user, password=lay.password, project_name=project,
-        user_domain_name="Default", project_domain_name="Default", region_name=REGION,
+        user_domain_name="Default", project_domain_name="Default", region_name=region,
         identity_api_version="3", load_yaml_config=False, load_envvars=False,
     )
 
@@ -73,6 +85,25 @@ def identity(lay: Layout) -> None:
     ident.assign_project_role_to_user(member_project, member, roles["member"])
 
 
+def region_two(lay: Layout) -> None:
+    """RegionTwo in the same Keystone with its endpoints (CATALOG_TWO), and the second project and its member."""
+    conn = connect(lay)
+    ident = conn.identity
+    if ident.find_region(REGION_TWO, ignore_missing=True) is None:
+        ident.create_region(id=REGION_TWO, description="snapbuild test cloud: a second Glance")
+    for name, kind, (endpoint, path) in CATALOG_TWO:
+        service = ident.find_service(name, ignore_missing=True) or ident.create_service(name=name, type=kind)
+        have = {e.interface for e in ident.endpoints(service_id=service.id, region_id=REGION_TWO)}
+        for interface in ("public", "internal", "admin"):
+            if interface not in have:
+                ident.create_endpoint(service_id=service.id, interface=interface, region_id=REGION_TWO,
+                                      url=lay.url(endpoint) + path)
+    member_role = ident.find_role("member", ignore_missing=False)
+    project = _project(conn, OTHER)
+    user = _user(conn, OTHER, project.id, lay.password)
+    ident.assign_project_role_to_user(project, user, member_role)
+
+
 def _project(conn: Connection, name: str) -> Any:
     return (conn.identity.find_project(name, domain_id="default", ignore_missing=True)
             or conn.identity.create_project(name=name, domain_id="default"))
@@ -93,6 +124,9 @@ def resources(lay: Layout, *, first_time: bool) -> None:
         _networks(admin, member)
     else:
         reset_member_project(member)
+        # Each region's Glance is its own: RegionTwo's images and the second project's too.
+        for user, region in ((MEMBER, REGION_TWO), (OTHER, REGION), (OTHER, REGION_TWO)):
+            _reset_images(connect(lay, user, user, region))
     _flavors(admin)
     _upload_image(admin, IMAGE_NAME, _image_file(lay))
     if real := real_image_file():
@@ -121,14 +155,18 @@ def reset_member_project(member: Connection) -> None:
         if group.name != "default" and group.project_id == member.current_project_id:
             log.info("reset: deleting security group %s (%s)", group.id, group.name)
             member.network.delete_security_group(group)
-    for image in member.image.images(owner=member.current_project_id):
-        log.info("reset: deleting image %s (%s)", image.id, image.name)
-        if image.is_protected:
-            member.image.update_image(image.id, is_protected=False)
-        member.image.delete_image(image.id)
+    _reset_images(member)
     for keypair in member.compute.keypairs():
         log.info("reset: deleting keypair %s", keypair.name)
         member.compute.delete_keypair(keypair)
+
+
+def _reset_images(conn: Connection) -> None:
+    for image in conn.image.images(owner=conn.current_project_id):
+        log.info("reset: deleting image %s (%s)", image.id, image.name)
+        if image.is_protected:
+            conn.image.update_image(image.id, is_protected=False)
+        conn.image.delete_image(image.id)
 
 
 def _networks(admin: Connection, member: Connection) -> None:
@@ -211,11 +249,14 @@ def clouds_yaml(lay: Layout) -> None:
         }
 
     lay.clouds_yaml.write_text(yaml.safe_dump(
-        {"clouds": {MEMBER: cloud(MEMBER, MEMBER), f"{MEMBER}-admin": cloud("admin", "admin")}}, sort_keys=False))
+        {"clouds": {MEMBER: cloud(MEMBER, MEMBER), f"{MEMBER}-admin": cloud("admin", "admin"),
+                    OTHER: cloud(OTHER, OTHER)}}, sort_keys=False))
     lay.env_file.write_text(
         f"export OS_CLIENT_CONFIG_FILE={lay.clouds_yaml}\n"
         f"export OS_CLOUD={MEMBER}\n"
         f"export SNAPBUILD_ADMIN_CLOUD={MEMBER}-admin\n"
+        f"export SNAPBUILD_SECOND_REGION={REGION_TWO}\n"
+        f"export SNAPBUILD_OTHER_CLOUD={OTHER}\n"
         f"export SNAPBUILD_TESTCLOUD_BACKEND={lay.backend}\n"
         # Real guests need both: a backend that runs them and a bootable image.
         f"export SNAPBUILD_TESTCLOUD_REAL_GUESTS={int(lay.backend != 'fake' and real_image_file() is not None)}\n"

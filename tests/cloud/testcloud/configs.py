@@ -70,28 +70,33 @@ def keystone(lay: Layout) -> None:
     })
 
 
-def glance(lay: Layout) -> None:
-    etc = lay.etc / "glance"
+def glance(lay: Layout, name: str = "glance") -> None:
+    """A Glance API: `glance` for RegionOne, `glance2` for RegionTwo (its own config dir, database, port, store)."""
+    etc = lay.etc / name
     write_ini(etc / "glance-api.conf", {
         "DEFAULT": {
             "use_stderr": "true",
             # Multi-store layout, as modern deployments have: this is what makes `stores` a reserved
             # property and exposes the openstacksdk update_image(<Image>) bug.
             "enabled_backends": "file1:file",
-            "worker_self_reference_url": lay.url("glance"),
+            "worker_self_reference_url": lay.url(name),
             "workers": 1,
             "image_size_cap": 64 * 1024**3,
         },
-        "database": {"connection": lay.db_url("glance")},
+        "database": {"connection": lay.db_url(name)},
         "glance_store": {"default_backend": "file1"},
-        "file1": {"filesystem_store_datadir": _data(lay, "glance", "images")},
-        "os_glance_staging_store": {"filesystem_store_datadir": _data(lay, "glance", "staging")},
-        "os_glance_tasks_store": {"filesystem_store_datadir": _data(lay, "glance", "tasks")},
+        "file1": {"filesystem_store_datadir": _data(lay, name, "images")},
+        "os_glance_staging_store": {"filesystem_store_datadir": _data(lay, name, "staging")},
+        "os_glance_tasks_store": {"filesystem_store_datadir": _data(lay, name, "tasks")},
         "keystone_authtoken": _authtoken(lay, "glance"),
         "paste_deploy": {"flavor": "keystone", "config_file": etc / "glance-api-paste.ini"},
-        "oslo_concurrency": {"lock_path": _data(lay, "glance", "lock")},
+        "oslo_concurrency": {"lock_path": _data(lay, name, "lock")},
     })
     shutil.copy(lay.venv / "etc" / "glance" / "glance-api-paste.ini", etc / "glance-api-paste.ini")
+
+
+def glance2(lay: Layout) -> None:
+    glance(lay, "glance2")
 
 
 def placement(lay: Layout) -> None:
@@ -193,5 +198,5 @@ def rabbitmq(lay: Layout) -> None:
 
 
 def all_services(lay: Layout) -> None:
-    for render in (keystone, glance, placement, nova, neutron, rabbitmq):
+    for render in (keystone, glance, glance2, placement, nova, neutron, rabbitmq):
         render(lay)

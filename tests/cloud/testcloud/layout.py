@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REGION = "RegionOne"
+# A second region in the same Keystone: its own Glance (own database and store), as a catalogue's copies and
+# rotation need; Nova and Neutron are RegionOne's, registered for it too (one set of servers, seen from both).
+REGION_TWO = "RegionTwo"
 HOST = "127.0.0.1"
 
 
@@ -83,6 +86,7 @@ PORT_OFFSETS = {
     "rabbitmq": 6,
     "epmd": 7,
     "rabbitmq-dist": 8,
+    "glance2": 9,
 }
 
 

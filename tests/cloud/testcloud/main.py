@@ -18,14 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from testcloud import configs, procs
-from testcloud.layout import HOST, Layout, from_env
+from testcloud.layout import HOST, PORT_OFFSETS, Layout, from_env
 
 log = logging.getLogger("testcloud")
 
-API_SERVICES = ("keystone", "glance", "placement", "neutron", "nova-api")
+API_SERVICES = ("keystone", "glance", "glance2", "placement", "neutron", "nova-api")
 NOVA_DAEMONS = ("nova-conductor", "nova-scheduler", "nova-compute")
 INFRA = ("mariadb", "rabbitmq", "epmd")
-DATABASES = ("keystone", "glance", "placement", "nova_api", "nova", "nova_cell0", "neutron")
+DATABASES = ("keystone", "glance", "glance2", "placement", "nova_api", "nova", "nova_cell0", "neutron")
 
 
 # --- plumbing -------------------------------------------------------------------------------------------------
@@ -177,11 +177,13 @@ def start_rabbitmq(lay: Layout) -> None:
 
 def gunicorn(lay: Layout, name: str, app: str) -> None:
     port = lay.port("nova" if name == "nova-api" else name)
+    # Each service finds its config through OS_<SERVICE>_CONFIG_DIR: RegionTwo's Glance has its own.
+    env = {"OS_GLANCE_CONFIG_DIR": str(lay.etc / name)} if app == "glance" else None
     _spawn(lay, name, [
         _bin(lay, "gunicorn"), "--no-control-socket", "--workers", "1", "--worker-class", "gthread",
         "--threads", "4", "--bind", f"{HOST}:{port}", "--timeout", "600", "--graceful-timeout", "3",
         "--name", f"testcloud-{name}", f"testcloud.wsgi:{app}",
-    ])
+    ], env=env)
 
 
 def keystone_db(lay: Layout) -> None:
@@ -202,8 +204,12 @@ def keystone_db(lay: Layout) -> None:
                                   "--bootstrap-internal-url", url, "--bootstrap-public-url", url])
 
 
-def glance_db(lay: Layout) -> None:
-    _run(lay, "glance-manage", [_bin(lay, "glance-manage"), "--config-dir", str(lay.etc / "glance"), "db_sync"])
+def glance_db(lay: Layout, name: str = "glance") -> None:
+    _run(lay, f"{name}-manage", [_bin(lay, "glance-manage"), "--config-dir", str(lay.etc / name), "db_sync"])
+
+
+def glance2_db(lay: Layout) -> None:
+    glance_db(lay, "glance2")
 
 
 def placement_db(lay: Layout) -> None:
@@ -295,23 +301,25 @@ def start(lay: Layout) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         schemas = {name: pool.submit(_once, lay, f"{name}-db", func, lay)
                    for name, func in (("nova", nova_db), ("neutron", neutron_db), ("glance", glance_db),
-                                      ("placement", placement_db))}
+                                      ("glance2", glance2_db), ("placement", placement_db))}
         _once(lay, "keystone-db", keystone_db, lay)
         gunicorn(lay, "keystone", "keystone")
-        for name, app in (("glance", "glance"), ("placement", "placement"), ("neutron", "neutron"),
-                          ("nova-api", "nova")):
-            schemas[app].result()
+        for name, app in (("glance", "glance"), ("glance2", "glance"), ("placement", "placement"),
+                          ("neutron", "neutron"), ("nova-api", "nova")):
+            schemas[name if name == "glance2" else app].result()
             gunicorn(lay, name, app)
         # nova-compute may come up before Placement answers: it retries every update_resources_interval.
         compute_started = datetime.now(UTC)
         nova_daemon(lay, "nova-compute")
         _wait(lay, "keystone", lambda: _http_ok(lay.auth_url), timeout=120, daemon="keystone")
         _once(lay, "identity", bootstrap.identity, lay)
+        _once(lay, "identity-region-two", bootstrap.region_two, lay)
         # Conductor and scheduler die at start-up if their Placement credentials do not work yet.
         nova_daemon(lay, "nova-conductor")
         nova_daemon(lay, "nova-scheduler")
     _wait(lay, "rabbitmq", lambda: procs.port_open(lay.port("rabbitmq")), timeout=120, daemon="rabbitmq")
-    for name, url in (("glance", lay.url("glance")), ("placement", lay.url("placement")),
+    for name, url in (("glance", lay.url("glance")), ("glance2", lay.url("glance2")),
+                      ("placement", lay.url("placement")),
                       ("neutron", lay.url("neutron")), ("nova-api", lay.url("nova"))):
         _wait(lay, name, lambda url=url: _http_ok(url), timeout=180, daemon=name)  # type: ignore[misc]
     log.info("APIs answer after %.1f s", time.monotonic() - t0)
@@ -323,7 +331,7 @@ def start(lay: Layout) -> None:
         _stamp(lay, "resources").write_text(time.strftime("%F %T\n"))
     bootstrap.clouds_yaml(lay)
     log.info("test cloud ready in %.1f s, %d MiB RSS", time.monotonic() - t0, rss_mib(lay))
-    print(f"clouds.yaml: {lay.clouds_yaml}  (clouds: snapbuild, snapbuild-admin)")
+    print(f"clouds.yaml: {lay.clouds_yaml}  (clouds: snapbuild, snapbuild-admin; regions RegionOne, RegionTwo)")
     print(f"use it with: source {lay.env_file}")
 
 
@@ -340,7 +348,7 @@ def stop(lay: Layout) -> None:
     for own in ("mysqld.sock", "mariadbd.own.pid"):  # mariadbd's own files, left only if it was killed
         (lay.run / own).unlink(missing_ok=True)
     leftovers = [p.name for p in lay.run.glob("*.pid")] if lay.run.exists() else []
-    busy = [p for p in range(lay.port_base, lay.port_base + 9) if procs.port_open(p)]
+    busy = [p for p in range(lay.port_base, lay.port_base + len(PORT_OFFSETS)) if procs.port_open(p)]
     if leftovers or busy:
         raise RuntimeError(f"after stop: pid files {leftovers}, ports still open {busy}")
     print("test cloud stopped")
