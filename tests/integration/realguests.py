@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudnames import NETWORK as MEMBER_NETWORK
+from cloudnames import REAL_BASE, REAL_FLAVOR
 from openstack.connection import Connection
 
 from snapbuild.guest.ssh import SSHGuest
 from snapbuild.sshkeys import KeyPair, parse_console_host_keys
 
-IMAGE = "debian-12-real"   # the Debian base image the system and vm tiers built (tests/cloud/start uploads it)
-FLAVOR = "r1.small"        # its extra spec testcloud:backend=qemu makes the server a real TCG guest
-NETWORK = "private"
+IMAGE = REAL_BASE   # the test cloud: the Debian base image the system and vm tiers built (tests/cloud/start uploads it)
+FLAVOR = REAL_FLAVOR   # the test cloud: its extra spec testcloud:backend=qemu makes the server a real TCG guest
+NETWORK = MEMBER_NETWORK
 USER = "debian"  # the image's cloud-init default user
 STATE = Path(os.environ.get("SNAPBUILD_TESTCLOUD_DIR", "/var/lib/snapbuild-testcloud"))
 BOOT_DEADLINE = 900.0  # TCG on a shared 2-core machine: SSH came up after 40-130 s, leave a wide margin

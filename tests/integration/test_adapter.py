@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudnames import FLAVOR
 from openstack.connection import Connection
 
 from snapbuild.errors import UserError
 from snapbuild.openstack.cloud import Cloud
-
-FLAVOR = "m1.small"
 
 
 @pytest.fixture(scope="module")

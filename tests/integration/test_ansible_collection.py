@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK
 from openstack.connection import Connection
 from realguests import FLAVOR as REAL_FLAVOR
 from realguests import IMAGE as REAL_IMAGE
@@ -29,10 +30,6 @@ from realguests import needs_real_guests
 from test_validate_cloud import project_resources
 
 REPO = Path(__file__).resolve().parents[2]
-FLAVOR = "m1.small"
-NETWORK = "private"
-EXTERNAL = "public"
-BASE = "debian-12"
 
 
 def tool(name: str) -> str:
@@ -87,7 +84,7 @@ def playbook(tmp_path: Path, module_args: dict[str, Any], *, check: bool = False
 
 def build_args(cloud: str, name: str, **changes: Any) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "recipe": "docker-ce", "cloud": cloud, "distro": "debian-12", "mirrors": "upstream", "flavor": FLAVOR,
+        "recipe": "docker-ce", "cloud": cloud, "distro": DISTRO, "mirrors": "upstream", "flavor": FLAVOR,
         "base_image": BASE, "networks": [NETWORK], "floating_network": EXTERNAL, "name": name,
         "properties": {"sbtest": "1"}, "tags": ["sbtest"], "timeouts": {"boot": 180, "snapshot": 300},
         "executable": tool("snapbuild"),

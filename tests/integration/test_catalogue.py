@@ -22,12 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK
 from openstack.connection import Connection
 
-FLAVOR = os.environ.get("SNAPBUILD_TEST_FLAVOR", "m1.small")
-NETWORK = os.environ.get("SNAPBUILD_TEST_NETWORK", "private")
-EXTERNAL = os.environ.get("SNAPBUILD_TEST_EXTERNAL", "public")
-BASE = "debian-12"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,7 +49,7 @@ def catalogue_text(names: dict[str, str], regions: tuple[str, str], *, cloud: st
 images:
   {names['docker']}:
     recipe: docker-ce
-    distro: debian-12
+    distro: {DISTRO}
     mirrors: upstream
     base_image: {BASE}
     image_name: {names['docker']}
@@ -60,7 +57,7 @@ images:
   {names['k8s']}:
     recipe: k8s
     variant: slim
-    distro: debian-12
+    distro: {DISTRO}
     mirrors: upstream
     base_image: {BASE}
     image_name: {names['k8s']}

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK
 from openstack.connection import Connection
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD_ARGS = ["build", "docker-ce", "--distro", "debian-12", "--flavor", "m1.small", "--base-image", "debian-12",
-              "--network", "private", "--floating-network", "public", "--no-provision", "--allow-blocked",
+BUILD_ARGS = ["build", "docker-ce", "--distro", DISTRO, "--flavor", FLAVOR, "--base-image", BASE,
+              "--network", NETWORK, "--floating-network", EXTERNAL, "--no-provision", "--allow-blocked",
               "--timeout-boot", "180", "--timeout-snapshot", "180"]
 WAIT = 240.0
 

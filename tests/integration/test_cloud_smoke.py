@@ -13,14 +13,12 @@ from typing import Any
 
 import openstack
 import pytest
+from cloudnames import BASE, EXTERNAL, FLAVOR, NETWORK
 from openstack import exceptions
 from openstack.connection import Connection
 
 WAIT = 180  # seconds: generous for a loaded CI machine, never "forever"
-FLAVOR = "m1.small"
-IMAGE = "debian-12"
-NETWORK = "private"
-EXTERNAL = "public"
+IMAGE = BASE
 
 
 def _wait_server(conn: Connection, server: Any, status: str) -> Any:

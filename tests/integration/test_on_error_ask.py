@@ -16,12 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK
 from openstack.connection import Connection
 
-FLAVOR = "m1.small"          # a fake guest: boots, never answers SSH
-NETWORK = "private"
-EXTERNAL = "public"
-BASE = "debian-12"
 PROMPT = re.compile(r"step 'connect' failed: \[c\]lean up, \[r\]etry the step, \[k\]eep everything\? ")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
@@ -88,7 +85,7 @@ class Terminal:
 @pytest.fixture
 def terminal_build(tmp_path: Path, unique_name: str) -> Iterator[Terminal]:
     env = {**os.environ, "SNAPBUILD_STATE_DIR": str(tmp_path / "state"), "TERM": "dumb", "COLUMNS": "200"}
-    term = Terminal([sys.executable, "-m", "snapbuild", "build", "docker-ce", "--distro", "debian-12",
+    term = Terminal([sys.executable, "-m", "snapbuild", "build", "docker-ce", "--distro", DISTRO,
                      "--mirrors", "upstream", "--base-image", BASE, "--flavor", FLAVOR, "--network", NETWORK,
                      "--floating-network", EXTERNAL, "--timeout-ssh", "15", "--name", unique_name,
                      "--on-error", "ask"], env)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cloudnames import REAL_DISTRO
 from openstack.connection import Connection
 from realguests import (
     BOOT_DEADLINE,
@@ -133,7 +134,7 @@ def test_snapbuild_build_base_on_real_guests(conn: Connection, unique_name: str,
     events_file = tmp_path / "events.jsonl"
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "snapbuild", "build", "base", "--distro", "debian-12", "--mirrors", "upstream",
+        [sys.executable, "-m", "snapbuild", "build", "base", "--distro", REAL_DISTRO, "--mirrors", "upstream",
          "--flavor", FLAVOR, "--network", NETWORK, "--base-image", IMAGE, "--timeout-ssh", "600",
          "--image-name", image_name, "--events", str(events_file)],
         capture_output=True, text=True, timeout=3600, check=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudnames import REAL_DISTRO
 from openstack.connection import Connection
 from realguests import FLAVOR, IMAGE, NETWORK, needs_real_guests, qemu_pids
 
@@ -28,7 +29,7 @@ POINTS = {"booting": "▸ connect", "provisioning": "▸ provision", "capturing"
 def _start(tmp_path: Path, image_name: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SNAPBUILD_STATE_DIR": str(tmp_path / "state")}
     return subprocess.Popen(
-        [sys.executable, "-m", "snapbuild", "build", "base", "--distro", "debian-12", "--mirrors", "upstream",
+        [sys.executable, "-m", "snapbuild", "build", "base", "--distro", REAL_DISTRO, "--mirrors", "upstream",
          "--flavor", FLAVOR, "--network", NETWORK, "--base-image", IMAGE, "--timeout-ssh", "600",
          "--image-name", image_name],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudnames import REAL_DISTRO
 from openstack.connection import Connection
 from realguests import FLAVOR, IMAGE, NETWORK, assert_fresh_machine, boot_and_connect, needs_real_guests
 
@@ -93,7 +94,7 @@ def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
             push(tmp_path / "layout", "1.0", f"{reg.address}/snapbuild-test/hello:{tag}")
         proc = subprocess.run(
             [sys.executable, "-m", "snapbuild", "--recipes-dir", str(RECIPES), "build", RECIPE,
-             "--distro", "debian-12", "--mirrors", str(profile), "--flavor", FLAVOR, "--network", NETWORK,
+             "--distro", REAL_DISTRO, "--mirrors", str(profile), "--flavor", FLAVOR, "--network", NETWORK,
              "--base-image", IMAGE, "--timeout-ssh", "600", "--image-name", image_name, "--json"],
             capture_output=True, text=True, timeout=3600, check=False, env=env, cwd=ROOT)
     built = time.monotonic() - t0
@@ -143,7 +144,7 @@ def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
 
 def _recipe_checks() -> tuple[tuple[str, ...], ...]:
     recipe = load_recipe(RECIPES / RECIPE)
-    plan = make_plan(recipe, distro=get_distro("debian-12"),
+    plan = make_plan(recipe, distro=get_distro(REAL_DISTRO),
                      profile=load_profile(ROOT / "recipes" / "profiles" / "upstream.yaml"),
                      variables=resolve_variables(recipe, config_values={}, set_values={}))
     assert len(plan.verify_checks) >= 6

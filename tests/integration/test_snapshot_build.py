@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, LARGE_FLAVOR, NETWORK
 from openstack.connection import Connection
 
 from snapbuild.errors import BuildError, UserError
@@ -21,11 +22,6 @@ from snapbuild.openstack.settings import SnapshotSettings
 from snapbuild.openstack.snapshot import build_snapshot
 from snapbuild.plan import Plan
 from snapbuild.run.context import Reporter
-
-FLAVOR = "m1.small"
-NETWORK = "private"
-EXTERNAL = "public"
-BASE = "debian-12"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +33,7 @@ def plan() -> Plan:
 
     root = Path(__file__).resolve().parents[2]
     recipe = load_recipe(root / "recipes" / "docker-ce")
-    return make_plan(recipe, distro=get_distro("debian-12"),
+    return make_plan(recipe, distro=get_distro(DISTRO),
                      profile=load_profile(root / "recipes" / "profiles" / "upstream.yaml"),
                      variables=resolve_variables(recipe, config_values={}, set_values={}))
 
@@ -188,7 +184,7 @@ def test_cli_k8s_m1_large_passes_preflight_tags_everything_and_fails_cleanly_at_
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     env = {**os.environ, "SNAPBUILD_STATE_DIR": str(tmp_path / "state")}
-    done = subprocess.run([sys.executable, "-m", "snapbuild", "k8s", "--flavor", "m1.large", "--distro", "debian-12",
+    done = subprocess.run([sys.executable, "-m", "snapbuild", "k8s", "--flavor", LARGE_FLAVOR, "--distro", DISTRO,
                            "--mirrors", "upstream", "--base-image", BASE, "--network", NETWORK,
                            "--floating-network", EXTERNAL, "--timeout-ssh", "20", "--image-name", unique_name],
                           capture_output=True, text=True, env=env, timeout=900, check=False)

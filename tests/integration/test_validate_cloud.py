@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK
 from openstack.connection import Connection
 
 from snapbuild import cli
 
-FLAVOR = "m1.small"
-NETWORK = "private"
-EXTERNAL = "public"
-BASE = "debian-12"
-RECIPE = ["docker-ce", "--distro", "debian-12", "--mirrors", "upstream"]
+RECIPE = ["docker-ce", "--distro", DISTRO, "--mirrors", "upstream"]
 
 
 def run(capsys: pytest.CaptureFixture[str], cloud: str, *args: str) -> tuple[int, str, str]:
