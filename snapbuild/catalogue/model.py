@@ -6,11 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from snapbuild.openstack.properties import CONTENT_DIGEST
+
 # Glance properties the catalogue adds to every image it makes (beside snapbuild's provenance).
 ENTRY_PROPERTY = "snapbuild_catalogue_entry"
 HIDDEN_AT_PROPERTY = "snapbuild_hidden_at"
 COPIED_FROM_PROPERTY = "snapbuild_copied_from"
-DIGEST_PROPERTY = "snapbuild_content_digest"     # snapbuild.openstack.properties.provenance writes it
+DIGEST_PROPERTY = CONTENT_DIGEST                # snapbuild.openstack.properties.provenance writes it
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -132,9 +132,7 @@ def entry_plan(entry: Entry, library: Any) -> Plan:
 def resolve_base(cloud: Cloud, entry: Entry, plan: Plan) -> Image:
     if entry.base.name:
         return cloud.resolve_image(entry.base.name)
-    from snapbuild.openstack import marks
-
-    return cloud.default_image(plan.distro.id, plan.distro.version, entry.base.properties, exclude_tag=marks.TAG)
+    return cloud.default_image(plan.distro.id, plan.distro.version, entry.base.properties)
 
 
 def parse_only(catalogue: Catalogue, only: Iterable[str]) -> set[tuple[str, str]]:

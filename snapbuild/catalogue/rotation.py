@@ -3,8 +3,9 @@
 The newest image with the wanted digest is the current one (or the one about to be built or copied). The newest
 `keep` images stay, the current one first; older ones are hidden (`os_hidden`, with the time in a property), then
 deleted once they have been hidden for the grace period, never while a server the user can see boots from them.
-An image without snapbuild's marks (its tag, its build id and content digest, owned by this project) is never
-touched, whatever its name or properties say.
+An image without snapbuild's marks (its build id and content digest, owned by this project) is never touched,
+whatever its name or other properties say. The `snapbuild` tag is not one of them: a finished build has lost it
+(it marks what is still being made, for `cleanup`), and such an image, still partial, is not touched either.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ def not_ours(image: ImageData, project_id: str) -> str | None:
     """Why an image is not one snapbuild made for this project (None: it is)."""
     if image.owner and image.owner != project_id:
         return f"owned by project {image.owner}"
-    if marks.TAG not in image.tags:
-        return f"no {marks.TAG!r} tag"
     for key in (DIGEST_PROPERTY, marks.PREFIX + "build_id"):
         if key not in image.properties:
             return f"no {key} property"

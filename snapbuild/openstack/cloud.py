@@ -277,16 +277,16 @@ class Cloud:
             log.info("%d images named %r: using the most recent", len(candidates), name_or_id)
         return _image(max(candidates, key=lambda i: str(i.get("created_at", ""))))
 
-    def default_image(self, os_distro: str, os_version: str, properties: Mapping[str, str] | None = None, *,
-                      exclude_tag: str | None = None) -> Image:
-        """The most recent active image with the recipe distro's `os_distro` and `os_version` properties (and
-        without `exclude_tag`: the catalogue never takes an image snapbuild made, which carries the same
-        os_distro/os_version, for a base)."""
+    def default_image(self, os_distro: str, os_version: str, properties: Mapping[str, str] | None = None) -> Image:
+        """The most recent active image with the recipe distro's `os_distro` and `os_version` properties, never one
+        snapbuild built from a recipe: its outputs carry the same os_distro/os_version, and a rebuild must not
+        start from the last build (naming one with --base-image still may)."""
+        from snapbuild.openstack.properties import built_from_recipe
+
         wanted = {"os_distro": os_distro, "os_version": os_version, **dict(properties or {})}
         wanted = {k: v for k, v in wanted.items() if v}
         candidates = [i for i in self._images(status="active")
-                      if all(str(i.get(k, "")) == v for k, v in wanted.items())
-                      and (exclude_tag is None or exclude_tag not in (i.get("tags") or ()))]
+                      if all(str(i.get(k, "")) == v for k, v in wanted.items()) and not built_from_recipe(i)]
         if not candidates:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
             raise UserError(f"no active image with {shown}",

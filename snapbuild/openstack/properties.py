@@ -22,8 +22,17 @@ NOVA_COPIES = (
 )
 # Marks that only matter while the image is a temporary, partial one.
 TEMPORARY_MARKS = tuple(marks.PREFIX + key for key in ("installation_id", "host", "created_at", "expires_at"))
+# What every image snapbuild built from a recipe carries (and a base image never does): the marks by which such an
+# image is told apart once finished (the `snapbuild` tag is only on what is still being made).
+CONTENT_DIGEST = marks.PREFIX + "content_digest"
+BUILT_FROM_RECIPE = (CONTENT_DIGEST, marks.PREFIX + "recipe_digest")
 # Glance reserves these; a patch touching them is refused.
 _RESERVED = re.compile(r"^(os_glance_|stores$)")
+
+
+def built_from_recipe(props: Mapping[str, object]) -> bool:
+    """Whether an image's properties say snapbuild built it from a recipe (so it is nobody's base by default)."""
+    return any(key in props for key in BUILT_FROM_RECIPE)
 
 
 def provenance(*, recipe: str, recipe_digest: str, base_image_id: str, base_image_name: str, build_id: str,
@@ -41,7 +50,7 @@ def provenance(*, recipe: str, recipe_digest: str, base_image_id: str, base_imag
         "snapbuild_build_date": build_date,
     }
     if content_digest:
-        props["snapbuild_content_digest"] = content_digest
+        props[CONTENT_DIGEST] = content_digest
     if variant:
         props["snapbuild_variant"] = variant
     for name, version in components.items():

@@ -100,8 +100,9 @@ class FakeBuilder:
                                                 base_image_id=base.id, base_image_name=base.name, build_id="b1",
                                                 build_date=datetime.now(UTC).isoformat(), components={},
                                                 content_digest=digest, variant=plan.variant))
+        # Finished as a real build finishes: provenance in, the `snapbuild` tag (in-progress mark) gone.
         record = cloud.create_image_record(name=str(settings.image_name), disk_format="qcow2", properties=props,
-                                           tags=["snapbuild"], visibility=settings.visibility)
+                                           tags=list(settings.tags), visibility=settings.visibility)
         cloud.upload_image_stream(record.id, iter([b"image of ", digest.encode()]), None)
         image = cloud.image_data(record.id)
         return SnapshotResult(image_id=image.id, image_name=image.name, build_id="b1", properties=image.properties,

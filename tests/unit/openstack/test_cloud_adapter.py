@@ -103,6 +103,20 @@ def test_default_image_matches_distro_properties(cloud: Cloud) -> None:
         cloud.default_image("fedora", "41")
 
 
+def test_default_image_is_never_one_snapbuild_built_from_a_recipe(cloud: Cloud, api: HTTPCloud) -> None:
+    # A finished build has the base's os_distro/os_version, is newer, and has lost the `snapbuild` tag: only its
+    # provenance tells it apart. A rebuild must start from the base, not from the last build.
+    api.add_image("built-1", "Ubuntu 24.04 - Docker CE", os_distro="ubuntu", os_version="24.04",
+                  snapbuild_content_digest="d" * 64, snapbuild_recipe_digest="r" * 64,
+                  created_at="2026-12-01T00:00:00Z")
+    api.add_image("uploaded-base", "ubuntu-24.04 uploaded by snapbuild upload", os_distro="ubuntu",
+                  os_version="24.04", snapbuild_build_id="u1", created_at="2026-12-02T00:00:00Z")
+    assert cloud.default_image("ubuntu", "24.04").id == "uploaded-base"   # a plain upload is still a base
+    api.images.pop("uploaded-base")
+    assert cloud.default_image("ubuntu", "24.04").id == "base-2"
+    assert cloud.resolve_image("Ubuntu 24.04 - Docker CE").id == "built-1"   # named, it may still be the base
+
+
 def test_quota_check_names_what_is_short(cloud: Cloud, api: HTTPCloud) -> None:
     api.quota["instances"] = (5, 5)
     api.net_quota["floatingip"] = (2, 2)
