@@ -81,7 +81,9 @@ def glance_copy(cloud: Cloud, image: ImageData, store: str, timeout: float) -> C
 
 def stream_copy(source: Cloud, image: ImageData, dest: Cloud, *, build_id: str, visibility: str,
                 extra: Mapping[str, str] | None = None, timeout: float = 3600.0) -> Copied:
-    """Create the image on `dest` with `image`'s name, properties, tags and minimums; stream the data; verify."""
+    """Create the image on `dest` with `image`'s name, properties, tags and minimums; stream the data; verify.
+    While partial it carries the `snapbuild` tag and the temporary marks, as a build's image does: a crash leaves
+    something `snapbuild cleanup` finds; the finish takes both off."""
     started = time.monotonic()
     if not image.hash_value and not image.checksum:
         raise CloudError(f"image {image.id} has no checksum to verify a copy against")
@@ -94,13 +96,15 @@ def stream_copy(source: Cloud, image: ImageData, dest: Cloud, *, build_id: str, 
                                       properties={**wanted, **stamp.metadata(),
                                                   marks.PREFIX + "build_id": wanted.get(marks.PREFIX + "build_id",
                                                                                         build_id)},
-                                      tags=list(image.tags), min_disk=image.min_disk, min_ram=image.min_ram)
+                                      tags=sorted({*image.tags, marks.TAG}), min_disk=image.min_disk,
+                                      min_ram=image.min_ram)
     try:
         hashing = _Hashing(image.hash_algo)
         dest.upload_image_stream(record.id, hashing.through(source.download_image(image.id)), image.size)
         done = dest.wait_image_uploaded(record.id, timeout)
         _verify(image, done, hashing)
-        dest.finish_image(record.id, properties=wanted, remove=properties.TEMPORARY_MARKS, visibility=visibility)
+        dest.finish_image(record.id, properties=wanted, remove=properties.TEMPORARY_MARKS, visibility=visibility,
+                          tags=list(image.tags))
     except BaseException as exc:
         log.warning("copy of %s to %s failed (%s): deleting the partial copy %s", image.id, dest.name, exc, record.id)
         try:

@@ -12,8 +12,8 @@ PROPS = {"snapbuild_content_digest": "d" * 64, "snapbuild_build_id": "b1", "snap
          "docker_version": "29.2.1"}
 
 
-def source_image(regions, data=b"x" * 300_000):
-    image = regions.add_image("RegionOne", "Ubuntu 24.04 - Docker CE", data=data, tags=["snapbuild"], **PROPS,
+def source_image(regions, data=b"x" * 300_000, tags=("published",)):
+    image = regions.add_image("RegionOne", "Ubuntu 24.04 - Docker CE", data=data, tags=list(tags), **PROPS,
                               min_disk=8, min_ram=1024)
     return regions.cloud("RegionOne").image_data(image["id"])
 
@@ -28,8 +28,20 @@ def test_streamed_copy_has_the_same_bytes_properties_and_no_temporary_marks(regi
     assert made["os_hash_value"] == image.hash_value
     assert {k: made[k] for k in PROPS} == PROPS
     assert made["snapbuild_copied_from"] == image.id and made["visibility"] == "public"
-    assert (made["min_disk"], made["min_ram"], made["tags"]) == (8, 1024, ["snapbuild"])
+    assert (made["min_disk"], made["min_ram"], made["tags"]) == (8, 1024, ["published"])   # the in-progress tag went
     assert not any(k in made for k in ("snapbuild_expires_at", "snapbuild_installation_id", "snapbuild_host"))
+
+
+def test_a_partial_copy_carries_the_marks_cleanup_looks_for(regions):
+    image = source_image(regions)
+    stream_copy(regions.cloud("RegionOne"), image, regions.cloud("RegionTwo"), build_id="apply1",
+                visibility="private")
+    (create,) = [r for r in regions.m.request_history if r.method == "POST" and r.path.endswith("/v2/images")
+                 and r.netloc.endswith(":9293")] or [None]
+    body = create.json() if create is not None else None
+    assert body is not None, [f"{r.method} {r.netloc}{r.path}" for r in regions.m.request_history]
+    assert sorted(body["tags"]) == ["published", "snapbuild"]
+    assert body["snapbuild_expires_at"] and body["snapbuild_installation_id"]
 
 
 def test_streamed_copy_sends_the_data_as_a_chunked_stream(regions):
