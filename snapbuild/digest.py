@@ -168,10 +168,16 @@ def label_checksum(value: str | None) -> str | None:
     return f"{algorithm}:{value}" if algorithm else value
 
 
-def file_checksum(path: Path) -> str:
-    """`sha256:HEX` of a base image file."""
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+    return digest.hexdigest()
+
+
+def file_checksum(path: Path) -> str:
+    """`sha256:HEX` of a base image file: what every builder from a file (local, chroot, a catalogue's host
+    targets) gives the content digest for its base."""
+    return f"sha256:{file_sha256(path)}"

@@ -24,7 +24,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from snapbuild.catalogue import claims, copying, rotation
-from snapbuild.catalogue.model import DIGEST_PROPERTY, ENTRY_PROPERTY, HIDDEN_AT_PROPERTY, Catalogue, Target
+from snapbuild.catalogue.model import (
+    DIGEST_PROPERTY,
+    ENTRY_PROPERTY,
+    HIDDEN_AT_PROPERTY,
+    Catalogue,
+    HostBuilt,
+    HostImage,
+    Target,
+)
 from snapbuild.catalogue.planner import CataloguePlan, Clouds, Connect, Item
 from snapbuild.errors import SnapbuildError
 from snapbuild.run.interrupts import shielded
@@ -38,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Builder = Callable[["SnapshotSettings", "Plan", Monitor, "Cloud"], "SnapshotResult"]
+# A local or chroot target's build on this host and its upload (hostbuild.build_on_host; the CLI hands it over).
+HostBuilder = Callable[[Target, "Plan", HostImage, Monitor, "Cloud"], HostBuilt]
 SUMMARY_COLUMNS = ("entry", "target", "action", "image_id", "seconds", "detail")
 
 
@@ -79,6 +89,7 @@ class Runtime:
 
     connect: Connect
     builder: Builder = snapshot_builder
+    host_builder: HostBuilder | None = None      # None: a local or chroot target fails, saying so
     monitor_for: Callable[[str], Monitor] = lambda key: _JobMonitor(key)
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     sleep: Callable[[float], None] = time.sleep
@@ -229,8 +240,7 @@ class Applier:
                     if existing:
                         return self._done(item, "skipped", existing, started, "made by another apply meanwhile")
                     plan = self.plan.plans[entry.name]
-                    settings = self._settings(entry.name, target, plan, item)
-                    result = self.rt.builder(settings, plan, self.rt.monitor_for(item.key), cloud)
+                    result = self._make(entry.name, target, plan, item, cloud)
                 finally:
                     claims.release(cloud, won.id)
             finally:
@@ -241,14 +251,30 @@ class Applier:
             detail = f"digest {recorded[:12]} (planned {item.digest[:12]}: an input changed during the apply)"
         return self._done(item, "built", result.image_id, started, detail)
 
+    def _make(self, entry_name: str, target: Target, plan: Plan, item: Item,
+              cloud: Cloud) -> SnapshotResult | HostBuilt:
+        """The image, made in the cloud (a snapshot build) or on this host and uploaded (local, chroot)."""
+        monitor = self.rt.monitor_for(item.key)
+        if not target.on_host:
+            return self.rt.builder(self._settings(entry_name, target, plan, item), plan, monitor, cloud)
+        if self.rt.host_builder is None:
+            raise SnapbuildError(f"target {target.name}: builder {target.builder} is not available here")
+        entry = self.catalogue.entry(entry_name)
+        image = HostImage(name=self._image_name(entry_name, plan), visibility=entry.visibility,
+                          properties={**entry.properties, ENTRY_PROPERTY: entry.name})
+        return self.rt.host_builder(target, plan, image, monitor, cloud)
+
+    def _image_name(self, entry_name: str, plan: Plan) -> str:
+        entry = self.catalogue.entry(entry_name)
+        return f"{entry.image_name or plan.image.name} {self.rt.now():%Y-%m-%d %H%M}"
+
     def _settings(self, entry_name: str, target: Target, plan: Plan, item: Item) -> SnapshotSettings:
         from snapbuild.openstack.settings import SnapshotSettings
 
         entry = self.catalogue.entry(entry_name)
-        name = entry.image_name or plan.image.name
         return SnapshotSettings(cloud=target.cloud, region=target.region,
                                 base_image=(item.base or {}).get("id"),
-                                image_name=f"{name} {self.rt.now():%Y-%m-%d %H%M}",
+                                image_name=self._image_name(entry_name, plan),
                                 visibility=entry.visibility,
                                 properties={**entry.properties, ENTRY_PROPERTY: entry.name},
                                 **dict(target.build))

@@ -22,10 +22,11 @@ from snapbuild.errors import RecipeError, UserError
 from snapbuild.schema import Checker, type_name
 
 ROLES = ("build", "receive")
+BUILDERS = ("snapshot", "local", "chroot")
 VISIBILITIES = ("private", "shared", "community", "public")
 ENTRY_KEYS = ("recipe", "variant", "distro", "mirrors", "variables", "base_image", "properties", "visibility",
               "image_name", "targets")
-TARGET_KEYS = ("cloud", "region", "role", "copy_from", "store", "build")
+TARGET_KEYS = ("cloud", "region", "role", "copy_from", "store", "builder", "base", "build")
 POLICY_KEYS = ("keep", "grace_period", "claim_ttl", "claim_settle", "on_claimed", "concurrency", "per_cloud")
 # A target's `build:` keys → SnapshotSettings fields (the options of `snapbuild build`, as snapbuild.yaml names them).
 BUILD_FIELDS: Mapping[str, str] = {
@@ -37,9 +38,19 @@ BUILD_FIELDS: Mapping[str, str] = {
     "timeout_provision": "timeout_provision", "timeout_snapshot": "timeout_snapshot",
     "no_provision": "no_provision",
 }
+# A local or chroot target's `build:` keys → LocalSettings / ChrootSettings fields (`snapbuild local` / `chroot`).
+HOST_BUILD_FIELDS: Mapping[str, Mapping[str, str]] = {
+    "local": {"memory": "memory_mb", "cpus": "cpus", "network": "network", "firmware": "firmware",
+              "compression": "compression", "timeout_boot": "boot_timeout_s",
+              "timeout_cloud_init": "cloud_init_timeout_s"},
+    "chroot": {"size": "size", "attach": "attach", "compression": "compression"},
+}
+_CHOICES: Mapping[str, tuple[str, ...]] = {"network": ("nat", "isolated"), "firmware": ("bios", "uefi"),
+                                           "compression": ("zstd", "zlib", "none"),
+                                           "attach": ("auto", "nbd", "loop")}
 _LISTS = {"network", "security_group", "share_with", "tag"}
-_INTS = {"volume_size", "ssh_port", "ssh_ip_version"}
-_FLOATS = {"timeout_boot", "timeout_ssh", "timeout_provision", "timeout_snapshot"}
+_INTS = {"volume_size", "ssh_port", "ssh_ip_version", "memory", "cpus"}
+_FLOATS = {"timeout_boot", "timeout_ssh", "timeout_provision", "timeout_snapshot", "timeout_cloud_init"}
 _BOOLS = {"config_drive", "no_provision"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -79,10 +90,17 @@ def _targets(check: Checker, data: dict[str, Any], known_clouds: Sequence[str] |
         if role not in ROLES:
             raise check.fail(f"{where}.role must be build or receive, not {role!r}", spec, "role",
                              hint=_near(role, ROLES, "roles"))
+        builder = check.string(spec, "builder", where, default="snapshot")
+        if builder not in BUILDERS:
+            raise check.fail(f"{where}.builder must be snapshot, local or chroot, not {builder!r}", spec, "builder",
+                             hint=_near(builder, BUILDERS, "builders"))
+        base_file = _base_file(check, spec, where, role, builder)
+        build = (_host_build_options(check, spec, f"{where}.build", builder) if base_file is not None
+                 else _build_options(check, spec, f"{where}.build", role))
         out.append(Target(name=name, cloud=cloud, region=check.string(spec, "region", where, default="") or None,
                           role=role, copy_from=check.string(spec, "copy_from", where, default="") or None,
-                          store=check.string(spec, "store", where, default="") or None,
-                          build=_build_options(check, spec, f"{where}.build", role), line=yamlfile.line_of(node, name)))
+                          store=check.string(spec, "store", where, default="") or None, builder=builder,
+                          base_file=base_file, build=build, line=yamlfile.line_of(node, name)))
     names = [t.name for t in out]
     for target in out:
         if target.copy_from is None:
@@ -100,6 +118,49 @@ def _targets(check: Checker, data: dict[str, Any], known_clouds: Sequence[str] |
         raise check.fail("no target builds: every target has role: receive", data, "targets",
                          hint="give at least one target role: build")
     return tuple(out)
+
+
+def _base_file(check: Checker, spec: dict[str, Any], where: str, role: str, builder: str) -> str | None:
+    """A local or chroot target's base image file (absolute, or relative to the catalogue); None for snapshot."""
+    if builder == "snapshot":
+        if "base" in spec:
+            raise check.fail(f"{where}.base is for builder: local or chroot", spec, "base",
+                             hint="a snapshot build starts from a Glance image: give the entry a base_image")
+        return None
+    if role != "build":
+        raise check.fail(f"{where}: builder: {builder} builds, but the target has role: {role}", spec, "builder",
+                         hint="remove builder: (a receiving target only gets copies)")
+    if "base" not in spec:
+        raise check.fail(f"{where}: builder: {builder} needs base: the base image file on this host", spec,
+                         "builder", hint="e.g. base: /var/cache/images/noble-server-cloudimg-amd64.img "
+                                         "(`snapbuild fetch-base` downloads one)")
+    given = Path(check.string(spec, "base", where))
+    path = given if given.is_absolute() else Path(check.path).resolve().parent / given
+    if not path.is_file():
+        raise check.fail(f"{where}.base: {path} is not a file", spec, "base",
+                         hint="fetch it first (snapbuild fetch-base) or fix the path")
+    return str(path)
+
+
+def _host_build_options(check: Checker, spec: Mapping[str, Any], where: str, builder: str) -> dict[str, Any]:
+    fields = HOST_BUILD_FIELDS[builder]
+    node = spec.get("build")
+    if node is None:
+        return {}
+    check.mapping(node, where, optional=tuple(fields), parent=spec, parent_key="build")
+    out: dict[str, Any] = {}
+    for key in node:
+        if key in _INTS:
+            value: Any = check.integer(node, key, where)
+        elif key in _FLOATS:
+            value = float(_duration(check, node, key, where))
+        else:
+            value = check.string(node, key, where)
+            if key in _CHOICES and value not in _CHOICES[key]:
+                raise check.fail(f"{where}.{key} must be one of {', '.join(_CHOICES[key])}, not {value!r}", node, key,
+                                 hint=_near(value, _CHOICES[key], "choices"))
+        out[fields[key]] = value
+    return out
 
 
 def _build_options(check: Checker, spec: Mapping[str, Any], where: str, role: str) -> dict[str, Any]:

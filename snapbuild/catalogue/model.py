@@ -48,7 +48,10 @@ class Target:
     role: str = "build"                          # build (its own builds) | receive (copies from a build target)
     copy_from: str | None = None                 # the build target copies come from (None: the first one)
     store: str | None = None                     # a Glance store, for copy-image within a multi-store Glance
-    build: Mapping[str, Any] = field(default_factory=dict)    # SnapshotSettings fields
+    # snapshot: a server in the cloud (snapbuild build); local | chroot: on this host from `base_file`, then uploaded
+    builder: str = "snapshot"
+    base_file: str | None = None                 # local | chroot: the base image file on this host
+    build: Mapping[str, Any] = field(default_factory=dict)    # the builder's settings fields
     line: int | None = None
 
     @property
@@ -56,9 +59,31 @@ class Target:
         return self.role == "build"
 
     @property
+    def on_host(self) -> bool:
+        """Built on this host (local or chroot) and uploaded, rather than snapshotted in the cloud."""
+        return self.builds and self.builder != "snapshot"
+
+    @property
     def key(self) -> str:
-        """What the per-cloud concurrency limit counts by."""
-        return self.cloud
+        """What the per-cloud concurrency limit counts by: builds on this host share the host's."""
+        return "this host" if self.on_host else self.cloud
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostImage:
+    """A local or chroot target's image: what it is called and carries (the entry's properties, its marks)."""
+
+    name: str
+    properties: Mapping[str, str]
+    visibility: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostBuilt:
+    """A local or chroot target's image, built on this host and uploaded."""
+
+    image_id: str
+    properties: Mapping[str, str]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,10 +12,12 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapbuild.catalogue import claims, rotation
 from snapbuild.catalogue.model import DIGEST_PROPERTY, ENTRY_PROPERTY, Catalogue, Entry, Target
+from snapbuild.digest import file_checksum
 from snapbuild.errors import UserError
 
 if TYPE_CHECKING:
@@ -198,10 +200,16 @@ def _claimed(clouds: Clouds, target: Target, digest: str, now: datetime) -> clai
 def _build_item(catalogue: Catalogue, entry: Entry, target: Target, plan: Plan, clouds: Clouds,
                 now: datetime) -> Item:
     cloud = clouds.of(target)
-    selector = f"base:{entry.base.name}:{sorted(entry.base.properties.items())}:{plan.distro.name}"
-    base: Image = clouds.cached(target, selector, lambda: resolve_base(cloud, entry, plan))
-    digest = plan.content_digest(base.content_checksum).value
-    based = {"id": base.id, "name": base.name, "checksum": base.content_checksum or ""}
+    if target.on_host:
+        # The file's sha256, as `snapbuild local`/`chroot` record it for the digest (read once per apply).
+        path = str(target.base_file)
+        checksum = clouds.cached(target, f"file:{path}", lambda: file_checksum(Path(path)))
+        based = {"id": "", "name": path, "checksum": checksum}
+    else:
+        selector = f"base:{entry.base.name}:{sorted(entry.base.properties.items())}:{plan.distro.name}"
+        base: Image = clouds.cached(target, selector, lambda: resolve_base(cloud, entry, plan))
+        based = {"id": base.id, "name": base.name, "checksum": base.content_checksum or ""}
+    digest = plan.content_digest(based["checksum"] or None).value
     current = _current(clouds, target, entry, digest)
     if current is not None:
         return Item(entry=entry.name, target=target.name, action="skip", digest=digest, image_id=current.id,
@@ -215,7 +223,7 @@ def _build_item(catalogue: Catalogue, entry: Entry, target: Target, plan: Plan, 
     reason = "no image yet" if newest is None else \
         f"inputs changed: newest has digest {newest.properties.get(DIGEST_PROPERTY, '')[:12]}"
     return Item(entry=entry.name, target=target.name, action="build", digest=digest, base=based,
-                reason=f"{reason} (base {base.name})")
+                reason=f"{reason} (base {based['name']}" + (f", {target.builder} build)" if target.on_host else ")"))
 
 
 def _claimed_item(catalogue: Catalogue, entry: Entry, target: Target, digest: str, holder: claims.Claim,

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snapbuild.chroot.workdir import make_workdir
+from snapbuild.digest import file_sha256
 from snapbuild.errors import UserError
 from snapbuild.guest.chroot import ChrootGuest
 from snapbuild.host import attach as attaching
@@ -228,13 +228,13 @@ def finish(ctx: BuildContext, job: ChrootJob, result: Compacted, backend: str, p
            plan: Plan) -> Path:
     """Move the image into place and write its manifest beside it."""
     os.replace(result.path, job.output)
-    base_sha256 = sha256(job.base)
+    base_sha256 = file_sha256(job.base)
     manifest = build_manifest(
         ctx, builder="chroot", plan=plan, base_checksum=f"sha256:{base_sha256}",
         base={"path": str(job.base), "format": job.base_format, "virtual_size": job.base_size,
               "sha256": base_sha256},
         output={"path": str(job.output), "format": "qcow2", "virtual_size": job.size,
-                "size": job.output.stat().st_size, "sha256": sha256(job.output), "compression": job.compression},
+                "size": job.output.stat().st_size, "sha256": file_sha256(job.output), "compression": job.compression},
         provisioned=provisioned, seal={"in_guest": "clean", "offline": "clean"},
         details={"attach": backend, "qemu_img": commands.run(["qemu-img", "--version"]).stdout.splitlines()[0]})
     path = manifest_path_for(job.output)
@@ -242,10 +242,3 @@ def finish(ctx: BuildContext, job: ChrootJob, result: Compacted, backend: str, p
     ctx.monitor.line(f"{job.output}: {job.output.stat().st_size >> 20} MiB ({job.compression})")
     return path
 
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -61,8 +61,10 @@ def apply_command(session: Session, catalogue: Path, dry_run: bool, only: tuple[
         emit(output, Result(rows=rows, text=_table(rows, PLAN_COLUMNS),
                             document=json.dumps({"dry_run": True, **plan.as_dict()}, indent=2, default=str)))
         return
+    from snapbuild.catalogue.hostbuild import build_on_host
+
     with build_log("apply", catalogue.stem):
-        report = apply_catalogue(loaded, plan, Runtime(connect=connect_target))
+        report = apply_catalogue(loaded, plan, Runtime(connect=connect_target, host_builder=build_on_host))
     rows = report.rows()
     emit(output, Result(rows=rows, text=_table(rows, SUMMARY_COLUMNS),
                         document=json.dumps({"dry_run": False, "plan": plan.as_dict(), "done": rows}, indent=2,

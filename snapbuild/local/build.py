@@ -6,7 +6,6 @@ is booted with a cloud-init seed, provisioned and sealed over SSH, powered off a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from snapbuild.digest import file_sha256
 from snapbuild.errors import BuildError, UserError
 from snapbuild.host.commands import require_tools, run
 from snapbuild.host.compact import run_convert
@@ -321,7 +321,7 @@ def check_image(state: _Run) -> None:
 
 def publish(ctx: BuildContext, state: _Run, *, total_s: float) -> LocalResult:
     s = state.settings
-    digest = sha256_file(state.partial)
+    digest = file_sha256(state.partial)
     info = image_info(state.partial, force_share=False)
     os.replace(state.partial, s.output)      # atomic: the output exists only complete
     assert state.partial_undo is not None and state.vm is not None and state.access is not None
@@ -329,9 +329,9 @@ def publish(ctx: BuildContext, state: _Run, *, total_s: float) -> LocalResult:
     metrics = {k: round(v, 2) for k, v in state.metrics.items()}
     metrics["total_s"] = round(total_s, 2)
     manifest = build_manifest(
-        ctx, builder="local", plan=state.plan, base_checksum=f"sha256:{sha256_file(s.base)}",
+        ctx, builder="local", plan=state.plan, base_checksum=f"sha256:{file_sha256(s.base)}",
         base={"path": str(s.base), "format": state.base_info.get("format"),
-              "virtual_size": state.base_info.get("virtual-size"), "sha256": sha256_file(s.base)},
+              "virtual_size": state.base_info.get("virtual-size"), "sha256": file_sha256(s.base)},
         output={"path": str(s.output), "format": "qcow2", "compression": s.compression, "sha256": digest,
                 "size": s.output.stat().st_size, "virtual_size": info.get("virtual-size")},
         provisioned=state.provisioned, seal={"in_guest": "clean", "offline": state.inspected},
@@ -416,14 +416,6 @@ def compact_argv(source: Path, target: Path, compression: Compression) -> list[s
 
 def work_root(settings: LocalSettings) -> Path:
     return settings.work_root or Path(tempfile.gettempdir())
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(4 * 1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tool_version(argv: list[str]) -> str:

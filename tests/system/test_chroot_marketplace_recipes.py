@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from snapbuild.chroot.build import sha256
+from snapbuild.digest import file_sha256 as sha256
 from snapbuild.host import attach as attaching
 from snapbuild.host import grow
 from snapbuild.run.scope import undo_scope

@@ -124,8 +124,10 @@ class Regions:
         service, region = self.endpoints[url.netloc]
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         body = request.body
-        if body is not None and not isinstance(body, bytes | str):
-            body = b"".join(body)        # a generator: the streamed upload
+        if hasattr(body, "read"):       # a file-like reader: snapbuild upload's stream
+            body = b"".join(iter(lambda: body.read(1 << 20), b""))
+        elif body is not None and not isinstance(body, bytes | str):
+            body = b"".join(body)        # a generator: the streamed copy
         elif body and "json" in request.headers.get("Content-Type", ""):
             body = json.loads(body)
         status, payload = getattr(self, f"_{service}")(region, request.method, url.path, query, body, context)
@@ -163,6 +165,10 @@ class Regions:
         p = path[len("/v2"):]
         if p == "/info/import":
             return 200, {"import-methods": {"value": ["glance-direct", "web-download", "copy-image"]}}
+        if p == "/info/stores/detail":     # admin only in a real Glance: a member is refused
+            return 403, {"message": "Access was denied to this resource.", "code": "403 Forbidden"}
+        if p == "/info/stores":
+            return 200, {"stores": [{"id": "file1", "default": True}]}
         if p == "/images" and method == "GET":
             return 200, {"images": self._list(glance, query), "first": "/v2/images", "schema": "/v2/schemas/images"}
         if p == "/images" and method == "POST":

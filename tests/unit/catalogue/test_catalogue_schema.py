@@ -58,7 +58,8 @@ def test_the_schema_has_the_loaders_keys():
     defs = SCHEMA["$defs"]
     assert set(defs["entry"]["properties"]) == set(load.ENTRY_KEYS)
     assert set(defs["target"]["properties"]) == set(load.TARGET_KEYS)
-    assert set(defs["target"]["properties"]["build"]["properties"]) == set(load.BUILD_FIELDS)
+    host_keys = {key for fields in load.HOST_BUILD_FIELDS.values() for key in fields}
+    assert set(defs["target"]["properties"]["build"]["properties"]) == set(load.BUILD_FIELDS) | host_keys
     assert set(defs["policy"]["properties"]) == set(load.POLICY_KEYS)
 
 
