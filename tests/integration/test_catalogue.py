@@ -236,3 +236,51 @@ def test_a_bad_catalogue_exits_2_with_one_line_and_creates_nothing(tmp_path: Pat
     assert proc.stderr.splitlines()[0].startswith(f"snapbuild: error: {path}:")
     for conn in two:
         assert all(images(conn, entry) == [] for entry in names.values())
+
+
+def test_a_chroot_target_builds_on_this_host_uploads_and_the_copy_follows(
+        catalogue: Path, names: dict[str, str], regions: tuple[str, str], cloud_names: Any, two: Any) -> None:
+    """`builder: chroot`: the real chroot builder on this host from the tiers' Debian base file, the real upload to
+    RegionOne's Glance, the streamed copy to RegionTwo; then nothing to do."""
+    if os.geteuid() != 0:
+        pytest.skip("a chroot build needs root (the CI runs this tier as root)")
+    from tests import imagecache
+
+    base = imagecache.debian_base_image()
+    entry = names["docker"]        # an entry name the fixture cleans up; the recipe is `base` (mirrors, sealing)
+    catalogue.write_text(f"""\
+images:
+  {entry}:
+    recipe: base
+    distro: debian-12
+    mirrors: upstream
+    image_name: {entry}
+targets:
+  here:
+    cloud: {cloud_names.member}
+    region: {regions[0]}
+    builder: chroot
+    base: {base}
+  two:
+    cloud: {cloud_names.member}
+    region: {regions[1]}
+    role: receive
+policy:
+  keep: 1
+  claim_settle: 1s
+""")
+    planned = apply(catalogue, "--dry-run")
+    (build_item,) = [i for i in planned["items"] if i["target"] == "here"]
+    assert build_item["action"] == "build" and build_item["base"]["name"] == str(base)
+    result = apply(catalogue)
+    assert done(result) == {(entry, "here", "built"), (entry, "two", "copied")}
+    conn, conn_two = two
+    (built,) = images(conn, entry)
+    (copied,) = images(conn_two, entry)
+    assert built.properties["snapbuild_builder"] == "chroot"
+    assert built.properties["snapbuild_content_digest"] == build_item["digest"]
+    assert copied.properties["snapbuild_content_digest"] == build_item["digest"]
+    assert copied.hash_value == built.hash_value and built.status == copied.status == "active"
+    assert not list(Path("/tmp").glob("snapbuild-base-*/image.qcow2"))     # the local files went
+    again = apply(catalogue)
+    assert {a for _, _, a in done(again)} == {"skipped"}
