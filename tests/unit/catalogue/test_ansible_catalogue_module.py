@@ -252,8 +252,9 @@ def run_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: dict[str, 
 @contextlib.contextmanager
 def patched_args(monkeypatch: pytest.MonkeyPatch, args: dict[str, Any]) -> Iterator[None]:
     try:
-        from ansible.module_utils.testing import patch_module_args      # ansible-core 2.19 and later
-    except ImportError:                                                  # earlier: the variable it patches
+        # ansible-core 2.19 and later; earlier ones read the variable it patches
+        from ansible.module_utils.testing import patch_module_args
+    except ImportError:
         from ansible.module_utils import basic
 
         monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode())
