@@ -335,3 +335,20 @@ def test_the_module_s_options_are_documented_and_the_shared_ones_come_from_modul
     for name in ("catalogue", "content", "only"):
         assert name in module.ARGUMENT_SPEC and f"\n  {name}:\n" in text, name
     assert "  - snapbuild.cloud.snapbuild\n" in text
+
+
+def test_the_readme_s_kubernetes_playbook_holds_a_catalogue_apply_accepts(tmp_path: Path) -> None:
+    """The README's build-k8s.yaml passes its catalogue inline: once Ansible filled in the variables, it is one
+    snapbuild's loader takes (recipes, variants, variables, build keys, durations)."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    block = readme[readme.index("```yaml\n# build-k8s.yaml") + len("```yaml\n"):]
+    (play,) = yaml.safe_load(block[:block.index("```")])
+    (task, *_) = play["tasks"]
+    text = sca.catalogue_text(task["snapbuild.cloud.catalogue"]["content"])
+    for template, value in (("{{ playbook_dir }}/my-mirrors.yaml", "upstream"), ("{{ cloud }}", "fake"),
+                            ("{{ kubernetes_version }}", play["vars"]["kubernetes_version"])):
+        text = text.replace(template, value)
+    catalogue = load_catalogue(write(tmp_path, text), library=LIBRARY, known_clouds=["fake"])
+    assert [(e.name, e.variant) for e in catalogue.entries] == [("k8s-full", "full"), ("k8s-slim", "slim")]
+    assert [(t.name, t.role) for t in catalogue.targets] == [("one", "build"), ("two", "receive")]
+    assert catalogue.target("one").build["timeout_provision"] == 1800.0
