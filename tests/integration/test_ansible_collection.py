@@ -1,7 +1,9 @@
 """The snapbuild.cloud collection (ansible_collections/snapbuild/cloud in this repository) in real `ansible-playbook`
 runs against the cloud: check mode validates and creates nothing (the diff names the image; a bad flavor and
 network fail the task, each named); a build's image id comes back as the `snapbuild_image` fact and the image is
-in Glance; a build that fails names its step and leaves nothing behind.
+in Glance; a build that fails names its step and leaves nothing behind. The catalogue module on a one-target
+catalogue: check mode plans the build and creates nothing; a run builds, its fact names the image in Glance, and
+the next run changes nothing.
 
 ansible-playbook runs on localhost (connection local) with this interpreter, from ansible-core in the test extras;
 the collection is the repository's own (ANSIBLE_COLLECTIONS_PATH), and the module runs the snapbuild installed
@@ -16,7 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,21 +50,22 @@ class Run:
     stdout: str
     stderr: str
     result: dict[str, Any]          # the module's registered result
-    fact: dict[str, Any] | None     # snapbuild_image, if the module set it
+    fact: dict[str, Any] | None     # snapbuild_image (snapbuild_catalogue), if the module set it
 
 
 def playbook(tmp_path: Path, module_args: dict[str, Any], *, check: bool = False,
-             env: dict[str, str] | None = None) -> Run:
+             env: dict[str, str] | None = None, module: str = "snapbuild.cloud.image",
+             fact: str = "snapbuild_image") -> Run:
     """One play on localhost: the module with these arguments (its failure does not stop the play), then its
     result and the fact written to a file (also in check mode)."""
     out = tmp_path / "out.json"
     play = [{
         "hosts": "localhost", "connection": "local", "gather_facts": False,
         "tasks": [
-            {"name": "snapbuild", "snapbuild.cloud.image": module_args, "register": "built", "ignore_errors": True},
+            {"name": "snapbuild", module: module_args, "register": "built", "ignore_errors": True},
             {"name": "keep what came back", "check_mode": False, "ansible.builtin.copy": {
                 "dest": str(out), "mode": "0600",
-                "content": "{{ {'result': built, 'fact': snapbuild_image | default(None)} | to_json }}"}},
+                "content": "{{ {'result': built, 'fact': " + fact + " | default(None)} | to_json }}"}},
         ],
     }]
     book = tmp_path / "play.yaml"
@@ -204,3 +207,88 @@ def test_a_real_build_through_a_playbook(conn: Connection, cloud_names: Any, uni
     assert "provision" in steps and "seal" in steps, steps
     conn.image.delete_image(image_id)
     assert conn.image.find_image(image_id) is None
+
+
+# ---- snapbuild.cloud.catalogue -------------------------------------------------------------------------------
+
+def catalogue_content(cloud: str, entry: str) -> dict[str, Any]:
+    """One entry (Docker CE on Debian 12, named after the test) on one target, built on the fake machines without
+    provisioning, as tests/integration/test_catalogue.py builds; the image is named `<entry> <date>`."""
+    region = os.environ.get("OS_REGION_NAME")
+    return {
+        "images": {entry: {"recipe": "docker-ce", "distro": "debian-12", "mirrors": "upstream", "base_image": BASE,
+                           "image_name": entry}},
+        "targets": {"one": {"cloud": cloud, **({"region": region} if region else {}),
+                            "build": {"flavor": FLAVOR, "network": NETWORK, "floating_network": EXTERNAL,
+                                      "no_provision": True, "timeout_boot": "5m", "timeout_snapshot": "10m"}}},
+        "policy": {"keep": 1, "grace_period": "1h", "claim_settle": "2s"},
+    }
+
+
+def entry_images(conn: Connection, entry: str) -> list[Any]:
+    """Every image carrying the entry's property, hidden ones too (Glance lists those only when asked)."""
+    found = list(conn.image.images(snapbuild_catalogue_entry=entry))
+    found += list(conn.image.images(snapbuild_catalogue_entry=entry, os_hidden=True))
+    return list({image.id: image for image in found}.values())
+
+
+@pytest.fixture
+def entry(conn: Connection, unique_name: str) -> Iterator[str]:
+    """The catalogue entry's name; every image made for it (by its entry property) and its claims go afterwards."""
+    yield unique_name
+    for image in entry_images(conn, unique_name):
+        if image.is_protected:
+            conn.image.update_image(image, is_protected=False)
+        conn.image.delete_image(image, ignore_missing=True)
+    for claim in conn.image.images(tag="snapbuild-claim"):
+        if claim.properties.get("snapbuild_claim_target") == "one" and unique_name in (claim.name or ""):
+            conn.image.delete_image(claim, ignore_missing=True)
+
+
+def catalogue_playbook(tmp_path: Path, args: dict[str, Any], *, check: bool = False,
+                       env: dict[str, str] | None = None) -> Run:
+    return playbook(tmp_path, {**args, "executable": tool("snapbuild")}, check=check, env=env,
+                    module="snapbuild.cloud.catalogue", fact="snapbuild_catalogue")
+
+
+def test_catalogue_check_mode_plans_the_build_shows_it_and_creates_nothing(
+        conn: Connection, admin_conn: Connection, cloud_names: Any, entry: str, tmp_path: Path,
+        state_env: dict[str, str]) -> None:
+    before = project_resources(admin_conn, conn.current_project_id)
+    run = catalogue_playbook(tmp_path, {"content": catalogue_content(cloud_names.member, entry)}, check=True,
+                             env=state_env)
+    assert run.rc == 0, run.stdout[-4000:]
+    result = run.result
+    assert result["changed"] is True and not result.get("failed"), result
+    assert "apply" in result["cmd"] and "--dry-run" in result["cmd"]
+    planned = result["images"][f"{entry}@one"]
+    assert planned["action"] == "build" and planned["image_id"] is None and planned["digest"]
+    assert result["summary"] == {"build": 1}
+    assert f"+  new image: built from base {BASE}, digest {planned['digest'][:12]}" in run.stdout   # --diff
+    assert run.fact is None                                   # check mode sets no fact
+    assert entry_images(conn, entry) == []
+    assert project_resources(admin_conn, conn.current_project_id) == before   # no image, no claim, no server
+
+
+def test_catalogue_apply_builds_returns_the_image_as_a_fact_and_a_second_run_changes_nothing(
+        conn: Connection, cloud_names: Any, entry: str, tmp_path: Path, state_env: dict[str, str]) -> None:
+    args = {"content": catalogue_content(cloud_names.member, entry)}
+    first = catalogue_playbook(tmp_path, args, env=state_env)
+    assert first.rc == 0, first.stdout[-4000:]
+    result, fact = first.result, first.fact
+    assert result["changed"] is True and fact is not None, result
+    built = fact["images"][f"{entry}@one"]
+    assert built["action"] == "built" and built["image_id"] and fact["summary"] == {"built": 1}
+    image = conn.image.get(f"/images/{built['image_id']}").json()     # the raw record, as Glance has it
+    assert image["status"] == "active" and image["size"] and image["checksum"]
+    assert image["name"].startswith(f"{entry} ")
+    assert image["snapbuild_catalogue_entry"] == entry and image["snapbuild_content_digest"] == built["digest"]
+    assert [i.id for i in entry_images(conn, entry)] == [built["image_id"]]
+    # again: up to date, nothing built, the same image current
+    second = catalogue_playbook(tmp_path, args, env=state_env)
+    assert second.rc == 0, second.stdout[-4000:]
+    assert second.result["changed"] is False, second.result
+    assert second.fact is not None and second.fact["summary"] == {"skipped": 1}
+    again = second.fact["images"][f"{entry}@one"]
+    assert again["action"] == "skipped" and again["image_id"] == built["image_id"]
+    assert [i.id for i in entry_images(conn, entry)] == [built["image_id"]]

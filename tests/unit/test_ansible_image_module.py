@@ -211,10 +211,15 @@ def test_the_module_s_options_are_documented_and_match_what_argv_reads() -> None
     spec = text.split("ARGUMENT_SPEC = dict(", 1)[1]
     read = {name for name, _ in sc.SINGLE_VALUED} | {name for name, _ in sc.REPEATED} | {
         name for name, _, _ in sc.SWITCHES} | {"variables", "properties", "timeouts", "allow_blocked", "extra_args",
-                                              "cloud", "region", "config", "recipes_dirs", "recipe"}
+                                              "cloud", "region", "recipe"}
     for name in read:
         assert f"\n    {name}=dict(" in spec, name
         assert f"\n  {name}:\n" in text, name             # in DOCUMENTATION's options
+    # config, recipes_dirs, executable: shared with the catalogue module, documented in the doc fragment
+    fragment = (Path(sc.__file__).parents[1] / "doc_fragments" / "snapbuild.py").read_text()
+    assert "\n    **COMMON_OPTIONS\n" in spec and "  - snapbuild.cloud.snapbuild\n" in text
+    for name in ("config", "recipes_dirs", "executable"):
+        assert name in sc.COMMON_OPTIONS and f"\n  {name}:\n" in fragment, name
 
 
 def test_click_rejects_what_the_module_never_sends() -> None:

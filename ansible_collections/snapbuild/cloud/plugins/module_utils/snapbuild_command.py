@@ -12,6 +12,7 @@ so nothing newer than 3.8 is used here.
 from __future__ import absolute_import, annotations, division, print_function
 
 import json
+import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 __metaclass__ = type
@@ -66,6 +67,15 @@ SWITCHES = (
 TIMEOUTS = ("boot", "ssh", "provision", "snapshot")
 
 
+# The module options every snapbuild.cloud module has (documented in the snapbuild.cloud.snapbuild doc fragment):
+# snapbuild's global options that every command reads, and the command itself.
+COMMON_OPTIONS = dict(
+    config=dict(type="path"),
+    recipes_dirs=dict(type="list", elements="path"),
+    executable=dict(type="str", default="snapbuild"),
+)
+
+
 class ArgvError(ValueError):
     """A parameter snapbuild could not be given as asked; the message says which and why."""
 
@@ -97,6 +107,21 @@ def global_argv(params: Params) -> List[str]:
     for folder in params.get("recipes_dirs") or ():
         argv += ["--recipes-dir", folder]
     return argv
+
+
+def find_executable(module: Any) -> str:
+    """The snapbuild command the task runs (`executable`: a path, or a name looked up in PATH); fails the task when
+    there is none. `module` is the AnsibleModule (not imported here: see the module docstring)."""
+    executable = module.params["executable"]
+    if os.sep in executable:
+        if not os.access(executable, os.X_OK):
+            module.fail_json(msg="executable %s is not an executable file" % executable)
+        return str(executable)
+    found = module.get_bin_path(executable)
+    if not found:
+        module.fail_json(msg="%s not found in PATH: install snapbuild (pip install snapbuild) on the host that "
+                             "runs this task, or give its path as executable" % executable)
+    return str(found)
 
 
 def command_argv(params: Params) -> List[str]:

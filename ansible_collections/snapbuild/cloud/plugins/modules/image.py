@@ -30,8 +30,9 @@ description:
 version_added: "0.1.0"
 author:
   - snapbuild maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - snapbuild.cloud.snapbuild
 requirements:
-  - snapbuild (the C(snapbuild) command) on the host that runs the task
   - a clouds.yaml entry (or C(OS_*) variables) for the cloud
 options:
   recipe:
@@ -48,15 +49,6 @@ options:
     description:
       - Region name (C(--os-region-name)).
     type: str
-  config:
-    description:
-      - snapbuild's config file (C(--config)); its C(build:) section gives defaults for the build's options.
-    type: path
-  recipes_dirs:
-    description:
-      - Extra folders of recipes and mirror profiles (C(--recipes-dir)); they win over the shipped ones.
-    type: list
-    elements: path
   distro:
     description:
       - Distribution to build on (C(--distro)), for example C(ubuntu-24.04) or C(debian-12).
@@ -201,11 +193,6 @@ options:
     description:
       - Where to write the build's manifest (C(--manifest)); default the state directory's C(manifests/).
     type: path
-  executable:
-    description:
-      - The snapbuild command, a path or a name looked up in C(PATH).
-    type: str
-    default: snapbuild
   extra_args:
     description:
       - More C(snapbuild build) options, one list item per word, placed after the module's own (for example
@@ -226,8 +213,8 @@ attributes:
 notes:
   - The C(snapbuild.cloud) collection lives in snapbuild's repository; install it with
     C(ansible-galaxy collection install PATH/TO/snapbuild/ansible_collections/snapbuild/cloud).
-  - A module that applies a catalogue (C(snapbuild apply)) is not part of the collection yet, as snapbuild has no
-    catalogue command yet.
+  - To keep a whole catalogue of images true (build only what changed, copy, retire old images), use
+    M(snapbuild.cloud.catalogue).
   - Without a cloud (no O(cloud), no C(OS_CLOUD), several clouds in clouds.yaml) check mode validates only the
     recipe and warns that the cloud was not checked.
 """
@@ -368,11 +355,13 @@ import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.snapbuild.cloud.plugins.module_utils.snapbuild_command import (  # noqa: E402
+    COMMON_OPTIONS,
     VISIBILITIES,
     ArgvError,
     build_argv,
     describe,
     failure_message,
+    find_executable,
     image_facts,
     last_result,
     parse_json_document,
@@ -388,8 +377,6 @@ ARGUMENT_SPEC = dict(
     recipe=dict(type="str", required=True),
     cloud=dict(type="str"),
     region=dict(type="str"),
-    config=dict(type="path"),
-    recipes_dirs=dict(type="list", elements="path"),
     distro=dict(type="str"),
     mirrors=dict(type="str"),
     variant=dict(type="str"),
@@ -425,22 +412,9 @@ ARGUMENT_SPEC = dict(
     )),
     allow_blocked=dict(type="bool", default=False),
     manifest=dict(type="path"),
-    executable=dict(type="str", default="snapbuild"),
     extra_args=dict(type="list", elements="str", default=[]),
+    **COMMON_OPTIONS
 )
-
-
-def find_executable(module: AnsibleModule) -> str:
-    executable = module.params["executable"]
-    if os.sep in executable:
-        if not os.access(executable, os.X_OK):
-            module.fail_json(msg="executable %s is not an executable file" % executable)
-        return executable
-    found = module.get_bin_path(executable)
-    if not found:
-        module.fail_json(msg="%s not found in PATH: install snapbuild (pip install snapbuild) on the host that "
-                             "runs this task, or give its path as executable" % executable)
-    return str(found)
 
 
 def check(module: AnsibleModule, executable: str) -> None:
