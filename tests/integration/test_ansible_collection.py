@@ -216,7 +216,7 @@ def catalogue_content(cloud: str, entry: str) -> dict[str, Any]:
     provisioning, as tests/integration/test_catalogue.py builds; the image is named `<entry> <date>`."""
     region = os.environ.get("OS_REGION_NAME")
     return {
-        "images": {entry: {"recipe": "docker-ce", "distro": "debian-12", "mirrors": "upstream", "base_image": BASE,
+        "images": {entry: {"recipe": "docker-ce", "distro": DISTRO, "mirrors": "upstream", "base_image": BASE,
                            "image_name": entry}},
         "targets": {"one": {"cloud": cloud, **({"region": region} if region else {}),
                             "build": {"flavor": FLAVOR, "network": NETWORK, "floating_network": EXTERNAL,
