@@ -63,6 +63,9 @@ def cloud_cfg(layout: Layout) -> str:
             "ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]\n")
     if layout.preserve_sources_list:
         text += "apt:\n  preserve_sources_list: true\n"
+    else:
+        # Debian's own cloud.cfg sets it true; Ubuntu's does not: the apt module rewrites the sources at first boot.
+        text += "apt:\n  preserve_sources_list: false\n"
     if layout.networking == "netplan":
         # As Ubuntu's cloud.cfg: netplan first (Debian's default order tries eni first).
         text += "system_info:\n  network:\n    renderers: [ netplan ]\n    activators: [ netplan ]\n"

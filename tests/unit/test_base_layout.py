@@ -96,7 +96,8 @@ def test_debian_13_has_deb822_sources_and_a_live_legacy_file_for_the_builder_to_
 
 def test_debian_13_cloud_cfg_leaves_the_apt_module_active_and_renders_netplan() -> None:
     cfg = yaml.safe_load(baselayout.cloud_cfg(UBUNTU_SHAPED))
-    assert "apt" not in cfg                     # no preserve_sources_list: first boot rewrites the sources
+    # Debian's cloud.cfg says preserve_sources_list: true; this drop-in turns the apt module back on, as on Ubuntu.
+    assert cfg["apt"] == {"preserve_sources_list": False}
     assert cfg["system_info"]["network"] == {"renderers": ["netplan"], "activators": ["netplan"]}
     assert cfg["datasource_list"] == ["NoCloud", "ConfigDrive", "OpenStack", "None"]
     assert "default_user" not in cfg.get("system_info", {}) and "users" not in cfg   # no user baked in
