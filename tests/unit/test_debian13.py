@@ -149,3 +149,20 @@ def test_cli_choices_follow_the_tables() -> None:
     assert set(BASE_IMAGES) == set(DISTROS)
     trixie = BASE_IMAGES["debian-13"]
     assert trixie.path == "trixie/latest/debian-13-genericcloud-amd64.qcow2" and trixie.sums == "SHA512SUMS"
+
+
+TRIXIE_OS_RELEASE = ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\nVERSION_ID="13"\n'
+                     'VERSION_CODENAME=trixie\nID=debian\n')
+
+
+def test_a_trixie_base_is_recognised_as_debian_13_and_named_in_the_fix() -> None:
+    from snapbuild.host.baseprobe import distro_mismatch, distro_of, parse_os_release
+
+    os_release = parse_os_release(TRIXIE_OS_RELEASE)
+    found = distro_of(os_release)
+    assert found is not None and found.name == "debian-13"
+    assert distro_mismatch(os_release, get_distro("debian-13"), recipe="k8s",
+                           supported=("ubuntu-24.04", "debian-12", "debian-13"), image="t.qcow2") is None
+    error = distro_mismatch(os_release, get_distro("debian-12"), recipe="k8s",
+                            supported=("ubuntu-24.04", "debian-12", "debian-13"), image="t.qcow2")
+    assert error is not None and error.hint is not None and "--distro debian-13" in error.hint
