@@ -569,7 +569,7 @@ def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: s
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def base_command(distro: str, output: Path, mirror: str, security_mirror: str | None, size: str,
                  force: bool) -> None:
-    """Build a cloud-init Debian cloud image from a Debian archive (debootstrap; root)."""
+    """Build a cloud-init Debian cloud image from a Debian archive (debootstrap; root); debian-13 is Ubuntu-shaped."""
     from snapbuild.local.baseimage import build_base_image
 
     result = build_base_image(distro=distro, output=output, mirror=mirror, size=size, force=force,
