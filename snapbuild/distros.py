@@ -51,6 +51,20 @@ DISTROS: dict[str, Distro] = {
             sources_file="/etc/apt/sources.list.d/debian.sources",
             resolv_conf_symlink=None,
         ),
+        # trixie: cloud-init's own cloud.cfg no longer lists netdev; the archive keyring is a .pgp file (the .gpg
+        # name is a compatibility symlink). snapbuild's debian-13 base has systemd-resolved, so the seal puts the
+        # stub symlink back (only where resolved is installed: see sealing.policy).
+        Distro(
+            name="debian-13", id="debian", version="13", codename="trixie", pretty="Debian 13",
+            default_user="debian",
+            default_groups=("adm", "audio", "cdrom", "dialout", "dip", "floppy", "plugdev", "sudo", "video"),
+            archive="http://deb.debian.org/debian", security="http://deb.debian.org/debian-security",
+            suites=("trixie", "trixie-updates"), security_suite="trixie-security",
+            components=("main",),
+            keyring="/usr/share/keyrings/debian-archive-keyring.pgp",
+            sources_file="/etc/apt/sources.list.d/debian.sources",
+            resolv_conf_symlink="../run/systemd/resolve/stub-resolv.conf",
+        ),
     )
 }
 

@@ -189,7 +189,7 @@ def _remember_variant(ctx: click.Context, _param: click.Parameter, value: str | 
 
 
 recipe_options = [
-    click.option("--distro", help="ubuntu-24.04 (default) or debian-12."),
+    click.option("--distro", help="ubuntu-24.04 (default), debian-12 or debian-13."),
     click.option("--mirrors", metavar="PROFILE", shell_complete=complete_profile,
                  help="Mirror profile name or path (default: cloudinative)."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a recipe variable (repeatable)."),
@@ -560,7 +560,7 @@ def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: s
 
 
 @cli.command("base")
-@click.argument("distro", type=click.Choice(["debian-12"]))
+@click.argument("distro", type=click.Choice(["debian-12", "debian-13"]))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="qcow2 file to write.")
 @click.option("--mirror", default="http://deb.debian.org/debian", show_default=True, help="Debian archive URL.")
 @click.option("--security-mirror",
@@ -569,7 +569,7 @@ def chroot_command(session: Session, recipe: str, distro: str | None, mirrors: s
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def base_command(distro: str, output: Path, mirror: str, security_mirror: str | None, size: str,
                  force: bool) -> None:
-    """Build a cloud-init Debian cloud image from a Debian archive (debootstrap; root)."""
+    """Build a cloud-init Debian cloud image from a Debian archive (debootstrap; root); debian-13 is Ubuntu-shaped."""
     from snapbuild.local.baseimage import build_base_image
 
     result = build_base_image(distro=distro, output=output, mirror=mirror, size=size, force=force,
@@ -579,7 +579,7 @@ def base_command(distro: str, output: Path, mirror: str, security_mirror: str | 
 
 
 @cli.command("fetch-base")
-@click.argument("image", type=click.Choice(["ubuntu-24.04", "debian-12"]))
+@click.argument("image", type=click.Choice(["ubuntu-24.04", "debian-12", "debian-13"]))
 @click.option("--url", help="Image URL; its SHA256SUMS/SHA512SUMS is read from the same folder.")
 @click.option("--mirror", metavar="BASE", help="Mirror in the cloud-images layout (default: the distribution's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),

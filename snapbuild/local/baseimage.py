@@ -1,7 +1,9 @@
-"""`snapbuild base debian-12`: a sealed, cloud-init-enabled Debian cloud image built from a Debian archive.
+"""`snapbuild base debian-12|debian-13`: a sealed, cloud-init-enabled Debian cloud image built from a Debian archive.
 
-Layout like Ubuntu's cloud images (GPT: 14 BIOS boot, 15 EFI system, 1 root ext4 `cloudimg-rootfs` last so it can
-grow); boots under BIOS (grub-pc) and UEFI (a standalone GRUB at the removable path, no NVRAM entry needed).
+Disk layout like Ubuntu's cloud images (GPT: 14 BIOS boot, 15 EFI system, 1 root ext4 `cloudimg-rootfs` last so it
+can grow); boots under BIOS (grub-pc) and UEFI (a standalone GRUB at the removable path, no NVRAM entry needed).
+What is configured inside differs per distro (snapbuild.local.baselayout): debian-12 Debian's classic way,
+debian-13 shaped like Ubuntu's cloud image.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from snapbuild.host.compact import run_convert
 from snapbuild.host.images import image_info
 from snapbuild.host.mounts import remove_tree
 from snapbuild.host.sizes import parse_size
+from snapbuild.local import baselayout
+from snapbuild.local.baselayout import DEBIAN_CLASSIC, UBUNTU_SHAPED, Layout
 from snapbuild.run.context import BuildContext, Reporter, new_context, running_build
 from snapbuild.run.progress import progress
 from snapbuild.run.scope import UndoScope
@@ -54,6 +58,7 @@ class Distro:
     suite: str
     packages: tuple[str, ...]
     security_suite: str
+    layout: Layout
 
 
 # Everything a cloud image needs, named explicitly: debootstrap does not resolve virtual packages, hence
@@ -70,8 +75,25 @@ DEBIAN_12 = Distro(
         "ifupdown", "isc-dhcp-client", "iproute2", "netbase", "qemu-guest-agent",
         "sudo", "ca-certificates", "gnupg", "curl", "locales", "procps",
     ),
+    layout=DEBIAN_CLASSIC,
 )
-DISTROS = {DEBIAN_12.name: DEBIAN_12}
+# Ubuntu-shaped: netplan.io (rendering for systemd-networkd, netplan's default, as on Ubuntu) instead of ifupdown;
+# systemd-resolved, its own package since bookworm; dhcpcd-base, the DHCP client cloud-init's ephemeral DHCP
+# prefers (Ubuntu 24.04 ships it too, and trixie's installer moved to it from isc-dhcp-client).
+DEBIAN_13 = Distro(
+    name="debian-13",
+    suite="trixie",
+    security_suite="trixie-security",
+    packages=(
+        "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64", "initramfs-tools",
+        "grub-pc", "grub-efi-amd64-bin",
+        "openssh-server", "cloud-init", "python3-cffi-backend", "cloud-guest-utils", "e2fsprogs",
+        "netplan.io", "systemd-resolved", "dhcpcd-base", "iproute2", "netbase", "qemu-guest-agent",
+        "sudo", "ca-certificates", "gnupg", "curl", "locales", "procps",
+    ),
+    layout=UBUNTU_SHAPED,
+)
+DISTROS = {d.name: d for d in (DEBIAN_12, DEBIAN_13)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +163,7 @@ def build_base_image(*, distro: str, output: Path, mirror: str = DEFAULT_MIRROR,
         with ctx.step("bootloader"):
             install_bootloader(root, device=device, efi_device=efi_dev)
         with ctx.step("seal"):
-            seal(root)
+            seal(root, spec.layout)
             check_sealed(root)
             run(["sync", "--file-system", str(root)])
             run(["fstrim", str(root)])  # deleted files stay in the raw file otherwise
@@ -271,19 +293,17 @@ def no_daemons(root: Path) -> Iterator[None]:
 
 
 def configure(spec: Distro, root: Path, *, mirror: str, security_mirror: str | None) -> None:
-    sources = [f"deb {mirror} {spec.suite} main", f"deb {mirror} {spec.suite}-updates main"]
-    if security_mirror:
-        sources.append(f"deb {security_mirror} {spec.security_suite} main")
-    write(root, "/etc/apt/sources.list", "\n".join(sources) + "\n")
+    layout = spec.layout
+    for path, text in baselayout.apt_files(layout, suite=spec.suite, security_suite=spec.security_suite,
+                                           mirror=mirror, security_mirror=security_mirror).items():
+        write(root, path, text)
     write(root, "/etc/fstab", f"LABEL={ROOT_LABEL}\t/\text4\tdefaults,discard,errors=remount-ro\t0 1\n")
     write(root, "/etc/hostname", "localhost\n")
     write(root, "/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                               "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
-    # ifupdown: cloud-init renders /etc/network/interfaces.d/50-cloud-init (DHCP on the first NIC when the
-    # datasource gives no network config).
-    write(root, "/etc/network/interfaces", "# cloud-init writes the interfaces into interfaces.d\n"
-                                           "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n")
-    write(root, "/etc/cloud/cloud.cfg.d/90_snapbuild.cfg", CLOUD_CFG)
+    for path, text in baselayout.network_files(layout).items():
+        write(root, path, text)
+    write(root, baselayout.CLOUD_CFG_PATH, baselayout.cloud_cfg(layout))
     write(root, "/etc/default/locale", "LANG=C.UTF-8\n")
     write(root, "/etc/locale.gen", "en_US.UTF-8 UTF-8\n")
     chroot(root, "locale-gen")
@@ -296,20 +316,11 @@ def configure(spec: Distro, root: Path, *, mirror: str, security_mirror: str | N
     run(["chroot", str(root), "debconf-set-selections"],
         stdin=b"grub-pc grub-pc/install_devices multiselect \n"
               b"grub-pc grub-pc/install_devices_empty boolean true\n")
-    chroot(root, "systemctl", "enable", "ssh.service", "cloud-init.service", "cloud-config.service",
-           "cloud-final.service", "cloud-init-local.service", "networking.service")
-    chroot(root, "systemctl", "mask", "systemd-networkd-wait-online.service")
+    chroot(root, "systemctl", "enable", *baselayout.enabled_units(layout))
+    masked = baselayout.masked_units(layout)
+    if masked:
+        chroot(root, "systemctl", "mask", *masked)
 
-
-# Baked cloud-init settings: which datasources, keep the build's APT mirror, a locale that exists.
-CLOUD_CFG = """\
-# snapbuild base image defaults
-datasource_list: [ NoCloud, ConfigDrive, OpenStack, None ]
-locale: C.UTF-8
-ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
-apt:
-  preserve_sources_list: true
-"""
 
 GRUB_DEFAULT = f"""\
 # snapbuild: a cloud image boots from whatever disk it lands on, so the kernel finds root by label.
@@ -353,7 +364,7 @@ def install_bootloader(root: Path, *, device: str, efi_device: str) -> None:
     (root / "tmp/snapbuild-efi-stub.cfg").unlink()
 
 
-def seal(root: Path) -> None:
+def seal(root: Path, layout: Layout) -> None:
     """Leave the image as a cloud image ships: nothing that identifies this build or this host."""
     chroot(root, "apt-get", "clean")
     _empty_dir(root / "var/lib/apt/lists", keep=("lock",))
@@ -373,8 +384,19 @@ def seal(root: Path) -> None:
     dbus_id.parent.mkdir(parents=True, exist_ok=True)
     dbus_id.symlink_to("/etc/machine-id")
     (root / "var/lib/systemd/random-seed").unlink(missing_ok=True)
-    # debootstrap copied the build host's resolver; DHCP writes the real one at boot.
-    write(root, "/etc/resolv.conf", "# written by the DHCP client at boot\n")
+    stub = baselayout.resolv_conf_symlink(layout)
+    if stub is None:
+        # debootstrap copied the build host's resolver; DHCP writes the real one at boot.
+        write(root, "/etc/resolv.conf", "# written by the DHCP client at boot\n")
+    else:
+        # resolved's postinst made the stub symlink and copied the host's resolver under the image's own /run
+        # (a tmpfs hides it at boot, but it is this build's data): the link stays, /run on disk is emptied.
+        resolv = root / "etc/resolv.conf"
+        if resolv.is_symlink() or resolv.exists():
+            resolv.unlink()
+        resolv.symlink_to(stub)
+        if not os.path.ismount(root / "run"):
+            _empty_dir(root / "run")
     (root / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
     for history in (root / "root").glob(".*_history"):
         history.unlink()

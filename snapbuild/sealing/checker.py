@@ -17,6 +17,8 @@ HOST_KEY_GLOB = "etc/ssh/ssh_host_*key*"
 HISTORY_NAMES = (".bash_history", ".python_history", ".lesshst", ".viminfo", ".sh_history", ".zsh_history")
 RANDOM_SEEDS = ("var/lib/systemd/random-seed", "var/lib/urandom/random-seed")
 RESOLV_SYMLINKS = {"ubuntu": ("../run/systemd/resolve/stub-resolv.conf", "/run/systemd/resolve/stub-resolv.conf")}
+# systemd-resolved enabled (its unit is WantedBy=sysinit.target): then it owns /etc/resolv.conf on any distro.
+RESOLVED_ENABLED = "etc/systemd/system/sysinit.target.wants/systemd-resolved.service"
 
 
 def _p(root: str, rel: str) -> str:
@@ -115,6 +117,8 @@ def check_root(root: str, *, builder_user: str = "snapbuild", builder_keys: tupl
     distro = _os_release_id(root)
     resolv = _p(root, "etc/resolv.conf")
     wanted = RESOLV_SYMLINKS.get(distro)
+    if wanted is None and _lexists(_p(root, RESOLVED_ENABLED)):
+        wanted = RESOLV_SYMLINKS["ubuntu"]     # debian-13 as snapbuild builds it: resolved, as on Ubuntu
     if wanted:
         if not os.path.islink(resolv) or os.readlink(resolv) not in wanted:
             bad("resolv.conf", resolv, f"must be the distro's symlink to {wanted[0]}")

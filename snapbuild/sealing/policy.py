@@ -24,7 +24,7 @@ POLICY_STEPS = (
     "machine-id emptied; /var/lib/dbus/machine-id removed unless it is a symlink",
     "SSH host keys removed",
     "authorized_keys and shell history removed for root and every user",
-    "resolv.conf back to the distro's symlink (Ubuntu)",
+    "resolv.conf back to the systemd-resolved stub symlink where resolved is installed (Ubuntu, debian-13)",
     "policy-rc.d, apt proxy and temporary apt configuration removed",
     "apt lists and package caches cleaned",
     "/tmp and /var/tmp emptied",
@@ -89,7 +89,9 @@ def seal_script(*, resolv_symlink: str | None) -> str:
         + " ".join(f"\"$h/{n}\"" for n in checker.HISTORY_NAMES) + "; done",
     ]
     if resolv_symlink:
-        blocks.append(f"[ \"$(readlink /etc/resolv.conf)\" = {shlex.quote(resolv_symlink)} ] || "
+        # Only where systemd-resolved is installed: on an image without it the link would dangle (no DNS at all).
+        blocks.append(f"[ ! -e /usr/lib/systemd/systemd-resolved ] || "
+                      f"[ \"$(readlink /etc/resolv.conf)\" = {shlex.quote(resolv_symlink)} ] || "
                       f"ln -sfn {shlex.quote(resolv_symlink)} /etc/resolv.conf")
     # 90cloud-init-aptproxy: cloud-init writes the builder user-data's build-time proxy there.
     blocks += [

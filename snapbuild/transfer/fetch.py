@@ -40,6 +40,8 @@ BASE_IMAGES: dict[str, BaseImage] = {
                               path="noble/current/noble-server-cloudimg-amd64.img", sums="SHA256SUMS"),
     "debian-12": BaseImage(mirror="https://cloud.debian.org/images/cloud",
                            path="bookworm/latest/debian-12-genericcloud-amd64.qcow2", sums="SHA512SUMS"),
+    "debian-13": BaseImage(mirror="https://cloud.debian.org/images/cloud",
+                           path="trixie/latest/debian-13-genericcloud-amd64.qcow2", sums="SHA512SUMS"),
 }
 
 

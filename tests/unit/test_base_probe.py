@@ -292,4 +292,4 @@ def test_the_plan_knows_its_recipes_distros() -> None:
 
     plan = plan_from_names(library=Library([RECIPES]), recipe_name="base", distro_name="debian-12",
                            profile_name="upstream", config_variables={}, set_values={})
-    assert plan.recipe_distros == ("ubuntu-24.04", "debian-12")
+    assert plan.recipe_distros == ("ubuntu-24.04", "debian-12", "debian-13")

@@ -18,7 +18,7 @@ from snapbuild.sshkeys import KeyPair
 from snapbuild.userdata import NOVA_USER_DATA_LIMIT, encode_for_nova, render_builder_userdata
 
 LIBRARY = Library([data_dir("recipes")])
-CASES = [(r, d, p) for r in ("base", "docker-ce", "k8s") for d in ("ubuntu-24.04", "debian-12")
+CASES = [(r, d, p) for r in ("base", "docker-ce", "k8s") for d in ("ubuntu-24.04", "debian-12", "debian-13")
          for p in ("cloudinative", "upstream")]
 
 needs_cloud_init = pytest.mark.skipif(shutil.which("cloud-init") is None,

@@ -54,7 +54,8 @@ class ScriptGuest:
 
 
 @pytest.mark.parametrize(("distro", "symlink"), [("ubuntu-24.04", "../run/systemd/resolve/stub-resolv.conf"),
-                                                  ("debian-12", None)])
+                                                  ("debian-12", None),
+                                                  ("debian-13", "../run/systemd/resolve/stub-resolv.conf")])
 def test_the_shared_tail_puts_resolv_conf_back_to_the_distros_symlink(distro: str, symlink: str | None,
                                                                      tmp_path: Path) -> None:
     from snapbuild.distros import get_distro

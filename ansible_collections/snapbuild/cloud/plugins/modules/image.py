@@ -51,7 +51,7 @@ options:
     type: str
   distro:
     description:
-      - Distribution to build on (C(--distro)), for example C(ubuntu-24.04) or C(debian-12).
+      - Distribution to build on (C(--distro)), for example C(ubuntu-24.04), C(debian-12) or C(debian-13).
     type: str
   mirrors:
     description:
