@@ -38,7 +38,7 @@ from snapbuild.console import plandata
 from snapbuild.console.plandata import RunnerOrders
 from snapbuild.console.protocol import PROTOCOL_VERSION, Emitter
 from snapbuild.console.relay import ConsoleRelay
-from snapbuild.errors import BuildError, SnapbuildError
+from snapbuild.errors import BuildError, CommandFailed, SnapbuildError
 from snapbuild.guest.base import Guest
 from snapbuild.guest.cloudinit_wait import wait_for_cloud_init
 from snapbuild.guest.local import LocalGuest
@@ -152,8 +152,12 @@ def run_orders(orders: RunnerOrders, *, guest: Guest, sink: Sink, hooks: Hooks |
         _timed(relay, "seal", lambda: hooks.seal(guest, relay, orders, remove))
         verdict = {"ok": True, "sealed": True, "checked": True}
     except BaseException as exc:   # noqa: BLE001 - every way out must reach the final line and the power off
-        verdict = {"ok": False, "step": relay.failed_step or "runner", "error": _error_text(exc),
-                   "tail": relay.failed_tail}
+        tail = relay.failed_tail
+        error = _error_text(exc)
+        if isinstance(exc, CommandFailed):   # its output goes once, as the tail (quiet commands have no other)
+            error = exc.message.split("\n", 1)[0]
+            tail = tail or exc.output_tail.splitlines()[-orders.tail_lines:]
+        verdict = {"ok": False, "step": relay.failed_step or "runner", "error": error, "tail": tail}
     if not removed:
         try:
             remove()
