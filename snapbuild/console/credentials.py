@@ -29,8 +29,8 @@ SECRET_FILES = re.compile(r"^/etc/apt/auth\.conf(\.d/.*)?$|/\.docker/config\.jso
 
 
 def _texts(action: actions.Action) -> list[tuple[str, str]]:
-    """(where, text) for everything an action carries into the guest."""
-    where = action.describe()
+    """(where, text) for everything an action carries into the guest; `where` never holds the text itself."""
+    where = type(action).__name__
     if isinstance(action, actions.WriteFile):
         return [(f"file {action.path}", action.content.decode(errors="replace"))]
     if isinstance(action, actions.RunScript):
@@ -41,7 +41,7 @@ def _texts(action: actions.Action) -> list[tuple[str, str]]:
             found.append((f"apt source {action.name} key URL", action.key.url or ""))
         return found
     if isinstance(action, actions.RunCommand):
-        return [(where, "\n".join(action.argv))]
+        return [(f"the command {action.argv[0]} …" if action.argv else where, "\n".join(action.argv))]
     return [(where, repr(action))]
 
 

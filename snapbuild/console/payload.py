@@ -164,6 +164,7 @@ def render_console_userdata(plan: Plan, orders: RunnerOrders) -> str:
         "mirrors": _MirrorView(plan.profile, plan.distro),
         "apt_mirrors": plan.profile.has_apt_mirror(plan.distro.id) or bool(apt_proxy), "apt_proxy": apt_proxy,
         "payload_files": files, "runner_path": RUNNER_PATH, "orders_path": ORDERS_PATH,
+        "builder_user": orders.builder_user,
     }
     return render_file(environment([paths.data_dir("cloudinit")]), "console-userdata.yaml.j2", context,
                        folder=paths.data_dir("cloudinit"))

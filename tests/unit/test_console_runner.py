@@ -229,3 +229,39 @@ def test_the_shipped_runner_rehearsing_applies_everything_and_refuses_only_to_se
     assert report.verdict.step == "seal" and "rehearsal" in report.verdict.error
     assert (work / "order").read_text().split() == ["2", "3", "5"]
     assert report.result["seconds"] >= 0 and not (root / "run" / "snapbuild").exists()
+
+
+class RecordingGuest(LocalGuest):
+    """LocalGuest whose commands are recorded, not run (the sealing commands act on the whole machine)."""
+
+    def __init__(self, root: Path, calls: list[str]) -> None:
+        super().__init__(root=root)
+        self.calls = calls
+
+    def run(self, argv: Any, **kwargs: Any) -> Any:
+        from snapbuild.guest.base import Completed
+
+        self.calls.append(argv[0] if argv[0] != "sh" else "sh " + argv[1])
+        return Completed(argv=tuple(argv), returncode=0, stdout="", stderr="")
+
+
+def test_the_one_policy_removes_what_the_build_brought_between_sealing_and_the_check(tmp_path: Path) -> None:
+    from snapbuild.sealing.policy import enforce
+
+    root = guest_root(tmp_path)
+    (root / "etc" / "machine-id").write_text("")
+    calls: list[str] = []
+    guest = RecordingGuest(root, calls)
+    monitor = EventStream(io.StringIO())
+    with pytest.raises(BuildError, match="builder-files: /run/snapbuild/runner.pyz"):
+        enforce(guest, monitor=monitor, resolv_symlink=None, builder_user="snapbuild", gone=payload.PAYLOAD_PATHS)
+
+    def remove() -> None:
+        calls.append("remove")
+        (root / payload.RUNNER_PATH.lstrip("/")).unlink()
+        (root / "run" / "snapbuild").rmdir()
+
+    calls.clear()
+    enforce(guest, monitor=monitor, resolv_symlink=None, builder_user="snapbuild", before_check=remove,
+            gone=payload.PAYLOAD_PATHS)
+    assert calls == ["sh -c", "sh -c", "fstrim", "remove"]
