@@ -253,7 +253,7 @@ def test_the_one_policy_removes_what_the_build_brought_between_sealing_and_the_c
     calls: list[str] = []
     guest = RecordingGuest(root, calls)
     monitor = EventStream(io.StringIO())
-    with pytest.raises(BuildError, match="builder-files: /run/snapbuild/runner.pyz"):
+    with pytest.raises(BuildError, match=r"builder-files: /run/snapbuild/runner\.pyz"):
         enforce(guest, monitor=monitor, resolv_symlink=None, builder_user="snapbuild", gone=payload.PAYLOAD_PATHS)
 
     def remove() -> None:
