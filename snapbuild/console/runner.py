@@ -194,6 +194,8 @@ def console_sink(paths: Sequence[str], *, echo: TextIO | None = None) -> Sink:
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # Once: the final line and the power off must not be cut by the next one (shutdown sends its own SIGTERM).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 

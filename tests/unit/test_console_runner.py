@@ -265,3 +265,32 @@ def test_the_one_policy_removes_what_the_build_brought_between_sealing_and_the_c
     enforce(guest, monitor=monitor, resolv_symlink=None, builder_user="snapbuild", before_check=remove,
             gone=payload.PAYLOAD_PATHS)
     assert calls == ["sh -c", "sh -c", "fstrim", "remove"]
+
+
+def test_a_runner_stopped_by_sigterm_still_reports_and_removes_itself(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    root = guest_root(tmp_path)
+    orders_file = root / payload.ORDERS_PATH.lstrip("/")
+    orders_file.write_bytes(plandata.dump(orders_for((actions.RunCommand(argv=("sh", "-c", "echo up; sleep 60")),))))
+    console = tmp_path / "console.log"
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(root / payload.RUNNER_PATH.lstrip("/")), "--orders",
+                             str(orders_file), "--root", str(root), "--console", str(console)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "[1/1]" not in (console.read_text() if console.exists() else ""):
+            assert time.monotonic() < deadline and proc.poll() is None, "the step never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    _, report = read_back(console.read_text().splitlines())
+    assert report.verdict is not None and report.verdict.step == "[1/1] run sh -c 'echo up; sleep 60'"
+    assert "stopped" in report.verdict.error and not (root / "run" / "snapbuild").exists()
