@@ -48,7 +48,7 @@ class LocalGuest:
         try:
             proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/root"
-                                    if os.path.isdir("/root") else "/", env={**BASE_ENV, **(env or {})},
+                                    if os.access("/root", os.X_OK) else "/", env={**BASE_ENV, **(env or {})},
                                     start_new_session=True)
         except FileNotFoundError:
             # As a shell reports it over SSH: exit 127, "command not found".

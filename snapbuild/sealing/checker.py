@@ -48,9 +48,10 @@ def _homes(root: str) -> list[str]:
 
 
 def check_root(root: str, *, builder_user: str = "snapbuild", builder_keys: tuple[str, ...] = (),
-               live: bool = False) -> list[dict[str, str]]:
+               live: bool = False, gone: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """Violations as dicts {code, path, detail}. `live`: checked inside the running builder, before the
-    final step that removes the builder user and truncates what the running system keeps writing."""
+    final step that removes the builder user and truncates what the running system keeps writing. `gone`: paths
+    (absolute in the guest) that must not exist, e.g. the console runner and its plan."""
     found: list[dict[str, str]] = []
 
     def bad(code: str, path: str, detail: str) -> None:
@@ -159,6 +160,10 @@ def check_root(root: str, *, builder_user: str = "snapbuild", builder_keys: tupl
             if _lexists(_p(root, rel)):
                 bad("random-seed", _p(root, rel), "random seed left: clones would start with the same entropy")
 
+    for path in gone:
+        if _lexists(_p(root, path.lstrip("/"))):
+            bad("builder-files", _p(root, path.lstrip("/")), "left by the build (the console runner or its plan)")
+
     lists = _p(root, "var/lib/apt/lists")
     if os.path.isdir(lists):
         stale = [n for n in os.listdir(lists) if n not in ("lock", "partial", "auxfiles")]
@@ -181,4 +186,5 @@ def _read_lines(path: str) -> list[str]:
 if __name__ == "__main__":
     args = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     print(json.dumps(check_root(args.get("root", "/"), builder_user=args.get("builder_user", "snapbuild"),
-                                builder_keys=tuple(args.get("builder_keys", ())), live=args.get("live", False))))
+                                builder_keys=tuple(args.get("builder_keys", ())), live=args.get("live", False),
+                                gone=tuple(args.get("gone", ())))))

@@ -10,6 +10,7 @@ import inspect as pyinspect
 import json
 import logging
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from snapbuild.errors import BuildError
@@ -120,34 +121,40 @@ def seal(guest: Guest, *, monitor: Monitor | None = None, resolv_symlink: str | 
 
 
 def check_sealed(guest: Guest, *, builder_user: str = "snapbuild", builder_keys: tuple[str, ...] = (),
-                 live: bool | None = None) -> list[Violation]:
+                 live: bool | None = None, gone: tuple[str, ...] = ()) -> list[Violation]:
     """Run the policy checker inside the guest (python3 from the image) and return its violations."""
     live = guest.kind == "vm" if live is None else live
     if guest.host_root is not None:
         # A chroot's tree is right here: check it with this host's python3 (a minimal image may have none).
         return [Violation(**v) for v in checker.check_root(str(guest.host_root), builder_user=builder_user,
-                                                             builder_keys=tuple(builder_keys), live=live)]
-    args = json.dumps({"root": "/", "builder_user": builder_user, "builder_keys": list(builder_keys), "live": live})
+                                                             builder_keys=tuple(builder_keys), live=live, gone=gone)]
+    args = json.dumps({"root": "/", "builder_user": builder_user, "builder_keys": list(builder_keys), "live": live,
+                       "gone": list(gone)})
     source = pyinspect.getsource(checker).encode()
     done = guest.run(["python3", "-", args], stdin=source, timeout=120)
     return [Violation(**item) for item in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
 def enforce(guest: Guest, *, monitor: Monitor, resolv_symlink: str | None, builder_user: str,
-            builder_keys: tuple[str, ...] = ()) -> None:
+            builder_keys: tuple[str, ...] = (), before_check: Callable[[], None] | None = None,
+            gone: tuple[str, ...] = ()) -> None:
     """The sealing policy, the same on every path: seal, check inside the guest, fail on any violation.
 
     On a VM guest the builder user and its key are still needed for the last step (`power_off_sealed`), which
-    removes them; the check knows them and leaves them for it."""
+    removes them; the check knows them and leaves them for it. `before_check` removes what the build itself
+    brought (the console runner removes itself and its plan), and the check verifies that `gone` is gone."""
     seal(guest, monitor=monitor, resolv_symlink=resolv_symlink)
-    violations = check_sealed(guest, builder_user=builder_user, builder_keys=builder_keys)
+    if before_check is not None:
+        before_check()
+    violations = check_sealed(guest, builder_user=builder_user, builder_keys=builder_keys, gone=gone)
     if violations:
         raise BuildError("the sealed guest still has:\n  " + "\n  ".join(str(v) for v in violations),
                          hint="a recipe step may write these after sealing; nothing was captured")
 
 
-def power_off_script(builder_user: str) -> str:
-    """The last thing a VM guest runs: what the running system keeps writing, then the builder itself."""
+def power_off_script(builder_user: str, *, power_off: bool = True) -> str:
+    """The last thing a VM guest runs: what the running system keeps writing, then the builder itself.
+    Without `power_off` it stops before the power off (the console runner reports its verdict first)."""
     user = shlex.quote(builder_user)
     return "\n".join([
         "set -u",
@@ -164,7 +171,7 @@ def power_off_script(builder_user: str) -> str:
         ": > /etc/machine-id",
         f"if id {user} >/dev/null 2>&1; then echo 'builder user still present' >&2; exit 1; fi",
         "sync",
-        "systemctl poweroff --no-block",
+        *(["systemctl poweroff --no-block"] if power_off else []),
     ]) + "\n"
 
 
