@@ -12,7 +12,8 @@ import signal
 import subprocess
 import time
 
-from snapbuild.guest.base import OutputCallback
+from snapbuild.errors import CommandFailed
+from snapbuild.guest.base import Completed, OutputCallback
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +104,22 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def finish(proc: subprocess.Popen[bytes], args: list[str], *, stdin: bytes | None, timeout: float | None,
+           on_output: OutputCallback | None, check: bool, where: str) -> Completed:
+    """A started command to its end, as every Guest reports one: its output collected as it comes, its whole
+    process group killed when it is interrupted or runs out of time, a timeout or (with `check`) a non-zero exit
+    raised as CommandFailed naming `where`."""
+    try:
+        out, err, timed_out = collect(proc, stdin, timeout, on_output)
+    finally:
+        if proc.poll() is None:   # interrupted, or timed out: the whole group goes
+            kill_group(proc)
+    done = Completed(argv=tuple(args), returncode=proc.returncode if proc.returncode is not None else -9,
+                     stdout=out, stderr=err)
+    if timed_out:
+        raise CommandFailed(args, None, done.tail(), where=where, timed_out=True)
+    if check and done.returncode != 0:
+        raise CommandFailed(args, done.returncode, done.tail(), where=where)
+    return done

@@ -8,15 +8,15 @@ import os
 import signal
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from snapbuild.errors import BuildError, CommandFailed
+from snapbuild.errors import BuildError
+from snapbuild.guest.atomic import replace_file
 from snapbuild.guest.base import Completed, OutputCallback
-from snapbuild.guest.children import collect, kill_group
+from snapbuild.guest.children import finish
 from snapbuild.host import procs
 from snapbuild.ledger import Ledger
 
@@ -104,18 +104,7 @@ class ChrootGuest:
         proc = subprocess.Popen(self.command(args, env), stdin=subprocess.PIPE if stdin is not None else
                                 subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
-        try:
-            out, err, timed_out = collect(proc, stdin, timeout, on_output)
-        finally:
-            if proc.poll() is None:   # interrupted, or timed out: the whole group goes
-                kill_group(proc)
-        done = Completed(argv=tuple(args), returncode=proc.returncode if proc.returncode is not None else -9,
-                         stdout=out, stderr=err)
-        if timed_out:
-            raise CommandFailed(args, None, done.tail(), where=self.name, timed_out=True)
-        if check and done.returncode != 0:
-            raise CommandFailed(args, done.returncode, done.tail(), where=self.name)
-        return done
+        return finish(proc, args, stdin=stdin, timeout=timeout, on_output=on_output, check=check, where=self.name)
 
     # ---- files ---------------------------------------------------------------------------------------
 
@@ -124,16 +113,7 @@ class ChrootGuest:
         parent = target.parent
         parent.mkdir(parents=True, exist_ok=True)
         uid, gid = self._ids(owner)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chown(tmp, uid, gid)
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_file(target, data, mode=mode, uid=uid, gid=gid)
 
     def read_file(self, path: str) -> bytes:
         return resolve_inside(self.root, path).read_bytes()

@@ -13,13 +13,13 @@ import logging
 import os
 import pwd
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from snapbuild.errors import CommandFailed
+from snapbuild.guest.atomic import replace_file
 from snapbuild.guest.base import Completed, OutputCallback, systemd_service
-from snapbuild.guest.children import collect, kill_group
+from snapbuild.guest.children import finish
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,7 @@ class LocalGuest:
             if check:
                 raise CommandFailed(args, 127, done.tail(), where=self.name) from None
             return done
-        try:
-            out, err, timed_out = collect(proc, stdin, timeout, on_output)
-        finally:
-            if proc.poll() is None:   # interrupted, or timed out: the whole group goes
-                kill_group(proc)
-        done = Completed(argv=tuple(args), returncode=proc.returncode if proc.returncode is not None else -9,
-                         stdout=out, stderr=err)
-        if timed_out:
-            raise CommandFailed(args, None, done.tail(), where=self.name, timed_out=True)
-        if check and done.returncode != 0:
-            raise CommandFailed(args, done.returncode, done.tail(), where=self.name)
-        return done
+        return finish(proc, args, stdin=stdin, timeout=timeout, on_output=on_output, check=check, where=self.name)
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root:root") -> None:
         """Write to a temp file next to `path`, set owner and mode, then rename it into place (as SSHGuest)."""
@@ -77,17 +66,7 @@ class LocalGuest:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         uid, gid = _ids(owner)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.snapbuild-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chown(tmp, uid, gid)
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        replace_file(target, data, mode=mode, uid=uid, gid=gid)
 
     def read_file(self, path: str) -> bytes:
         """The file's bytes; FileNotFoundError when it does not exist."""
