@@ -858,7 +858,14 @@ class Cloud:
         shown = self._images(**properties)
         hidden = self._images(**properties, os_hidden="true")
         seen = {i["id"] for i in shown}
-        return [_image_data(i) for i in [*shown, *(h for h in hidden if h["id"] not in seen)]]
+
+        def matches(image: Mapping[str, Any]) -> bool:
+            # Checked here too: a Glance (or a proxy before it) that ignores a filter it does not know would
+            # otherwise hand over every image, and a catalogue would rotate another entry's.
+            return all(value in (image.get("tags") or ()) if key == "tag" else str(image.get(key)) == value
+                       for key, value in properties.items())
+
+        return [_image_data(i) for i in [*shown, *(h for h in hidden if h["id"] not in seen)] if matches(i)]
 
     def images_in_use(self) -> dict[str, list[str]]:
         """Image id → the servers (names) the user can see booted from it. Boot-from-volume servers name no image

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK
+from glanceimages import entry_images
 from openstack.connection import Connection
 from realguests import FLAVOR as REAL_FLAVOR
 from realguests import IMAGE as REAL_IMAGE
@@ -223,13 +224,6 @@ def catalogue_content(cloud: str, entry: str) -> dict[str, Any]:
                                       "no_provision": True, "timeout_boot": "5m", "timeout_snapshot": "10m"}}},
         "policy": {"keep": 1, "grace_period": "1h", "claim_settle": "2s"},
     }
-
-
-def entry_images(conn: Connection, entry: str) -> list[Any]:
-    """Every image carrying the entry's property, hidden ones too (Glance lists those only when asked)."""
-    found = list(conn.image.images(snapbuild_catalogue_entry=entry))
-    found += list(conn.image.images(snapbuild_catalogue_entry=entry, os_hidden=True))
-    return list({image.id: image for image in found}.values())
 
 
 @pytest.fixture

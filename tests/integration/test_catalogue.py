@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK
+from glanceimages import entry_images
 from openstack.connection import Connection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +92,7 @@ def done(result: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 def images(conn: Connection, entry: str, *, hidden: bool | None = None) -> list[Any]:
-    found = list(conn.image.images(snapbuild_catalogue_entry=entry))
-    found += list(conn.image.images(snapbuild_catalogue_entry=entry, os_hidden=True))
-    return [i for i in {i.id: i for i in found}.values() if hidden is None or bool(i.is_hidden) == hidden]
+    return entry_images(conn, entry, hidden=hidden)
 
 
 @pytest.fixture

@@ -29,8 +29,11 @@ from snapbuild.sealing.checker import check_root
 from tests import imagecache
 from tests.system.test_baseimage import BOOT_DEADLINE_S, _no_record, _undo_adapter, _wait_for
 
+# `full`: a second base image (trixie's debootstrap and a boot) is more than .ci/run's one base per run: this
+# runs in `tox -e full` until debian-13 becomes the tiers' base.
 pytestmark = [
     pytest.mark.system,
+    pytest.mark.full,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices, mounts)"),
 ]
 
@@ -106,8 +109,10 @@ def test_cloud_init_s_apt_module_is_active(mounted: tuple[str, Path]) -> None:
         apt = (yaml.safe_load(path.read_text()) or {}).get("apt") or {}
         preserve = apt.get("preserve_sources_list", preserve)
     assert preserve is False
+    # The links are absolute (/usr/lib/...): inside the mount they dangle on the host, where glob() skips them.
+    wants = [d for d in (root / "etc/systemd/system").iterdir() if d.name.endswith(".wants")]
     for unit in ("cloud-init-local", "cloud-init-main", "cloud-init-network", "cloud-config", "cloud-final"):
-        assert list((root / "etc/systemd/system").glob(f"*.wants/{unit}.service")), unit
+        assert any((d / f"{unit}.service").is_symlink() for d in wants), unit
 
 
 def test_no_default_user_is_baked_in(mounted: tuple[str, Path]) -> None:

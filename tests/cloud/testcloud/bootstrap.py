@@ -244,6 +244,8 @@ def clouds_yaml(lay: Layout) -> None:
             "auth": {"auth_url": lay.auth_url, "username": user, "password": lay.password,
                      "project_name": project, "user_domain_name": "Default", "project_domain_name": "Default"},
             "region_name": REGION,
+            # openstacksdk accepts only the regions listed here (default: region_name's alone)
+            "regions": [REGION, REGION_TWO],
             "identity_api_version": 3,
             "interface": "public",
         }

@@ -369,3 +369,16 @@ def test_marked_resources_are_found_with_their_marks(cloud: Cloud, api: HTTPClou
     assert [(g.name, g.build_id, g.expires_at) for g in groups] == [("g", "b7", m.expires_at)]
     rule = api.last_json("POST", r"/security-group-rules$")["security_group_rule"]
     assert (rule["ethertype"], rule["port_range_min"], rule["remote_ip_prefix"]) == ("IPv6", 22, "::/0")
+
+
+def test_images_with_keeps_only_matching_images_even_when_glance_ignores_the_filter(cloud: Cloud,
+                                                                                    api: HTTPCloud) -> None:
+    # This fake, like a Glance or proxy that does not know a filter, answers every image to
+    # ?snapbuild_catalogue_entry=…: the adapter must not hand another entry's images to the catalogue's rotation.
+    api.add_image("a-1", "docker", snapbuild_catalogue_entry="docker-ce")
+    api.add_image("b-1", "k8s", snapbuild_catalogue_entry="k8s-full")
+    api.add_image("c-1", "claim", tags=["snapbuild", "snapbuild-claim"])
+    assert [i.id for i in cloud.images_with(snapbuild_catalogue_entry="docker-ce")] == ["a-1"]
+    assert [i.id for i in cloud.images_with(tag="snapbuild-claim")] == ["c-1"]
+    asked = [r.url for r in api.m.request_history if r.method == "GET" and "/v2/images?" in r.url]
+    assert any("snapbuild_catalogue_entry=docker-ce" in url for url in asked)     # the server is asked to filter
