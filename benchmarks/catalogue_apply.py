@@ -52,7 +52,7 @@ def catalogue(prefix: str, cloud: str, regions: tuple[str, str]) -> str:
               "  one:", f"    cloud: {cloud}", f"    region: {regions[0]}",
               "    build: {flavor: m1.small, network: private, floating_network: public, no_provision: true}",
               "  two:", f"    cloud: {cloud}", f"    region: {regions[1]}", "    role: receive",
-              "policy:", "  keep: 1", "  grace_period: 1h", "  claim_settle: 2s"]
+              "policy:", "  keep: 1", "  grace_period: 1h", "  claim_settle: 2s", "  concurrency: 4", "  per_cloud: 4"]
     return "\n".join(lines) + "\n"
 
 
