@@ -24,7 +24,7 @@ BUILD_KEYS = (
     "flavor", "network", "floating_network", "security_group", "ssh_cidr", "availability_zone", "config_drive",
     "volume_size", "volume_disk_format", "ssh_user", "ssh_port", "ssh_interface", "ssh_ip_version", "ssh_bastion",
     "ssh_bastion_key", "visibility", "protected", "hidden", "share_with", "property", "tag",
-    "timeout_boot", "timeout_ssh", "timeout_provision", "timeout_snapshot",
+    "timeout_boot", "timeout_ssh", "timeout_provision", "timeout_snapshot", "transport",
 )
 
 # Options that make no sense as one default for every build on a site, with why (the hint of the error).

@@ -86,6 +86,9 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--timeout-snapshot", default=1800.0, show_default=True, type=float, metavar="S"),
     click.option("--keep-on-failure", is_flag=True, help="Same as --on-error abort."),
     ON_ERROR_OPTION,
+    click.option("--transport", type=click.Choice(["ssh", "console"]), default="ssh", show_default=True,
+                 help="How the builder is driven: over SSH, or by a runner cloud-init starts that reports on the "
+                      "console and powers the builder off (no route to the builder needed)."),
     click.option("--no-provision", is_flag=True,
                  help="Test/debug mode: boot, stop, snapshot, set properties; no SSH, provisioning or sealing."),
     click.option("--allow-blocked", is_flag=True, help="Build even if the recipe pulls from blocked hosts."),

@@ -444,7 +444,7 @@ class Cloud:
             if "409" not in str(exc):
                 raise
 
-    def console_log(self, server_id: str, lines: int = 40) -> str:
+    def console_log(self, server_id: str, lines: int | None = 40) -> str:
         try:
             out = self._read("console log", self._conn.compute.get_server_console_output, server_id, length=lines)
         except (_Gone, CloudError) as exc:

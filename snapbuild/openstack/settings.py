@@ -50,6 +50,7 @@ class SnapshotSettings:
     timeout_snapshot: float = 1800.0
     on_error: OnError = "cleanup"            # cleanup | abort (keep, say how to reach and remove) | ask
     no_provision: bool = False               # test/debug: boot → stop → snapshot → properties; no SSH at all
+    transport: str = "ssh"                   # ssh | console (cloud-init runs the plan, the console reports)
     allow_blocked: bool = False
     json: bool = False
     manifest_path: Path | None = None         # default: the state directory's manifests/

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapbuild import paths
+from snapbuild.console.protocol import MARK
 from snapbuild.errors import BuildError, UserError
 from snapbuild.ledger import installation_id
 from snapbuild.openstack import marks, properties
@@ -58,6 +59,7 @@ class Inputs:
     ssh_network: Network | None
     access: BuilderAccess
     user_data: str
+    console_nonce: str | None          # --transport console: the runner's protocol nonce
     image_name: str
     marks: marks.Marks
 
@@ -93,7 +95,9 @@ def build_snapshot(settings: SnapshotSettings, plan: Plan, monitor: Monitor, *,
         ctx.on_failure.append(lambda exc: report_console(ctx, cloud, machine, exc))
         with ctx.step("boot builder"):
             launch_builder(ctx, cloud, settings, inputs, machine)
-        if settings.no_provision:
+        if settings.transport == "console":
+            machine.provisioned = follow_runner(ctx, cloud, settings, inputs, machine)
+        elif settings.no_provision:
             with ctx.step("power off (no provisioning)"):
                 assert machine.server is not None
                 cloud.stop(machine.server.id)
@@ -128,10 +132,12 @@ def write_snapshot_manifest(ctx: BuildContext, settings: SnapshotSettings, plan:
                 "visibility": image.visibility, "properties": dict(image.properties), "tags": list(image.tags),
                 "min_disk": image.min_disk, "min_ram": image.min_ram},
         provisioned=machine.provisioned,
-        seal={"in_guest": "not run (no provisioning)" if settings.no_provision else "clean",
+        seal={"in_guest": "not run (no provisioning)" if settings.no_provision
+              else "clean (the console runner's verdict)" if settings.transport == "console" else "clean",
               "offline": "not run (the image stays in Glance; `snapbuild verify` boots it)"},
         details={"cloud": settings.cloud, "region": settings.region, "flavor": inputs.flavor.__dict__,
                  "volume_size_gb": settings.volume_size_gb, "no_provision": settings.no_provision,
+                 "transport": settings.transport,
                  "property_patch": [dict(op) for op in machine.patch]})
     path = settings.manifest_path or default_manifest_path(ctx.build_id, image.name)
     write_manifest(path, manifest)
@@ -194,8 +200,10 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
         if settings.floating_network else None
     ssh_network = check(cloud.resolve_network, settings.ssh_interface) if settings.ssh_interface else None
     port_id = check(cloud.resolve_port, settings.port) if settings.port else None
+    if settings.transport == "console":
+        problems += console_conflicts(settings)
     # The temporary group (made when neither groups nor a port are given) opens SSH to --ssh-cidr.
-    temporary_group = not settings.security_groups and not settings.port
+    temporary_group = needs_ssh_group(settings)
     if temporary_group:
         check(check_cidr, settings.ssh_cidr)
     if settings.ssh_ip_version not in (None, 4, 6):
@@ -213,9 +221,13 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
               security_groups=1 if temporary_group else 0)
 
     access = BuilderAccess.generate(build_id, user=settings.ssh_user)
-    user_data = check(lambda: encode_for_nova(render_builder_userdata(
-        plan, builder_user=access.user, builder_public_key=access.client_key.public_openssh,
-        host_key=access.host_key, build_id=build_id)))
+    nonce = None
+    if settings.transport == "console":
+        nonce, user_data = check(console_user_data, plan, settings, build_id=build_id) or (None, None)
+    else:
+        user_data = check(lambda: encode_for_nova(render_builder_userdata(
+            plan, builder_user=access.user, builder_public_key=access.client_key.public_openssh,
+            host_key=access.host_key, build_id=build_id)))
     if problems:
         raise PreflightFailed(problems)
     assert flavor is not None and base is not None and user_data is not None
@@ -224,8 +236,44 @@ def preflight(cloud: Cloud, settings: SnapshotSettings, plan: Plan, *, build_id:
     image_name = settings.image_name or f"{plan.image.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
     return Inputs(build_id=build_id, flavor=flavor, base_image=base, network_ids=tuple(n.id for n in networks),
                   port_id=port_id, security_group_ids=tuple(g.id for g in groups), floating_network=floating,
-                  ssh_network=ssh_network, access=access, user_data=user_data,
+                  ssh_network=ssh_network, access=access, user_data=user_data, console_nonce=nonce,
                   image_name=image_name, marks=recipe_marks)
+
+
+def needs_ssh_group(settings: SnapshotSettings) -> bool:
+    """A temporary group opening SSH to --ssh-cidr: for SSH builds given neither groups nor a port."""
+    return settings.transport == "ssh" and not settings.security_groups and not settings.port
+
+
+# What only an SSH build uses, with the value that means "not asked for".
+SSH_ONLY: tuple[tuple[str, str, Any], ...] = (
+    ("floating_network", "--floating-network", None), ("ssh_interface", "--ssh-interface", None),
+    ("ssh_ip_version", "--ssh-ip-version", None), ("ssh_bastion", "--ssh-bastion", None),
+    ("ssh_bastion_key", "--ssh-bastion-key", None), ("accept_any_host_key", "--insecure-accept-any-host-key", False),
+    ("ssh_port", "--ssh-port", 22), ("ssh_cidr", "--ssh-cidr", "0.0.0.0/0"), ("ssh_user", "--ssh-user", "snapbuild"),
+    ("no_provision", "--no-provision", False),
+)
+
+
+def console_conflicts(settings: SnapshotSettings) -> list[UserError]:
+    """Options a console build cannot honour: each one refused by name rather than ignored."""
+    given = [option for attr, option, unset in SSH_ONLY if getattr(settings, attr) != unset]
+    if not given:
+        return []
+    return [UserError(f"--transport console does not use SSH, so {', '.join(given)} cannot apply",
+                      hint="drop " + ", ".join(given) + " (a console build needs no route to the builder), or "
+                           "build with --transport ssh")]
+
+
+def console_user_data(plan: Plan, settings: SnapshotSettings, *, build_id: str) -> tuple[str, str]:
+    """The runner, its orders and the mirrors as Nova user-data, with the nonce the runner's lines carry. Refuses
+    credentials in the plan and user-data over Nova's limit (both UserErrors, so preflight lists them)."""
+    from snapbuild.console.payload import encode_console_userdata, orders_for, render_console_userdata
+    from snapbuild.console.protocol import new_nonce
+
+    orders = orders_for(plan, build_id=build_id, nonce=new_nonce(), step_timeout=settings.timeout_provision,
+                        cloud_init_timeout=settings.timeout_ssh)
+    return orders.nonce, encode_console_userdata(render_console_userdata(plan, orders), orders)
 
 
 def check_cidr(cidr: str) -> None:
@@ -282,7 +330,7 @@ def launch_builder(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, 
                    machine: Machine) -> None:
     base_name = f"snapbuild-{inputs.marks.recipe}-{inputs.build_id}"
     group_ids = inputs.security_group_ids
-    if not group_ids and not inputs.port_id:
+    if needs_ssh_group(settings):
         name = f"{base_name}-ssh"
         group, _ = ctx.track(
             "security_group", name,
@@ -435,6 +483,32 @@ class CloudServer:
         return f"ssh -i {key_file}{port}{jump} {access.user}@{self.address}"
 
 
+# ---- 5b. the console transport: no SSH, the runner reports on the console ------------------------------------
+
+def follow_runner(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, inputs: Inputs,
+                  machine: Machine) -> ProvisionResult:
+    """The runner cloud-init started applies the plan, seals, checks and powers off; its console lines become
+    this build's steps. Capture follows only a sealed-and-checked verdict."""
+    from snapbuild.console.follow import FollowLimits, follow_console
+    from snapbuild.console.reader import ConsoleReader, ConsoleWindow
+    from snapbuild.provision import ProvisionResult
+
+    assert machine.server is not None and inputs.console_nonce is not None
+    server_id = machine.server.id
+    window = ConsoleWindow(ConsoleReader(inputs.console_nonce), lambda lines: cloud.console_log(server_id, lines))
+    with ctx.step("console runner"):
+        verdict = follow_console(window, ctx.monitor, is_off=lambda: cloud.get_server(server_id).status == "SHUTOFF",
+                                 limits=FollowLimits(timeout_s=settings.timeout_ssh + settings.timeout_provision))
+        verdict.raise_unless_capturable()
+    with ctx.step("power off"):
+        # The runner powers the guest off after its verdict; Nova hears of it late (see CloudServer).
+        cloud.stop(server_id)
+        cloud.wait_shutoff(server_id, min(settings.timeout_boot, 300.0))
+    found = verdict.result
+    return ProvisionResult(pulled_images=dict(found.get("pulled_images") or {}),
+                           packages=dict(found.get("packages") or {}), seconds=float(found.get("seconds") or 0.0))
+
+
 # ---- 6. capture and finish ------------------------------------------------------------------------------
 
 def capture(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, inputs: Inputs, machine: Machine) -> None:
@@ -500,7 +574,9 @@ def report_console(ctx: BuildContext, cloud: Cloud, machine: Machine, exc: BaseE
         tail = cloud.console_log(machine.server.id, CONSOLE_TAIL_LINES)
     except Exception as err:  # noqa: BLE001 - a report must not hide the real error
         tail = f"(console log unavailable: {err})"
-    if tail.strip():
+    # The console runner's protocol lines were already shown as steps; the rest is what the guest said.
+    lines = [line for line in tail.rstrip().splitlines() if MARK not in line]
+    if lines:
         ctx.monitor.line("console log (last lines):")
-        for line in tail.rstrip().splitlines()[-CONSOLE_TAIL_LINES:]:
+        for line in lines[-CONSOLE_TAIL_LINES:]:
             ctx.monitor.line("  | " + line)
