@@ -132,8 +132,8 @@ def write_snapshot_manifest(ctx: BuildContext, settings: SnapshotSettings, plan:
                 "visibility": image.visibility, "properties": dict(image.properties), "tags": list(image.tags),
                 "min_disk": image.min_disk, "min_ram": image.min_ram},
         provisioned=machine.provisioned,
-        seal={"in_guest": "not run (no provisioning)" if settings.no_provision
-              else "clean (the console runner's verdict)" if settings.transport == "console" else "clean",
+        # On the console transport "clean" is the runner's verdict: the same seal check, run in the guest.
+        seal={"in_guest": "not run (no provisioning)" if settings.no_provision else "clean",
               "offline": "not run (the image stays in Glance; `snapbuild verify` boots it)"},
         details={"cloud": settings.cloud, "region": settings.region, "flavor": inputs.flavor.__dict__,
                  "volume_size_gb": settings.volume_size_gb, "no_provision": settings.no_provision,

@@ -101,3 +101,102 @@ def assert_fresh_machine(guest: SSHGuest, server: Any) -> None:
     assert guest.run(["id", "-u", "snapbuild"], check=False).returncode != 0  # builder user removed
     sudoers = guest.run(["sh", "-c", "grep -rl snapbuild /etc/sudoers.d || true"]).stdout.strip()
     assert sudoers == "", f"builder sudo rule left: {sudoers}"
+
+
+# ---- a network the build host has no route into (the console transport's case) --------------------------------
+
+UNROUTED_CIDR = "10.231.0.0/24"   # not loopback: the backend forwards no port of such an address (forwardable)
+
+
+def make_unrouted_network(conn: Connection, name: str, cleanup: Callable[..., Any]) -> str:
+    """A tenant network whose addresses this host cannot reach: QEMU gets no hostfwd for them, so nothing on this
+    host can open a connection to a guest on it. Nothing here ever sends to the address (the network rule): the
+    proof is the QEMU command line (see NoRouteWatch)."""
+    network = conn.network.create_network(name=name)
+    cleanup(lambda: conn.network.delete_network(network.id, ignore_missing=True))
+    subnet = conn.network.create_subnet(name=f"{name}-subnet", network_id=network.id, ip_version=4,
+                                        cidr=UNROUTED_CIDR, is_dhcp_enabled=False)
+    cleanup(lambda: conn.network.delete_subnet(subnet.id, ignore_missing=True))
+    return str(network.name)
+
+
+def qemu_cmdline(pid: int) -> list[str]:
+    try:
+        return [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
+
+
+class NoRouteWatch:
+    """Watches, while a build runs, every server on `network`: its addresses as Nova reports them and its QEMU
+    command line. `check()` asserts the builder was seen and that no port of it was ever forwarded to this host."""
+
+    def __init__(self, conn: Connection, network: str) -> None:
+        import threading
+
+        self.conn = conn
+        self.network = network
+        self.seen: dict[str, tuple[list[str], list[str]]] = {}   # server id -> (addresses, QEMU argv)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> NoRouteWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(3):
+            try:
+                for server in self.conn.compute.servers():
+                    addresses = [a["addr"] for a in (server.addresses or {}).get(self.network, [])]
+                    pids = qemu_pids(server.id)
+                    if addresses and pids:
+                        self.seen.setdefault(server.id, (addresses, qemu_cmdline(pids[0])))
+            except Exception as exc:  # a transient API error; the check says if nothing was seen
+                self.errors.append(str(exc))
+
+    def check(self) -> None:
+        assert self.seen, f"no builder on {self.network} was seen running (API errors: {self.errors[-3:]})"
+        for server_id, (addresses, argv) in self.seen.items():
+            assert argv, f"server {server_id}: no QEMU command line read"
+            netdev = next(argv[i + 1] for i, arg in enumerate(argv) if arg == "-netdev")
+            assert "hostfwd" not in netdev, f"server {server_id} has a port forwarded to this host: {netdev}"
+            assert all(not a.startswith("127.") for a in addresses), addresses
+
+
+# ---- what a build left behind, as admin sees it ----------------------------------------------------------------
+
+def left_by_build(admin: Connection, build_id: str) -> list[str]:
+    """Everything any project holds that names the build, as admin sees it."""
+    mark = f"snapbuild:build_id={build_id}"
+    left = [f"server {s.id} ({s.status})" for s in admin.compute.servers(all_projects=True, tags="snapbuild")
+            if (s.metadata or {}).get("snapbuild_build_id") == build_id]
+    for kind, items in (("floating ip", admin.network.ips(tags="snapbuild")),
+                        ("security group", admin.network.security_groups(tags="snapbuild")),
+                        ("port", admin.network.ports(tags="snapbuild"))):
+        left += [f"{kind} {item.id}" for item in items if mark in (item.tags or [])]
+    left += [f"image {i.id} ({i.status})" for i in admin.image.images(tag="snapbuild")
+             if i.properties.get("snapbuild_build_id") == build_id]
+    left += [f"keypair {k.name}" for k in admin.compute.keypairs() if build_id in k.name]
+    return left
+
+
+def build_server_ids(admin: Connection, build_id: str) -> list[str]:
+    return [str(s.id) for s in admin.compute.servers(all_projects=True, tags="snapbuild")
+            if (s.metadata or {}).get("snapbuild_build_id") == build_id]
+
+
+def wait_build_gone(admin: Connection, build_id: str, server_id: str | None = None, timeout: float = 300) -> None:
+    """Nothing of the build in the cloud and no QEMU process of its server (given, or any the build has now)."""
+    servers = [server_id] if server_id else build_server_ids(admin, build_id)
+    deadline = time.monotonic() + timeout
+    while (left_by_build(admin, build_id) or any(qemu_pids(s) for s in servers)) and time.monotonic() < deadline:
+        time.sleep(2)   # a delete the build issued may still be finishing in Nova
+    assert left_by_build(admin, build_id) == [], left_by_build(admin, build_id)
+    for server in servers:
+        assert qemu_pids(server) == [], f"QEMU of server {server} outlived the build"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cloudnames import REAL_DISTRO
 from openstack.connection import Connection
-from realguests import FLAVOR, IMAGE, NETWORK, needs_real_guests, qemu_pids
+from realguests import FLAVOR, IMAGE, NETWORK, left_by_build, needs_real_guests, wait_build_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = needs_real_guests
@@ -61,29 +61,6 @@ def _server_of(admin: Connection, build_id: str) -> str:
     raise AssertionError(f"no server of build {build_id}")
 
 
-def _left_by(admin: Connection, build_id: str) -> list[str]:
-    """Everything any project holds that names the build, as admin sees it."""
-    mark = f"snapbuild:build_id={build_id}"
-    left = [f"server {s.id} ({s.status})" for s in admin.compute.servers(all_projects=True, tags="snapbuild")
-            if (s.metadata or {}).get("snapbuild_build_id") == build_id]
-    for kind, items in (("floating ip", admin.network.ips(tags="snapbuild")),
-                        ("security group", admin.network.security_groups(tags="snapbuild")),
-                        ("port", admin.network.ports(tags="snapbuild"))):
-        left += [f"{kind} {item.id}" for item in items if mark in (item.tags or [])]
-    left += [f"image {i.id} ({i.status})" for i in admin.image.images(tag="snapbuild")
-             if i.properties.get("snapbuild_build_id") == build_id]
-    left += [f"keypair {k.name}" for k in admin.compute.keypairs() if build_id in k.name]
-    return left
-
-
-def _wait_gone(admin: Connection, build_id: str, server_id: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while (_left_by(admin, build_id) or qemu_pids(server_id)) and time.monotonic() < deadline:
-        time.sleep(2)   # a delete the build issued may still be finishing in Nova
-    assert _left_by(admin, build_id) == [], _left_by(admin, build_id)
-    assert qemu_pids(server_id) == [], f"QEMU of server {server_id} outlived the build"
-
-
 @pytest.mark.parametrize("point", list(POINTS))
 def test_sigint_of_a_real_build_leaves_nothing(point: str, admin_conn: Connection, unique_name: str,
                                                tmp_path: Path, cleanup: Callable[..., Any]) -> None:
@@ -97,7 +74,7 @@ def test_sigint_of_a_real_build_leaves_nothing(point: str, admin_conn: Connectio
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=900)
     assert proc.returncode == 130, "".join(seen[-20:]) + rest[-3000:]
-    _wait_gone(admin_conn, build_id, server_id)
+    wait_build_gone(admin_conn, build_id, server_id)
     assert not list((tmp_path / "state" / "builds").glob("*.json")), "the ledger outlived a clean undo"
 
 
@@ -111,10 +88,10 @@ def test_kill_9_of_a_real_build_then_cleanup_leaves_nothing(admin_conn: Connecti
     server_id = _server_of(admin_conn, build_id)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert _left_by(admin_conn, build_id), "kill -9 ran no undo: the build's resources must still be there"
+    assert left_by_build(admin_conn, build_id), "kill -9 ran no undo: the build's resources must still be there"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SNAPBUILD_STATE_DIR": str(tmp_path / "state")}
     done = subprocess.run([sys.executable, "-m", "snapbuild", "cleanup", "--json"], env=env, capture_output=True,
                           text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert {row["action"] for row in json.loads(done.stdout)["cloud"]} == {"deleted"}
-    _wait_gone(admin_conn, build_id, server_id)
+    wait_build_gone(admin_conn, build_id, server_id)

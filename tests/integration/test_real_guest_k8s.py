@@ -28,7 +28,16 @@ from typing import Any
 import pytest
 from cloudnames import REAL_DISTRO
 from openstack.connection import Connection
-from realguests import FLAVOR, IMAGE, NETWORK, assert_fresh_machine, boot_and_connect, needs_real_guests
+from realguests import (
+    FLAVOR,
+    IMAGE,
+    NETWORK,
+    NoRouteWatch,
+    assert_fresh_machine,
+    boot_and_connect,
+    make_unrouted_network,
+    needs_real_guests,
+)
 
 from snapbuild.distros import get_distro
 from snapbuild.openstack.properties import NOVA_COPIES
@@ -78,9 +87,13 @@ def _split(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+@pytest.mark.parametrize("transport", ["ssh", "console"])
 def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
-        conn: Connection, unique_name: str, cleanup: Callable[..., Any], tmp_path: Path) -> None:
+        transport: str, conn: Connection, unique_name: str, cleanup: Callable[..., Any], tmp_path: Path) -> None:
+    """Over SSH on the cloud's usual network; with --transport console on a network this host has no route into
+    (the builder's QEMU has no port forwarded here, NoRouteWatch proves it while the build runs)."""
     (apt_guest, apt_host), (registry_guest, registry_host) = _mirrors_or_skip()
+    network = NETWORK if transport == "ssh" else make_unrouted_network(conn, f"{unique_name}-net", cleanup)
     profile = write_mirror_profile(
         tmp_path / "cloud-test-mirrors.yaml", apt_guest=apt_guest, registry_guest=registry_guest,
         description="the test cloud's host-side mirrors, reached through its guestfwd entries")
@@ -89,13 +102,15 @@ def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
     env = {**os.environ, "SNAPBUILD_STATE_DIR": str(tmp_path / "state"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.monotonic()
-    with apt_proxy(*_split(apt_host)) as (_port, proxy), registry(tmp_path / "registry", *_split(registry_host)) as reg:
+    with apt_proxy(*_split(apt_host)) as (_port, proxy), registry(tmp_path / "registry", *_split(registry_host)) as reg, \
+            NoRouteWatch(conn, network) as watch:
         for tag in ("1.0", "cri"):
             push(tmp_path / "layout", "1.0", f"{reg.address}/snapbuild-test/hello:{tag}")
         proc = subprocess.run(
             [sys.executable, "-m", "snapbuild", "--recipes-dir", str(RECIPES), "build", RECIPE,
-             "--distro", REAL_DISTRO, "--mirrors", str(profile), "--flavor", FLAVOR, "--network", NETWORK,
-             "--base-image", IMAGE, "--timeout-ssh", "600", "--image-name", image_name, "--json"],
+             "--distro", REAL_DISTRO, "--mirrors", str(profile), "--flavor", FLAVOR, "--network", network,
+             "--base-image", IMAGE, "--timeout-ssh", "600", "--image-name", image_name, "--json",
+             "--transport", transport],
             capture_output=True, text=True, timeout=3600, check=False, env=env, cwd=ROOT)
     built = time.monotonic() - t0
     image = conn.image.find_image(image_name)
@@ -105,6 +120,9 @@ def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
     result = json.loads(proc.stdout)
     assert image is not None and result["image_id"] == image.id, proc.stdout
     manifest = check_manifest(Path(result["manifest"]), builder="openstack-snapshot")
+    assert manifest["details"]["transport"] == transport
+    if transport == "console":
+        watch.check()
     assert digest in manifest["pulled_images"].values(), manifest["pulled_images"]
 
     # Every package came through the proxy, which forwarded nothing but the Debian archive.
@@ -138,7 +156,7 @@ def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
         assert guest.run(["sh", "-c", "grep -rIl 10.0.2.100 /etc/apt || true"]).stdout.strip() == ""
     finally:
         guest.close()
-    print(f"\nfigure: snapbuild build {RECIPE} through real guests = {built:.1f} s; "
+    print(f"\nfigure: snapbuild build {RECIPE} --transport {transport} through real guests = {built:.1f} s; "
           f"{len(debs)} .debs through the proxy")
 
 
