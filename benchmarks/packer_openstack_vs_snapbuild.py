@@ -11,12 +11,17 @@ server in the test cloud), on the same network, with no floating IP, as the clou
 
 - snapbuild: `python3 -m snapbuild build base --distro debian-12 --mirrors upstream …` (the `base` recipe has no
   provisioning of its own, so this is snapbuild's boot, sealing, snapshot and properties).
+- snapbuild-console: the same with `--transport console` (no SSH: the runner in the user-data seals, checks and
+  powers off; snapbuild reads the console), on the same network.
 - Packer (Debian's 1.6.6, JSON template below): its temporary key pair, the same cloud-init locale fix
   snapbuild's user-data carries, and a shell provisioner with the sealing a Packer user typically writes
   (SEAL_SCRIPT, shared with packer_vs_local.py).
 
-Runs alternate (packer, snapbuild, packer, …). Printed per run: wall time and the image's size in Glance; then
-medians and the ratio against the goal (snapbuild ≤ 0.9× Packer's wall time); the violation codes `snapbuild
+Runs alternate (packer, snapbuild, snapbuild-console, packer, …; `--tools` picks). Printed per run: wall time
+and the image's size in Glance; then medians and the ratios against the goals (snapbuild ≤ 0.9× Packer's wall
+time; the console transport ≤ 0.85× Packer's and faster than SSH); the median seconds per phase of each tool
+(snapbuild's steps from its --events, the console runner's own steps indented; Packer's from its -timestamp-ui
+log); the violation codes `snapbuild
 inspect` finds in each image (downloaded from Glance); and, unless --no-interrupts, what each tool leaves in the
 project when it is interrupted at the same point — the first line of provisioning — by SIGINT (Ctrl-C), and by
 SIGKILL followed by the tool's own cleanup (snapbuild: `snapbuild cleanup`; Packer has none). Everything a run
@@ -40,6 +45,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 import openstack
@@ -57,7 +63,15 @@ NETWORK = "private"
 COMMAND_TIMEOUT = 45 * 60
 GOAL_TIME = 0.9
 # What each tool prints when it starts provisioning: the point both are interrupted at.
-PROVISIONING = {"packer": re.compile(r"Provisioning with shell script"), "snapbuild": re.compile(r"^▸ provision")}
+PROVISIONING = {"packer": re.compile(r"Provisioning with shell script"), "snapbuild": re.compile(r"^▸ provision"),
+                "snapbuild-console": re.compile(r"^\s*▸ provision")}
+TOOLS = ("packer", "snapbuild", "snapbuild-console")
+GOAL_CONSOLE = 0.85       # issue #13: the console transport ≤ 0.85× Packer's median, and faster than SSH
+# Packer's phases, by the first line of each in its -timestamp-ui log (the openstack builder's own wording).
+PACKER_PHASES = (("boot", "Launching server"), ("wait for SSH", "Waiting for server to become ready"),
+                 ("connect", "Waiting for SSH to become available"), ("provision", "Provisioning with shell script"),
+                 ("power off", "Stopping server"), ("capture", "Creating the image"),
+                 ("delete builder", "Terminating the source server"), ("done", "Builds finished"))
 # snapbuild's user-data carries the same line (Debian 12's cloud-init fails its locale module otherwise).
 PACKER_USER_DATA = "#cloud-config\nlocale: C.UTF-8\n"
 
@@ -100,6 +114,7 @@ class Run:
     image_id: str
     size: int                   # bytes in Glance
     violations: tuple[str, ...] = ()
+    phases: dict[str, float] = field(default_factory=dict)     # where the time went
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,7 +195,7 @@ def delete_everything(admin: Connection, conn: Connection, before: Mapping[str, 
 
 def argv_for(bench: Bench, tool: str, image_name: str, state: Path) -> tuple[list[str], dict[str, str]]:
     if tool == "packer":
-        argv = [PACKER, "build", "-color=false", "-var", f"image_name={image_name}",
+        argv = [PACKER, "build", "-color=false", "-timestamp-ui", "-var", f"image_name={image_name}",
                 "-var", f"seal_script={bench.work / 'seal.sh'}",
                 "-var", f"user_data_file={bench.work / 'user-data'}", str(bench.work / "packer.json")]
         env = {**bench.env, "CHECKPOINT_DISABLE": "1", "PACKER_CONFIG_DIR": str(bench.work / "packer-config"),
@@ -188,8 +203,11 @@ def argv_for(bench: Bench, tool: str, image_name: str, state: Path) -> tuple[lis
     else:
         argv = [sys.executable, "-m", "snapbuild", "build", "base", "--distro", "debian-12", "--mirrors", "upstream",
                 "--flavor", FLAVOR, "--network", NETWORK, "--base-image", IMAGE, "--timeout-ssh", "900",
-                "--image-name", image_name, "--json"]
+                "--image-name", image_name, "--json", "--events", str(state / "events.jsonl")]
+        if tool == "snapbuild-console":
+            argv += ["--transport", "console"]
         env = {**bench.env, "PYTHONPATH": str(REPO), "SNAPBUILD_STATE_DIR": str(state)}
+        state.mkdir(parents=True, exist_ok=True)
     bench.commands.setdefault(tool, shlex.join(argv))
     return argv, env
 
@@ -238,7 +256,33 @@ def build(bench: Bench, tool: str, n: int) -> Run:
     if proc.returncode != 0:
         raise CommandFailed(f"{tool} exited {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
     image = bench.conn.image.find_image(image_name, ignore_missing=False)
-    return Run(tool=tool, run=n, seconds=seconds, image_id=image.id, size=int(image.size or 0))
+    phases = packer_phases(log) if tool == "packer" else snapbuild_phases(bench.work / f"state-{tool}-{n}")
+    return Run(tool=tool, run=n, seconds=seconds, image_id=image.id, size=int(image.size or 0), phases=phases)
+
+
+def snapbuild_phases(state: Path) -> dict[str, float]:
+    """Seconds per top-level step, and per runner step inside `console runner`, from the build's --events."""
+    phases: dict[str, float] = {}
+    for line in (state / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == "step_finished" and event["level"] == "step" and len(event["path"]) <= 2:
+            name = event["step"] if len(event["path"]) == 1 else f"  {event['step']}"
+            phases[name] = phases.get(name, 0.0) + float(event["seconds"])
+    return phases
+
+
+def packer_phases(log: Path) -> dict[str, float]:
+    """Seconds between the first lines of Packer's phases (-timestamp-ui prefixes each line with its time)."""
+    seen: list[tuple[str, datetime]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        stamp, _, text = line.partition(": ")
+        for phase, marker in PACKER_PHASES:
+            if marker in text and phase not in dict(seen):
+                try:
+                    seen.append((phase, datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))))
+                except ValueError:
+                    pass
+    return {phase: (seen[i + 1][1] - when).total_seconds() for i, (phase, when) in enumerate(seen[:-1])}
 
 
 def hygiene(bench: Bench, run: Run) -> tuple[str, ...]:
@@ -267,8 +311,8 @@ def interrupt(bench: Bench, tool: str, sig: signal.Signals) -> Interruption:
         wait_exit(proc, timeout=900)
     how = "SIGINT"
     if sig == signal.SIGKILL:
-        how = "SIGKILL + cleanup" if tool == "snapbuild" else "SIGKILL (Packer has no cleanup command)"
-        if tool == "snapbuild":
+        how = "SIGKILL + cleanup" if tool != "packer" else "SIGKILL (Packer has no cleanup command)"
+        if tool != "packer":
             subprocess.run([sys.executable, "-m", "snapbuild", "cleanup"], env=env, cwd=REPO, check=False,
                            capture_output=True, timeout=900)
     left = settled_leftovers(bench.conn, before)
@@ -287,25 +331,39 @@ def report(bench: Bench) -> None:
     print(f"\nPacker provisioner:\n{SEAL_SCRIPT}")
     print(f"per run (image {IMAGE}, flavor {FLAVOR}, network {NETWORK}, no floating IP):")
     for r in bench.runs:
-        print(f"  {r.tool:9} run {r.run}: {r.seconds:8.1f} s  {r.size / 2**20:8.1f} MiB in Glance")
+        print(f"  {r.tool:17} run {r.run}: {r.seconds:8.1f} s  {r.size / 2**20:8.1f} MiB in Glance")
     medians = {tool: statistics.median(r.seconds for r in bench.runs if r.tool == tool)
-               for tool in ("packer", "snapbuild") if any(r.tool == tool for r in bench.runs)}
+               for tool in TOOLS if any(r.tool == tool for r in bench.runs)}
     sizes = {tool: statistics.median(r.size for r in bench.runs if r.tool == tool) for tool in medians}
     print("\nmedians:")
     for tool, seconds in medians.items():
         print(f"  {tool:9} {seconds:8.1f} s  {sizes[tool] / 2**20:8.1f} MiB")
-    if len(medians) == 2:
+    if "packer" in medians and "snapbuild" in medians:
         ratio = medians["snapbuild"] / medians["packer"]
         print(f"\nwall time snapbuild / packer: {ratio:.2f}x (goal ≤ {GOAL_TIME}x: "
               f"{'met' if ratio <= GOAL_TIME else 'MISSED'}); size {sizes['snapbuild'] / sizes['packer']:.2f}x")
+    if "packer" in medians and "snapbuild-console" in medians:
+        ratio = medians["snapbuild-console"] / medians["packer"]
+        print(f"wall time snapbuild --transport console / packer: {ratio:.2f}x (goal ≤ {GOAL_CONSOLE}x: "
+              f"{'met' if ratio <= GOAL_CONSOLE else 'MISSED'})")
+    if "snapbuild" in medians and "snapbuild-console" in medians:
+        ratio = medians["snapbuild-console"] / medians["snapbuild"]
+        print(f"wall time console / ssh transport: {ratio:.2f}x ({'faster' if ratio < 1 else 'NOT faster'})")
+    print("\nwhere the time goes (median seconds per phase; indented: the console runner's own steps):")
+    for tool in medians:
+        runs = [r for r in bench.runs if r.tool == tool]
+        names = list(dict.fromkeys(name for r in runs for name in r.phases))
+        print(f"  {tool}:")
+        for name in names:
+            print(f"    {name:28} {statistics.median(r.phases.get(name, 0.0) for r in runs):8.1f}")
     print("\nhygiene (`snapbuild inspect --json` on the image downloaded from Glance):")
     for r in bench.runs:
-        print(f"  {r.tool:9} run {r.run}: {len(r.violations)} violation(s): "
+        print(f"  {r.tool:17} run {r.run}: {len(r.violations)} violation(s): "
               f"{', '.join(sorted(set(r.violations))) or 'none'}")
     if bench.interruptions:
         print("\nleft in the project after an interruption at the first line of provisioning:")
         for i in bench.interruptions:
-            print(f"  {i.tool:9} {i.how}: {len(i.left)} resource(s)" + "".join(f"\n      {x}" for x in i.left))
+            print(f"  {i.tool:17} {i.how}: {len(i.left)} resource(s)" + "".join(f"\n      {x}" for x in i.left))
 
 
 REDACTED = {"auth_url": "<auth_url>", "username": "<user>", "password": "<password>", "project_name": "<project>",
@@ -318,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="complete builds per tool, alternating (default 2)")
     parser.add_argument("--no-interrupts", action="store_true", help="skip the interruption comparison")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
+                        help="which builds to run, alternating in this order (default: all three)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("run as root: `snapbuild inspect` mounts the images")
@@ -342,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start_state = holdings(conn)
     try:
         for n in range(1, args.runs + 1):
-            for tool in ("packer", "snapbuild"):
+            for tool in args.tools:
                 print(f"{tool} run {n} …", file=sys.stderr, flush=True)
                 before = holdings(conn)
                 run = build(bench, tool, n)
@@ -354,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  {tool} left after a successful build: {sorted(extra)}", file=sys.stderr)
         if not args.no_interrupts:
             for sig in (signal.SIGINT, signal.SIGKILL):
-                for tool in ("packer", "snapbuild"):
+                for tool in args.tools:
                     print(f"{tool}: {sig.name} at provisioning …", file=sys.stderr, flush=True)
                     bench.interruptions.append(interrupt(bench, tool, sig))
     except CommandFailed as exc:

@@ -129,9 +129,16 @@ def check_recipe(plan: Plan, settings: SnapshotSettings, verdict: Verdict) -> No
             verdict.problems.append(blocked_problem(plan))
     verdict.warnings.extend(f"{host} is unreliable where the image is used" for host in plan.unreliable_hosts)
     verdict.warnings.extend(plan.warnings)
+    if settings.transport == "console":
+        from snapbuild.openstack.snapshot import console_conflicts, console_user_data
+
+        verdict.problems.extend(console_conflicts(settings))
     try:
-        # Placeholder keys are as long as the build's: the size is the build's (preflight redoes it with them).
-        verdict.recipe_checked["user_data_chars"] = len(encode_for_nova(builder_userdata(plan)))
+        if settings.transport == "console":    # the runner and the plan, credentials refused, as the build's
+            user_data = console_user_data(plan, settings, build_id="validate")[1]
+        else:   # placeholder keys are as long as the build's: the size is the build's (preflight redoes it)
+            user_data = encode_for_nova(builder_userdata(plan))
+        verdict.recipe_checked["user_data_chars"] = len(user_data)
     except UserError as exc:
         verdict.problems.append(exc)
 

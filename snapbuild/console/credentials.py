@@ -24,6 +24,11 @@ SECRET_TEXT = (
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "an AWS access key id"),
     (re.compile(r"authorization:\s*(bearer|basic)\s+\S", re.IGNORECASE), "an HTTP Authorization header"),
     (re.compile(r"\"auths?\"\s*:\s*\{[^}]*\"auth\"\s*:\s*\"[A-Za-z0-9+/=]{8,}"), "registry credentials (auth)"),
+    # `password=…`, `api_key: …` in a config file; not `lock_passwd: true`, `PasswordAuthentication no` or
+    # `token_file: /path` (a name that ends in the secret word, given a value that is not a yes/no).
+    (re.compile(r"^\s*[\w.-]*(passw(or)?d|passphrase|secret|token|api_?key)\s*[=:]\s*"
+                r"(?!(true|false|yes|no|none|null|~|''|\"\")\s*$)\S", re.IGNORECASE | re.MULTILINE),
+     "a password, secret, token or API key assigned a value"),
 )
 SECRET_FILES = re.compile(r"^/etc/apt/auth\.conf(\.d/.*)?$|/\.docker/config\.json$|/\.netrc$|/\.git-credentials$")
 

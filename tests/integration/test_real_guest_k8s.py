@@ -12,6 +12,9 @@ and a second one through containerd's CRI plugin (kubelet's path). The builder s
     10.0.2.101:5000 -> Debian's docker-registry holding an image this test made, started here
 
 Both are stopped before the result boots, so what the booted server has, the image carried.
+
+It runs over both transports: `ssh` on the cloud's usual network, and `console` on a network this host has no
+route into (a console build: the runner in the user-data applies the same plan, snapbuild reads the console).
 """
 
 from __future__ import annotations

@@ -101,6 +101,8 @@ def test_user_data_over_novas_limit_fails_in_preflight_with_the_size_and_what_to
      "a credentials file"),
     ({"extra": actions.RunScript(name="s", content=b'echo \'{"auths":{"r":{"auth":"Ym9iOnNlY3JldA=="}}}\'')},
      "registry credentials"),
+    ({"extra": actions.WriteFile(path="/etc/app.conf", content=b"[db]\nDB_PASSWORD = hunter2\n")},
+     "a password, secret, token or API key assigned a value"),
 ])
 def test_credentials_in_the_plan_are_refused_without_being_shown(change: dict[str, object], where: str) -> None:
     plan = make_plan("base", "debian-12")
@@ -113,6 +115,14 @@ def test_credentials_in_the_plan_are_refused_without_being_shown(change: dict[st
     text = str(caught.value)
     assert where in text and "--transport ssh" in text
     assert not any(secret in text for secret in ("hunter2", "s3cret", "Ym9iOnNlY3JldA", "AAAA"))
+
+
+@pytest.mark.parametrize("text", [b"lock_passwd: true\n", b"PasswordAuthentication no\n", b"password: ''\n",
+                                  b"token_file: /run/secrets/token\n", b"  secret: ~\n"])
+def test_settings_that_only_name_a_secret_are_not_refused(text: bytes) -> None:
+    plan = make_plan("base", "debian-12")
+    plan = dataclasses.replace(plan, actions=(*plan.actions, actions.WriteFile(path="/etc/x.conf", content=text)))
+    payload.orders_for(plan, build_id="b", nonce=NONCE)
 
 
 @pytest.mark.parametrize("recipe", ["base", "docker-ce", "k8s"])

@@ -285,3 +285,41 @@ def test_columns_are_validate_s_own(no_clouds_yaml: requests_mock.Mocker, capsys
     code, out, err = run(capsys, "validate", "docker-ce", "-c", "seconds")     # a build column, not validate's
     assert code == 2 and out == ""
     assert "'seconds' is not one of 'ok', 'recipe'" in err
+
+
+# -- --transport console -----------------------------------------------------------------------------------------
+
+def test_console_transport_checks_its_own_user_data_and_refuses_ssh_options_without_a_cloud(
+        no_clouds_yaml: requests_mock.Mocker, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "validate", "docker-ce", "--mirrors", "upstream", "--transport", "console", "--json")
+    assert code == 0, err
+    console_chars = json.loads(out)["checked"]["user_data_chars"]
+    code, out, err = run(capsys, "validate", "docker-ce", "--mirrors", "upstream", "--json")
+    ssh_chars = json.loads(out)["checked"]["user_data_chars"]
+    assert console_chars > ssh_chars + 20_000          # the runner travels with it
+    code, _, err = run(capsys, "validate", "docker-ce", "--mirrors", "upstream", "--transport", "console",
+                       "--floating-network", "public", "--ssh-bastion", "jump")
+    assert code == 2
+    (line,) = problem_lines(err)
+    assert "--floating-network, --ssh-bastion cannot apply" in line and "--transport ssh" in line
+    assert no_clouds_yaml.request_history == []
+
+
+def test_console_transport_refuses_a_recipe_carrying_credentials_before_any_cloud_call(
+        no_clouds_yaml: requests_mock.Mocker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "recipes" / "leaky"
+    recipe.mkdir(parents=True)
+    (recipe / "recipe.yaml").write_text(textwrap.dedent("""\
+        description: a recipe with a password in it
+        distros: [debian-12]
+        image: {name: leaky, category: test, min_disk_gb: 3, disk_size_gb: 3}
+        steps:
+          - file: {path: /etc/app.conf, content: "password=hunter2-not-for-user-data\\n"}
+        """))
+    code, _, err = run(capsys, "--recipes-dir", str(tmp_path / "recipes"), "validate", "leaky", "--mirrors",
+                       "upstream", "--transport", "console")
+    assert code == 2, err
+    assert "credential" in err.lower() and "/etc/app.conf" in err, err
+    code, _, err = run(capsys, "--recipes-dir", str(tmp_path / "recipes"), "validate", "leaky", "--mirrors",
+                       "upstream")
+    assert code == 0, err       # over SSH the file travels in the session, not in the user-data
