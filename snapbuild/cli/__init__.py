@@ -446,7 +446,8 @@ def vm_options(func: Any) -> Any:
                           "listens beyond 127.0.0.1 either way."),
         click.option("--boot-timeout", "boot_timeout", type=click.FloatRange(min=10), default=900.0,
                      show_default=True, metavar="SECONDS",
-                     help="Launch to SSH; generous for TCG. A boot the serial console shows failing (no "
+                     help="Launch to SSH (local --transport console: to the runner's first console line); "
+                          "generous for TCG. A boot the serial console shows failing (no "
                           "bootable disk, kernel panic, no userspace on the console within a third of it) ends "
                           "at once."),
     ]):
@@ -471,12 +472,16 @@ LOCAL_COLUMNS = ("output", "manifest", "sha256", "size_bytes", "virtual_size_byt
 @click.option("--seed", type=click.Choice(["nocloud", "configdrive"]), default="nocloud", show_default=True,
               help="How the VM gets its user-data.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--transport", type=click.Choice(["ssh", "console"]), default="ssh", show_default=True,
+              help="How the builder VM is driven: over SSH (a loopback port forward), or by a runner cloud-init "
+                   "starts that reports on the serial console and powers the VM off (the cloud's console build, "
+                   "rehearsed on this host).")
 @pass_session
 def local_command(session: Session, recipe: str, distro: str | None, mirrors: str | None, sets: tuple[str, ...],
                   allow_blocked: bool, keep_on_failure: bool, on_error: str | None, events: str | None,
                   fmt: str | None, columns: tuple[str, ...], as_json: bool, network: str, boot_timeout: float,
                   base: Path, output: Path, compression: str, memory_mb: int, cpus: int, seed: str,
-                  force: bool) -> None:
+                  force: bool, transport: str) -> None:
     """Build in a throw-away QEMU VM on this host; the result is a compressed qcow2."""
     from snapbuild.local.build import LocalSettings, run_local
 
@@ -488,7 +493,8 @@ def local_command(session: Session, recipe: str, distro: str | None, mirrors: st
         result = run_local(plan, LocalSettings(base=base, output=output, compression=compression,  # type: ignore[arg-type]
                                                memory_mb=memory_mb, cpus=cpus, seed=seed,  # type: ignore[arg-type]
                                                force=force, network=network,  # type: ignore[arg-type]
-                                               allow_blocked=allow_blocked, boot_timeout_s=boot_timeout),
+                                               allow_blocked=allow_blocked, boot_timeout_s=boot_timeout,
+                                               transport=transport),  # type: ignore[arg-type]
                            monitor=monitor, on_error=(policy := on_error_of(on_error, keep_on_failure)),
                            ask=terminal_asker() if policy == "ask" else None, log_path=log_path)
     row = {"output": str(result.output), "manifest": str(result.manifest), "sha256": result.sha256,

@@ -8,8 +8,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from snapbuild.console.protocol import Event, Lost, Message
+from snapbuild.console.protocol import MARK, Event, Lost, Message
 from snapbuild.errors import BuildError
+from snapbuild.provision import ProvisionResult
 from snapbuild.run.monitor import Monitor, StepLevel
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,18 @@ class Verdict:
         output = ("\nlast output:\n  " + "\n  ".join(self.tail)) if self.tail else ""
         raise BuildError(f"console build failed in step {self.step or '?'!r}: {self.error or 'no reason given'}"
                          + output, hint="the builder's console log has the whole story; nothing was captured")
+
+    def provisioned(self) -> ProvisionResult:
+        """What the runner's `result` says was installed and pulled, as the SSH path's provisioner reports it."""
+        found = self.result
+        return ProvisionResult(pulled_images=dict(found.get("pulled_images") or {}),
+                               packages=dict(found.get("packages") or {}), seconds=float(found.get("seconds") or 0.0))
+
+
+def guest_lines(console: str, limit: int) -> list[str]:
+    """The last `limit` lines of a console log that are not this protocol's: the runner's lines were already shown
+    as steps; the rest (kernel, systemd, cloud-init) is what a failure report adds."""
+    return [line for line in console.rstrip().splitlines() if MARK not in line][-limit:]
 
 
 class ConsoleReport:

@@ -2,6 +2,9 @@
 
 The base image is never modified: it is copied to a standalone work image in the build's 0700 temp dir, which
 is booted with a cloud-init seed, provisioned and sealed over SSH, powered off and compacted to the output.
+With `--transport console` the seed carries the console runner instead (snapbuild.console): it provisions and
+seals inside the guest, reports on the serial port (QEMU writes it to the serial log this build follows) and
+powers the VM off; no SSH connection is made.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from snapbuild.run.progress import progress
 from snapbuild.run.tail import BuilderAccess, Timeouts, drive_booted
 
 if TYPE_CHECKING:
+    from snapbuild.console.report import Verdict
     from snapbuild.guest.ssh import SSHGuest
     from snapbuild.plan import Plan
     from snapbuild.provision import ProvisionResult
@@ -40,7 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Compression = Literal["zstd", "zlib", "none"]
+Transport = Literal["ssh", "console"]
 GIB = 1024 ** 3
+SERIAL_TAIL_LINES = 30
 BUILDER_USER = "snapbuild"
 
 
@@ -57,9 +63,13 @@ class LocalSettings:
     # nat: outbound access as a cloud server has; isolated: restrict=on, only the profile's forwards.
     network: qemu.Network = "nat"
     allow_blocked: bool = False          # --allow-blocked: hosts the profile blocks are checked like any other
-    boot_timeout_s: float = 900.0        # launch → SSH accepts the builder key (TCG is slow)
+    # ssh: provision and seal over SSH; console: the runner in the user-data does it and reports on the serial port.
+    transport: Transport = "ssh"
+    boot_timeout_s: float = 900.0        # launch → SSH accepts the builder key / the runner speaks (TCG: slow)
     cloud_init_timeout_s: float = 900.0
     poweroff_timeout_s: float = 300.0
+    # console: launch → the runner's verdict, everything included (the SSH path bounds each step instead).
+    console_timeout_s: float = 4 * 3600.0
     work_root: Path | None = None        # where the temp dir goes; default: the system temp dir
 
 
@@ -83,7 +93,10 @@ class _Run:
     tempdir: Path = Path()
     work_image: Path = Path()
     base_info: dict[str, Any] = field(default_factory=dict)
-    access: BuilderAccess | None = None
+    access: BuilderAccess | None = None      # ssh transport
+    console_nonce: str = ""                  # console transport: the runner's protocol nonce
+    user_data: str = ""
+    base_os: dict[str, str] = field(default_factory=dict)   # the base's os-release, read offline in preflight
     seed_path: Path = Path()
     vm: qemu.VM | None = None
     provisioned: ProvisionResult | None = None
@@ -102,15 +115,20 @@ def build_local(ctx: BuildContext, plan: Plan, settings: LocalSettings) -> Local
     started = time.monotonic()
     with ctx.step("preflight"):
         preflight(state)
+        prepare_user_data(ctx, state)
     with ctx.step("prepare work image"):
         make_tempdir(ctx, state)
         copy_base(state)
     with ctx.step("boot builder"):
-        make_seed(ctx, state)
+        make_seed(state)
         boot(ctx, state)
-    assert state.vm is not None and state.access is not None
-    state.provisioned = drive_booted(ctx, plan, LocalVM(ctx, state.vm, state), state.access,
-                                     timeouts=Timeouts(cloud_init_s=settings.cloud_init_timeout_s))
+    assert state.vm is not None
+    if settings.transport == "console":
+        state.provisioned = follow_runner(ctx, state)
+    else:
+        assert state.access is not None
+        state.provisioned = drive_booted(ctx, plan, LocalVM(ctx, state.vm, state), state.access,
+                                         timeouts=Timeouts(cloud_init_s=settings.cloud_init_timeout_s))
     with ctx.step("compact"):
         compact(ctx, state)
     with ctx.step("check image"):
@@ -194,6 +212,7 @@ def check_base(state: _Run) -> None:
     if probe.os_release is None:
         log.warning(baseprobe.unread_note(probe.unread, s.base))
         return
+    state.base_os = dict(probe.os_release)
     mismatch = baseprobe.distro_mismatch(probe.os_release, state.plan.distro, recipe=state.plan.recipe_name,
                                          supported=state.plan.recipe_distros, image=s.base)
     if mismatch is not None:
@@ -215,14 +234,34 @@ def copy_base(state: _Run) -> None:
     run(["qemu-img", "resize", "-q", str(state.work_image), f"{state.plan.image.disk_size_gb}G"], timeout=60)
 
 
-def make_seed(ctx: BuildContext, state: _Run) -> None:
+def prepare_user_data(ctx: BuildContext, state: _Run) -> None:
+    """The builder's user-data: SSH access (a fresh key pair and host key), or the console runner and its orders."""
+    if state.settings.transport == "console":
+        state.console_nonce, state.user_data = console_user_data(state.plan, state.settings, build_id=ctx.build_id)
+        return
     from snapbuild.userdata import render_builder_userdata
 
     state.access = BuilderAccess.generate(ctx.build_id, user=BUILDER_USER)
-    user_data = render_builder_userdata(state.plan, builder_user=BUILDER_USER,
-                                        builder_public_key=state.access.client_key.public_openssh,
-                                        host_key=state.access.host_key, build_id=ctx.build_id)
-    state.seed_path = write_seed(SeedSpec(user_data=user_data, hostname=_hostname(state.plan),
+    state.user_data = render_builder_userdata(state.plan, builder_user=BUILDER_USER,
+                                              builder_public_key=state.access.client_key.public_openssh,
+                                              host_key=state.access.host_key, build_id=ctx.build_id)
+
+
+def console_user_data(plan: Plan, settings: LocalSettings, *, build_id: str) -> tuple[str, str]:
+    """The nonce and the runner's cloud-config. The seed takes the text as it is; Nova's encoding is still tried
+    so that the limits a cloud build has (credentials refused, 64 KiB) hold here too: a recipe that builds locally
+    over the console builds in the cloud the same way."""
+    from snapbuild.console.payload import encode_console_userdata, orders_for, render_console_userdata
+    from snapbuild.console.protocol import new_nonce
+
+    orders = orders_for(plan, build_id=build_id, nonce=new_nonce(), cloud_init_timeout=settings.cloud_init_timeout_s)
+    text = render_console_userdata(plan, orders)
+    encode_console_userdata(text, orders)
+    return orders.nonce, text
+
+
+def make_seed(state: _Run) -> None:
+    state.seed_path = write_seed(SeedSpec(user_data=state.user_data, hostname=_hostname(state.plan),
                                           kind=state.settings.seed), state.tempdir / "seed.iso")
 
 
@@ -232,8 +271,9 @@ def boot(ctx: BuildContext, state: _Run) -> None:
                        serial_log=state.tempdir / "serial.log", firmware=s.firmware, network=s.network,
                        guestfwds=mirror_forwards(state.plan), name=f"snapbuild-{ctx.build_id}")
     state.vm = start_vm(ctx, spec, workdir=state.tempdir)
-    ctx.monitor.line(f"{state.vm.accel.describe()}; {qemu.describe_network(s.network)}; "
-                      f"ssh on 127.0.0.1:{state.vm.ssh_port}")
+    # QEMU forwards a loopback port to the guest's sshd either way; only an SSH build uses it.
+    reach = f"ssh on 127.0.0.1:{state.vm.ssh_port}" if s.transport == "ssh" else f"console {spec.serial_log}"
+    ctx.monitor.line(f"{state.vm.accel.describe()}; {qemu.describe_network(s.network)}; {reach}")
 
 
 class LocalVM:
@@ -290,6 +330,46 @@ class LocalVM:
         return f"ssh -i {key_file} -p {self.vm.ssh_port} {access.user}@127.0.0.1"
 
 
+def follow_runner(ctx: BuildContext, state: _Run) -> ProvisionResult:
+    """The runner cloud-init started applies the plan, seals, checks and powers off; its serial-port lines become
+    this build's steps. Compaction follows only a sealed-and-checked verdict."""
+    assert state.vm is not None
+    vm = state.vm
+    with ctx.step("console runner"):
+        # A boot the console shows failing ends at once, as on the SSH path (its error carries the console's tail).
+        vm.wait_userspace(vm.started + state.settings.boot_timeout_s)
+        ctx.on_failure.append(lambda exc: report_serial(ctx, vm, exc))
+        verdict = follow_serial(ctx, vm, state)
+        verdict.raise_unless_capturable()
+    with ctx.step("power off"):
+        LocalVM(ctx, vm, state).wait_powered_off()
+    return verdict.provisioned()
+
+
+def follow_serial(ctx: BuildContext, vm: qemu.VM, state: _Run) -> Verdict:
+    """The runner's lines as this build's steps, until its verdict or until QEMU exits without one."""
+    from snapbuild.console.follow import FollowLimits, follow_console
+    from snapbuild.console.reader import ConsoleReader, FileTail
+
+    s = state.settings
+    tail = FileTail(ConsoleReader(state.console_nonce), vm.spec.serial_log)
+    limits = FollowLimits(timeout_s=s.console_timeout_s, poll_s=1.0, silent_s=s.boot_timeout_s)
+    return follow_console(tail, ctx.monitor, is_off=lambda: not vm.alive(), limits=limits)
+
+
+def report_serial(ctx: BuildContext, vm: qemu.VM, exc: BaseException) -> None:
+    """On a failed console build: what the guest said on the serial port besides the runner's lines."""
+    from snapbuild.console.report import guest_lines
+
+    if isinstance(exc, KeyboardInterrupt) or ctx.current_step not in ("console runner", "power off"):
+        return
+    lines = guest_lines(qemu.tail_text(vm.spec.serial_log, 200), SERIAL_TAIL_LINES)
+    if lines:
+        ctx.monitor.line("serial console (last lines):")
+        for line in lines:
+            ctx.monitor.line("  | " + line)
+
+
 def compact(ctx: BuildContext, state: _Run) -> None:
     """Convert the trimmed work image to the output's temp name (the seal ran fstrim with discard=unmap)."""
     out = state.settings.output
@@ -324,26 +404,33 @@ def publish(ctx: BuildContext, state: _Run, *, total_s: float) -> LocalResult:
     digest = file_sha256(state.partial)
     info = image_info(state.partial, force_share=False)
     os.replace(state.partial, s.output)      # atomic: the output exists only complete
-    assert state.partial_undo is not None and state.vm is not None and state.access is not None
+    assert state.partial_undo is not None and state.vm is not None
     state.partial_undo.release()
     metrics = {k: round(v, 2) for k, v in state.metrics.items()}
     metrics["total_s"] = round(total_s, 2)
+    details: dict[str, Any] = {}
+    if state.access is not None:
+        # Public fingerprints only: `snapbuild verify` proves neither is accepted by the image.
+        details["builder_keys"] = {"client": state.access.client_key.fingerprint_sha256,
+                                   "host": state.access.host_key.fingerprint_sha256}
     manifest = build_manifest(
         ctx, builder="local", plan=state.plan, base_checksum=f"sha256:{file_sha256(s.base)}",
         base={"path": str(s.base), "format": state.base_info.get("format"),
               "virtual_size": state.base_info.get("virtual-size"), "sha256": file_sha256(s.base)},
         output={"path": str(s.output), "format": "qcow2", "compression": s.compression, "sha256": digest,
                 "size": s.output.stat().st_size, "virtual_size": info.get("virtual-size")},
-        provisioned=state.provisioned, seal={"in_guest": "clean", "offline": state.inspected},
-        details={"guest_os": state.guest_os.get("PRETTY_NAME"), "accel": state.vm.accel.describe(),
-                 "network": s.network, "metrics": metrics,
+        provisioned=state.provisioned,
+        # On the console transport "clean" is the runner's verdict: the same seal check, run in the guest.
+        seal={"in_guest": "clean", "offline": state.inspected},
+        # A console build never logs in: the OS is the one preflight read in the base.
+        details={"guest_os": (state.guest_os or state.base_os).get("PRETTY_NAME"),
+                 "accel": state.vm.accel.describe(), "transport": s.transport, "network": s.network,
+                 "metrics": metrics,
                  "settings": {"memory_mb": s.memory_mb, "cpus": s.cpus, "seed": s.seed, "firmware": s.firmware,
                               "disk_size_gb": state.plan.image.disk_size_gb},
                  "versions": {"qemu": tool_version(["qemu-system-x86_64", "--version"]),
                               "qemu-img": tool_version(["qemu-img", "--version"])},
-                 # Public fingerprints only: `snapbuild verify` proves neither is accepted by the image.
-                 "builder_keys": {"client": state.access.client_key.fingerprint_sha256,
-                                  "host": state.access.host_key.fingerprint_sha256}})
+                 **details})
     path = manifest_path_for(s.output)
     write_manifest(path, manifest)
     ctx.monitor.line(f"{s.output} ({s.output.stat().st_size / 1e6:.1f} MB, sha256 {digest[:16]}…)")

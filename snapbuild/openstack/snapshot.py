@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapbuild import paths
-from snapbuild.console.protocol import MARK
+from snapbuild.console.report import guest_lines
 from snapbuild.errors import BuildError, UserError
 from snapbuild.ledger import installation_id
 from snapbuild.openstack import marks, properties
@@ -491,7 +491,6 @@ def follow_runner(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, i
     this build's steps. Capture follows only a sealed-and-checked verdict."""
     from snapbuild.console.follow import FollowLimits, follow_console
     from snapbuild.console.reader import ConsoleReader, ConsoleWindow
-    from snapbuild.provision import ProvisionResult
 
     assert machine.server is not None and inputs.console_nonce is not None
     server_id = machine.server.id
@@ -504,9 +503,7 @@ def follow_runner(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, i
         # The runner powers the guest off after its verdict; Nova hears of it late (see CloudServer).
         cloud.stop(server_id)
         cloud.wait_shutoff(server_id, min(settings.timeout_boot, 300.0))
-    found = verdict.result
-    return ProvisionResult(pulled_images=dict(found.get("pulled_images") or {}),
-                           packages=dict(found.get("packages") or {}), seconds=float(found.get("seconds") or 0.0))
+    return verdict.provisioned()
 
 
 # ---- 6. capture and finish ------------------------------------------------------------------------------
@@ -574,9 +571,8 @@ def report_console(ctx: BuildContext, cloud: Cloud, machine: Machine, exc: BaseE
         tail = cloud.console_log(machine.server.id, CONSOLE_TAIL_LINES)
     except Exception as err:  # noqa: BLE001 - a report must not hide the real error
         tail = f"(console log unavailable: {err})"
-    # The console runner's protocol lines were already shown as steps; the rest is what the guest said.
-    lines = [line for line in tail.rstrip().splitlines() if MARK not in line]
+    lines = guest_lines(tail, CONSOLE_TAIL_LINES)
     if lines:
         ctx.monitor.line("console log (last lines):")
-        for line in lines[-CONSOLE_TAIL_LINES:]:
+        for line in lines:
             ctx.monitor.line("  | " + line)
