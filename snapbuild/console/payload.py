@@ -189,3 +189,22 @@ def encode_console_userdata(text: str, orders: RunnerOrders) -> str:
         + "; ".join(f"{describe} ({size} bytes)" for size, describe in heaviest),
         hint=f"shrink the plan by {over} bytes or more: fetch large files from a mirror in a script step instead of "
              "shipping them in the recipe, or build with --transport ssh")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsoleUserData:
+    nonce: str          # the runner's protocol lines carry it
+    text: str           # the cloud-config, as a NoCloud or ConfigDrive seed takes it
+    nova: str           # as Nova takes it (base64, gzipped when needed), checked against its 64 KiB
+
+
+def console_user_data(plan: Plan, *, build_id: str, cloud_init_timeout: float,
+                      step_timeout: float | None = None) -> ConsoleUserData:
+    """The runner, its orders and the mirrors as user-data, for the cloud and the local builder alike: credentials
+    refused and Nova's limit checked (UserErrors) on both, so a recipe that builds locally builds in the cloud."""
+    from snapbuild.console.protocol import new_nonce
+
+    orders = orders_for(plan, build_id=build_id, nonce=new_nonce(), step_timeout=step_timeout,
+                        cloud_init_timeout=cloud_init_timeout)
+    text = render_console_userdata(plan, orders)
+    return ConsoleUserData(nonce=orders.nonce, text=text, nova=encode_console_userdata(text, orders))

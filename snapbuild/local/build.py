@@ -237,7 +237,12 @@ def copy_base(state: _Run) -> None:
 def prepare_user_data(ctx: BuildContext, state: _Run) -> None:
     """The builder's user-data: SSH access (a fresh key pair and host key), or the console runner and its orders."""
     if state.settings.transport == "console":
-        state.console_nonce, state.user_data = console_user_data(state.plan, state.settings, build_id=ctx.build_id)
+        # The seed takes the cloud-config as it is; Nova's limits are checked all the same (console_user_data).
+        from snapbuild.console.payload import console_user_data
+
+        made = console_user_data(state.plan, build_id=ctx.build_id,
+                                 cloud_init_timeout=state.settings.cloud_init_timeout_s)
+        state.console_nonce, state.user_data = made.nonce, made.text
         return
     from snapbuild.userdata import render_builder_userdata
 
@@ -245,19 +250,6 @@ def prepare_user_data(ctx: BuildContext, state: _Run) -> None:
     state.user_data = render_builder_userdata(state.plan, builder_user=BUILDER_USER,
                                               builder_public_key=state.access.client_key.public_openssh,
                                               host_key=state.access.host_key, build_id=ctx.build_id)
-
-
-def console_user_data(plan: Plan, settings: LocalSettings, *, build_id: str) -> tuple[str, str]:
-    """The nonce and the runner's cloud-config. The seed takes the text as it is; Nova's encoding is still tried
-    so that the limits a cloud build has (credentials refused, 64 KiB) hold here too: a recipe that builds locally
-    over the console builds in the cloud the same way."""
-    from snapbuild.console.payload import encode_console_userdata, orders_for, render_console_userdata
-    from snapbuild.console.protocol import new_nonce
-
-    orders = orders_for(plan, build_id=build_id, nonce=new_nonce(), cloud_init_timeout=settings.cloud_init_timeout_s)
-    text = render_console_userdata(plan, orders)
-    encode_console_userdata(text, orders)
-    return orders.nonce, text
 
 
 def make_seed(state: _Run) -> None:

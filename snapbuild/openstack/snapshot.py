@@ -266,14 +266,12 @@ def console_conflicts(settings: SnapshotSettings) -> list[UserError]:
 
 
 def console_user_data(plan: Plan, settings: SnapshotSettings, *, build_id: str) -> tuple[str, str]:
-    """The runner, its orders and the mirrors as Nova user-data, with the nonce the runner's lines carry. Refuses
-    credentials in the plan and user-data over Nova's limit (both UserErrors, so preflight lists them)."""
-    from snapbuild.console.payload import encode_console_userdata, orders_for, render_console_userdata
-    from snapbuild.console.protocol import new_nonce
+    """The runner's nonce and Nova user-data (credentials refused, the 64 KiB limit checked: UserErrors)."""
+    from snapbuild.console.payload import console_user_data as user_data
 
-    orders = orders_for(plan, build_id=build_id, nonce=new_nonce(), step_timeout=settings.timeout_provision,
-                        cloud_init_timeout=settings.timeout_ssh)
-    return orders.nonce, encode_console_userdata(render_console_userdata(plan, orders), orders)
+    made = user_data(plan, build_id=build_id, step_timeout=settings.timeout_provision,
+                     cloud_init_timeout=settings.timeout_ssh)
+    return made.nonce, made.nova
 
 
 def check_cidr(cidr: str) -> None:
