@@ -261,9 +261,10 @@ def boot(ctx: BuildContext, state: _Run) -> None:
     s = state.settings
     spec = qemu.VMSpec(disk=state.work_image, memory_mb=s.memory_mb, cpus=s.cpus, seed=state.seed_path,
                        serial_log=state.tempdir / "serial.log", firmware=s.firmware, network=s.network,
-                       guestfwds=mirror_forwards(state.plan), name=f"snapbuild-{ctx.build_id}")
+                       guestfwds=mirror_forwards(state.plan), name=f"snapbuild-{ctx.build_id}",
+                       forward_ssh=s.transport == "ssh")
     state.vm = start_vm(ctx, spec, workdir=state.tempdir)
-    # QEMU forwards a loopback port to the guest's sshd either way; only an SSH build uses it.
+    # A console build forwards nothing: no port of the guest is reachable from this host.
     reach = f"ssh on 127.0.0.1:{state.vm.ssh_port}" if s.transport == "ssh" else f"console {spec.serial_log}"
     ctx.monitor.line(f"{state.vm.accel.describe()}; {qemu.describe_network(s.network)}; {reach}")
 

@@ -110,6 +110,7 @@ class VMSpec:
     serial_log: Path
     network: Network                       # no default: every caller says whether the guest may go out
     ssh_port: int = 0                      # 0: pick a free port on 127.0.0.1 at launch
+    forward_ssh: bool = True               # False: no port of the guest is reachable from this host at all
     guestfwds: tuple[GuestForward, ...] = ()
     firmware: Firmware = "bios"
     name: str = "snapbuild"                # appears in QEMU's cmdline (-name) so cleanup can recognise it
@@ -192,10 +193,10 @@ def accel_args(accel: Accel) -> list[str]:
     return ["-accel", "tcg,tb-size=256"]
 
 
-def netdev_arg(ssh_port: int, guestfwds: Sequence[GuestForward], *, network: Network) -> str:
-    """User-mode networking; the SSH forward listens on 127.0.0.1 only, whatever the mode."""
+def netdev_arg(ssh_port: int | None, guestfwds: Sequence[GuestForward], *, network: Network) -> str:
+    """User-mode networking; the SSH forward (none when `ssh_port` is None) listens on 127.0.0.1 only."""
     parts = ["user", "id=n0", *(["restrict=on"] if network == "isolated" else []),
-             f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22"]
+             *([f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22"] if ssh_port is not None else [])]
     for fwd in guestfwds:
         # Commas would end the option: socat's arguments here have none.
         parts.append(f"guestfwd=tcp:{fwd.guest_ip}:{fwd.guest_port}-cmd:socat - TCP:{fwd.host_ip}:{fwd.host_port}")
@@ -215,7 +216,7 @@ def build_argv(spec: VMSpec, *, accel: Accel, ssh_port: int, qmp_socket: Path,
             "-drive", f"file={spec.disk},format=qcow2,if=none,id=disk0,cache=unsafe,discard=unmap,detect-zeroes=unmap",
             # bootindex: both firmwares try the disk first, so their first failure is the disk's (boot_failure).
             "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
-            "-netdev", netdev_arg(ssh_port, spec.guestfwds, network=spec.network),
+            "-netdev", netdev_arg(ssh_port if spec.forward_ssh else None, spec.guestfwds, network=spec.network),
             # romfile= (none): no iPXE, so a disk that does not boot is not followed by a network boot.
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-device", "virtio-rng-pci"]   # entropy for sshd/cloud-init key generation on first boot

@@ -7,6 +7,7 @@ probe injected: its branches are decided the same on any host, with or without K
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -67,6 +68,12 @@ def test_nat_argv_drops_restrict_but_still_listens_on_loopback_only(tmp_path: Pa
     assert "restrict" not in netdev
     # Every listening socket QEMU opens is a hostfwd; each is bound to 127.0.0.1.
     assert [p for p in netdev.split(",") if p.startswith("hostfwd=")] == ["hostfwd=tcp:127.0.0.1:40022-:22"]
+
+
+def test_a_spec_without_the_ssh_forward_opens_no_port_to_the_guest(tmp_path: Path) -> None:
+    spec = dataclasses.replace(_spec(tmp_path, network="nat"), forward_ssh=False)
+    (netdev,) = _opt(build_argv(spec, accel="tcg", ssh_port=40022, qmp_socket=tmp_path / "q"), "-netdev")
+    assert netdev == "user,id=n0"
 
 
 @pytest.mark.parametrize("network", ["nat", "isolated"])
