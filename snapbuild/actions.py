@@ -39,7 +39,8 @@ class RemoveFiles:
 
 @dataclass(frozen=True, kw_only=True)
 class AptKey:
-    """A repository signing key: shipped with the recipe (`content`) or fetched and checked by fingerprint."""
+    """A repository signing key: carried in the plan (`content`: a recipe's or a mirror profile's key_file) or
+    fetched (`url`); checked against `fingerprint` where one is given (always for a fetched key)."""
 
     path: str                      # /etc/apt/keyrings/NAME.asc
     content: bytes | None = None
@@ -48,7 +49,8 @@ class AptKey:
 
     def describe(self) -> str:
         if self.content is not None:
-            return f"install signing key {self.path}"
+            check = f", require fingerprint {self.fingerprint}" if self.fingerprint else ""
+            return f"install signing key {self.path}{check}"
         return f"fetch signing key {self.url} -> {self.path}, require fingerprint {self.fingerprint}"
 
 
