@@ -46,6 +46,7 @@ class AptKey:
     content: bytes | None = None
     url: str | None = None
     fingerprint: str | None = None
+    origin: str = ""               # whose key it is: "" the recipe's, else e.g. "mirror profile NAME's key (key_url)"
 
     def describe(self) -> str:
         if self.content is not None:
@@ -63,6 +64,13 @@ class AptSource:
 
     def describe(self) -> str:
         return f"apt source {self.name} -> {self.path}"
+
+    def details(self) -> list[str]:
+        """The signing key apt will trust for it, and who named it (the recipe, or a re-signing mirror's profile)."""
+        if self.key is None:
+            return []
+        whose = self.key.origin or "the recipe's key"
+        return [f"{self.key.describe()} — {whose}"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -259,7 +259,8 @@ class _PlanBuilder:
             if mirror_key.url:
                 self.note_url(mirror_key.url, f"signing key of {name} (mirror profile)")
             key = actions.AptKey(path=key_path, content=mirror_key.content, url=mirror_key.url,
-                                 fingerprint=mirror_key.fingerprint)
+                                 fingerprint=mirror_key.fingerprint,
+                                 origin=f"mirror profile {self.profile.name}'s key ({mirror_key.origin})")
         else:
             if recipe_key.url:
                 self.note_url(recipe_key.url, f"signing key of {name}")

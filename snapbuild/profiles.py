@@ -34,7 +34,7 @@ class MirrorKey:
     url: str | None = None           # key_url: fetched in the guest, checked against `fingerprint`
     content: bytes | None = None     # key_file: the ASCII-armored key's bytes, carried in the plan
     fingerprint: str | None = None   # 40 upper-case hex digits; required with `url`, optional with `content`
-    origin: str                      # where it was given, for plan output ("key_file /etc/mirror.asc")
+    origin: str                      # how it was given, for plan output ("key_url", "key_file /etc/mirror.asc")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,7 +224,7 @@ def _mirror_key(check: Checker, node: dict[str, object], where: str, folder: Pat
                              "key_url", hint="for a key file on this machine, give key_file: PATH instead")
         if fingerprint is None:
             raise check.fail(f"{where}.key_url needs key_fingerprint (the fetched key is checked)", node, "key_url")
-        return MirrorKey(url=url, fingerprint=fingerprint, origin=f"key_url {url}")
+        return MirrorKey(url=url, fingerprint=fingerprint, origin="key_url")
     if "key_file" in node:
         name = check.string(node, "key_file", where)  # type: ignore[arg-type]
         file = folder / Path(name).expanduser()   # relative to the profile's folder; an absolute path stays

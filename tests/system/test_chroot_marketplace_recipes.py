@@ -38,7 +38,7 @@ from snapbuild.host import grow
 from snapbuild.run.scope import undo_scope
 from tests import imagecache
 from tests.manifestcheck import check_manifest
-from tests.standins import K8S, K8S_IMAGES, K8S_REVISION, docker_version, standins
+from tests.standins import K8S, K8S_IMAGES, K8S_REVISION, PAUSE_ENTRYPOINT, docker_version, standins
 
 ROOT = Path(__file__).resolve().parents[2]
 DISTRO = get_distro("debian-13")
@@ -80,6 +80,7 @@ def test_marketplace_recipe_runs_its_full_sequence_in_a_chroot(recipe: str, mirr
     done = subprocess.run([sys.executable, "-m", "snapbuild", "chroot", recipe, "--distro", DISTRO.name, "--mirrors", str(mirrors.profile), "--base", str(base_image),
                            "-o", str(output), "--events", "-"],
                           env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    (tmp_path / "build.stderr").write_text(done.stderr)    # the whole build log, kept with pytest's tmp folders
     assert done.returncode == 0, done.stderr[-5000:]
     # --events -: stdout is the JSON-lines stream alone; its last event is the result.
     events = [json.loads(line) for line in done.stdout.splitlines()]
@@ -138,7 +139,13 @@ def _check_inside(recipe: str, root: Path, manifest: dict[str, Any], mirrors: Mi
     # Every image kubeadm listed was pulled into k8s.io, and its content is in the image itself.
     assert manifest["pulled_images"] == {ref: mirrors.image_digest for ref in K8S_IMAGES}
     blob = root / "var/lib/containerd/io.containerd.content.v1.content/blobs/sha256"
-    assert (blob / mirrors.image_digest.removeprefix("sha256:")).is_file()
+    manifest_blob = json.loads((blob / mirrors.image_digest.removeprefix("sha256:")).read_bytes())
+    # What a pod sandbox needs later with no network: the config and the layer with the pause stand-in's binary.
+    config = json.loads((blob / manifest_blob["config"]["digest"].removeprefix("sha256:")).read_bytes())
+    assert config["config"]["Entrypoint"] == PAUSE_ENTRYPOINT
+    assert all((blob / layer["digest"].removeprefix("sha256:")).is_file() for layer in manifest_blob["layers"])
+    assert 'sandbox_image = "registry.k8s.io/pause:3.10"' in (root / "etc/containerd/config.toml").read_text()
+    assert "runtime-endpoint: unix:///run/containerd/containerd.sock" in (root / "etc/crictl.yaml").read_text()
     hosts = (root / "etc/containerd/certs.d/registry.k8s.io/hosts.toml").read_text()
     assert f'[host."{mirrors.registry_url}"]' in hosts
     assert 'config_path = "/etc/containerd/certs.d"' in (root / "etc/containerd/config.toml").read_text()

@@ -81,7 +81,7 @@ def test_a_failing_verdict_is_returned_and_raises_with_the_step_and_its_output()
 
 def test_a_builder_that_powers_off_without_a_final_line_fails_naming_the_last_step() -> None:
     lines = lines_of(("step", {"name": "provision"}), ("step", {"name": "install packages", "level": "action"}))
-    with pytest.raises(BuildError, match="stopped before the runner's final line.*provision › install packages"):
+    with pytest.raises(BuildError, match=r"stopped before the runner's final line.*provision › install packages"):
         follow(Script([lines]), off_after=2)
 
 
@@ -101,7 +101,7 @@ def test_a_runner_that_never_speaks_fails_after_the_silent_limit_not_the_whole_t
 
 def test_a_runner_that_stalls_fails_at_the_timeout_with_where_it_was() -> None:
     lines = lines_of(("step", {"name": "provision"}))
-    with pytest.raises(BuildError, match="did not finish within 100 s.*last step started: provision"):
+    with pytest.raises(BuildError, match=r"did not finish within 100 s.*last step started: provision"):
         follow(Script([lines]), limits=FollowLimits(timeout_s=100, poll_s=10, silent_s=50))
 
 
