@@ -4,13 +4,16 @@ such an entry trust that key instead of the recipe's; the string form keeps mean
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
-from snapbuild import actions
+import snapbuild
+from snapbuild import actions, yamlfile
 from snapbuild.digest import ContentInputs, content_digest, profile_content
 from snapbuild.errors import BuildError, RecipeError
 from snapbuild.guest.base import Completed, OutputCallback
@@ -293,7 +296,10 @@ def test_the_standins_profile_passes_their_key_through_the_profile(mode: str, tm
     site = StandIns(distro=get_distro("debian-13"), key=SigningKey(tmp_path, FPR), apt_host="127.0.0.1",
                     apt_port=8080, registry_address="127.0.0.1:5000", image_digest="sha256:" + "0" * 64,
                     key_file=tmp_path / "key.asc")
-    plan = make("docker-ce", site.profile(tmp_path / "standins.yaml", key=mode))
+    path = site.profile(tmp_path / "standins.yaml", key=mode)
+    schema = json.loads((Path(snapbuild.__file__).parent / "schemas" / "profile.schema.json").read_text())
+    assert [e.message for e in Draft202012Validator(schema).iter_errors(yamlfile.load(path))] == []
+    plan = make("docker-ce", path)
     key = source(plan, "docker").key
     assert key is not None and key.fingerprint == FPR
     if mode == "url":
