@@ -39,16 +39,19 @@ class RemoveFiles:
 
 @dataclass(frozen=True, kw_only=True)
 class AptKey:
-    """A repository signing key: shipped with the recipe (`content`) or fetched and checked by fingerprint."""
+    """A repository signing key: carried in the plan (`content`: a recipe's or a mirror profile's key_file) or
+    fetched (`url`); checked against `fingerprint` where one is given (always for a fetched key)."""
 
     path: str                      # /etc/apt/keyrings/NAME.asc
     content: bytes | None = None
     url: str | None = None
     fingerprint: str | None = None
+    origin: str = ""               # whose key it is: "" the recipe's, else e.g. "mirror profile NAME's key (key_url)"
 
     def describe(self) -> str:
         if self.content is not None:
-            return f"install signing key {self.path}"
+            check = f", require fingerprint {self.fingerprint}" if self.fingerprint else ""
+            return f"install signing key {self.path}{check}"
         return f"fetch signing key {self.url} -> {self.path}, require fingerprint {self.fingerprint}"
 
 
@@ -61,6 +64,13 @@ class AptSource:
 
     def describe(self) -> str:
         return f"apt source {self.name} -> {self.path}"
+
+    def details(self) -> list[str]:
+        """The signing key apt will trust for it, and who named it (the recipe, or a re-signing mirror's profile)."""
+        if self.key is None:
+            return []
+        whose = self.key.origin or "the recipe's key"
+        return [f"{self.key.describe()} — {whose}"]
 
 
 @dataclass(frozen=True, kw_only=True)

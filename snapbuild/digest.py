@@ -9,7 +9,9 @@ which part moved):
 - ``variables``: the resolved variables (defaults, variant overrides, config file, ``--set``) as canonical JSON.
 - ``distro``: the distro's whole definition (name, archive, suites, keyring, …): it decides what is installed.
 - ``profile``: the mirror profile's name (it is written into the image's apt sources) and its parsed YAML as
-  canonical JSON: comments, key order and whitespace do not count, every value does.
+  canonical JSON: comments, key order and whitespace do not count, every value does. A mirror key given as
+  ``key_file`` counts by the sha256 of its bytes (its path alone would not move when the key is replaced); a
+  ``key_url`` counts through its ``key_fingerprint``.
 - ``variant``: the variant's name (``null`` for a recipe without variants).
 - ``base``: the base image's checksum as ``ALGO:HEX`` (a file's ``sha256:…``; for Glance, the checksum the
   snapshot path knows). ``null`` when it is not known: that is the *plan-time* digest that ``render`` and
@@ -146,7 +148,12 @@ def profile_content(profile: Profile) -> dict[str, Any]:
     from snapbuild import yamlfile
 
     data = yamlfile.load(Path(profile.path))
-    return {"name": profile.name, "settings": data if data is not None else {}}
+    content: dict[str, Any] = {"name": profile.name, "settings": data if data is not None else {}}
+    key_files = {prefix: _sha256(key.content) for prefix, key in profile.apt_repository_keys.items()
+                 if key.content is not None}
+    if key_files:   # only then: every other profile keeps the digest it had
+        content["key_files"] = key_files
+    return content
 
 
 @functools.cache

@@ -241,7 +241,8 @@ class _PlanBuilder:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
             raise self.fail(f"apt_repository name {name!r} must be lowercase letters, digits, '.', '_' or '-'",
                             step.line)
-        url = self.profile.rewrite_url(self.text(body["url"], step.line))
+        upstream = self.text(body["url"], step.line)
+        url = self.profile.rewrite_url(upstream)
         self.note_url(url, f"apt repository {name}")
         suites = [self.text(s, step.line) for s in self.check.string_list(body, "suites", "apt_repository")] \
             or [self.distro.codename]
@@ -250,22 +251,20 @@ class _PlanBuilder:
         if not flat and not components:
             components = ["main"]
         key_path = f"{KEYRING_DIR}/{name}.asc"
-        key: actions.AptKey | None = None
-        if "key_file" in body:
-            path = check_file_reference(self.recipe, self.text(body["key_file"], step.line), step.line)
-            key = actions.AptKey(path=key_path, content=path.read_bytes())
-        elif "key_url" in body:
-            if "key_fingerprint" not in body:
-                raise self.fail(f"apt_repository {name}: key_url needs key_fingerprint (the key is checked)", step.line)
-            fpr = re.sub(r"\s+", "", self.text(body["key_fingerprint"], step.line)).upper()
-            if not re.fullmatch(r"[0-9A-F]{40}", fpr):
-                raise self.fail(f"apt_repository {name}: key_fingerprint must be 40 hex digits", step.line)
-            key_url = self.profile.rewrite_url(self.text(body["key_url"], step.line))
-            self.note_url(key_url, f"signing key of {name}")
-            key = actions.AptKey(path=key_path, url=key_url, fingerprint=fpr)
+        recipe_key = self.recipe_key(body, name, key_path, step.line)
+        # A mirror that re-signs the repository (aptly, Pulp, Artifactory) is trusted with its own key, which the
+        # profile names; the recipe's key (checked above all the same) is then neither fetched nor trusted.
+        mirror_key = self.profile.mirror_key(upstream)
+        if mirror_key is not None:
+            if mirror_key.url:
+                self.note_url(mirror_key.url, f"signing key of {name} (mirror profile)")
+            key = actions.AptKey(path=key_path, content=mirror_key.content, url=mirror_key.url,
+                                 fingerprint=mirror_key.fingerprint,
+                                 origin=f"mirror profile {self.profile.name}'s key ({mirror_key.origin})")
         else:
-            raise self.fail(f"apt_repository {name} needs key_file or key_url + key_fingerprint", step.line,
-                            hint="unsigned repositories are refused")
+            if recipe_key.url:
+                self.note_url(recipe_key.url, f"signing key of {name}")
+            key = recipe_key
         lines = ["Types: deb", f"URIs: {url}", f"Suites: {' '.join(suites)}"]
         if components:
             lines.append(f"Components: {' '.join(components)}")
@@ -275,6 +274,22 @@ class _PlanBuilder:
         lines.append(f"Signed-By: {key_path}")
         self.add(actions.AptSource(name=name, path=f"/etc/apt/sources.list.d/{name}.sources",
                                    deb822="\n".join(lines) + "\n", key=key))
+
+    def recipe_key(self, body: Mapping[str, Any], name: str, key_path: str, line: int | None) -> actions.AptKey:
+        """The signing key an apt_repository step names: its key_file, or key_url (mapped) + key_fingerprint."""
+        if "key_file" in body:
+            path = check_file_reference(self.recipe, self.text(body["key_file"], line), line)
+            return actions.AptKey(path=key_path, content=path.read_bytes())
+        if "key_url" in body:
+            if "key_fingerprint" not in body:
+                raise self.fail(f"apt_repository {name}: key_url needs key_fingerprint (the key is checked)", line)
+            fpr = re.sub(r"\s+", "", self.text(body["key_fingerprint"], line)).upper()
+            if not re.fullmatch(r"[0-9A-F]{40}", fpr):
+                raise self.fail(f"apt_repository {name}: key_fingerprint must be 40 hex digits", line)
+            key_url = self.profile.rewrite_url(self.text(body["key_url"], line))
+            return actions.AptKey(path=key_path, url=key_url, fingerprint=fpr)
+        raise self.fail(f"apt_repository {name} needs key_file or key_url + key_fingerprint", line,
+                        hint="unsigned repositories are refused")
 
     def step_packages(self, step: Step) -> None:
         body = step.body

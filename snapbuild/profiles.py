@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from snapbuild import yamlfile
-from snapbuild.schema import Checker
+from snapbuild.schema import Checker, type_name
 
 # Registries whose blobs come from another host: blocking that host blocks the registry.
 REGISTRY_CDNS: Mapping[str, tuple[str, ...]] = {
@@ -23,6 +24,17 @@ REGISTRY_SERVERS: Mapping[str, str] = {"docker.io": "https://registry-1.docker.i
 class AptArchive:
     archive: str | None = None
     security: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MirrorKey:
+    """The key a re-signing mirror (aptly, Pulp, Artifactory) signs a third-party repository with: trusted instead
+    of the recipe's key for every repository mapped through that `apt_repositories` entry."""
+
+    url: str | None = None           # key_url: fetched in the guest, checked against `fingerprint`
+    content: bytes | None = None     # key_file: the ASCII-armored key's bytes, carried in the plan
+    fingerprint: str | None = None   # 40 upper-case hex digits; required with `url`, optional with `content`
+    origin: str                      # how it was given, for plan output ("key_url", "key_file /etc/mirror.asc")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +54,7 @@ class Profile:
     description: str = ""
     apt: Mapping[str, AptArchive] = field(default_factory=dict)       # by distro id
     apt_repositories: Mapping[str, str] = field(default_factory=dict)  # upstream prefix -> mirror prefix
+    apt_repository_keys: Mapping[str, MirrorKey] = field(default_factory=dict)  # upstream prefix -> mirror's key
     registries: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     blocked: tuple[str, ...] = ()
     unreliable: tuple[str, ...] = ()
@@ -60,12 +73,24 @@ class Profile:
         entry = self.apt.get(distro_id)
         return bool(entry and (entry.archive or entry.security))
 
-    def rewrite_url(self, url: str) -> str:
-        """Map an upstream URL to its mirror (longest matching prefix wins)."""
+    def repository_prefix(self, url: str) -> str | None:
+        """The `apt_repositories` entry an upstream URL goes through (longest matching prefix wins)."""
         for prefix in sorted(self.apt_repositories, key=len, reverse=True):
             if url.startswith(prefix):
-                return self.apt_repositories[prefix].rstrip("/") + url[len(prefix.rstrip("/")):]
-        return url
+                return prefix
+        return None
+
+    def rewrite_url(self, url: str) -> str:
+        """Map an upstream URL to its mirror (longest matching prefix wins)."""
+        prefix = self.repository_prefix(url)
+        if prefix is None:
+            return url
+        return self.apt_repositories[prefix].rstrip("/") + url[len(prefix.rstrip("/")):]
+
+    def mirror_key(self, url: str) -> MirrorKey | None:
+        """The key the mirror of an upstream repository URL signs with, if its entry names one."""
+        prefix = self.repository_prefix(url)
+        return self.apt_repository_keys.get(prefix) if prefix is not None else None
 
     def registry_mirrors(self, registry: str) -> tuple[str, ...]:
         return self.registries.get(registry, ())
@@ -104,12 +129,7 @@ def load_profile(path: Path) -> Profile:
                       parent_key=distro_id)
         apt[distro_id] = AptArchive(archive=_url(check, node, "archive", f"apt.{distro_id}"),
                                     security=_url(check, node, "security", f"apt.{distro_id}"))
-    repos = check.string_map(data, "apt_repositories", "profile")
-    for prefix, mirror in repos.items():
-        for value in (prefix, mirror):
-            if not value.startswith(("http://", "https://")):
-                raise check.fail(f"apt_repositories: {value!r} is not an http(s) URL", data.get("apt_repositories"),
-                                 prefix)
+    repos, keys = _apt_repositories(check, data, path.parent)
     registries: dict[str, tuple[str, ...]] = {}
     reg_node = data.get("registries", {}) or {}
     if not isinstance(reg_node, dict):
@@ -137,11 +157,88 @@ def load_profile(path: Path) -> Profile:
         raise check.fail("build_apt_proxy must be an http:// URL", data, "build_apt_proxy")
     return Profile(
         name=path.stem, path=str(path), description=check.string(data, "description", "profile", default=""),
-        apt=apt, apt_repositories=repos, registries=registries,
+        apt=apt, apt_repositories=repos, apt_repository_keys=keys, registries=registries,
         blocked=check.string_list(data, "blocked", "profile"),
         unreliable=check.string_list(data, "unreliable", "profile"),
         build_apt_proxy=proxy, forwards=tuple(forwards),
     )
+
+
+_ARMORED_KEY = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+
+
+def _apt_repositories(check: Checker, data: dict[str, object],
+                      folder: Path) -> tuple[dict[str, str], dict[str, MirrorKey]]:
+    """`apt_repositories`: upstream prefix -> mirror prefix, or -> {url, key_url + key_fingerprint | key_file}."""
+    node = data.get("apt_repositories", {})
+    if node is None:
+        node = {}
+    if not isinstance(node, dict):
+        raise check.fail("profile.apt_repositories must be a mapping of upstream URL prefix -> mirror URL prefix "
+                         "(or -> {url: MIRROR, key_url: URL, key_fingerprint: FPR} / {url: MIRROR, key_file: PATH})",
+                         data, "apt_repositories")
+    repos: dict[str, str] = {}
+    keys: dict[str, MirrorKey] = {}
+    for raw_prefix, value in node.items():
+        prefix = str(raw_prefix)
+        if not prefix.startswith(("http://", "https://")):
+            raise check.fail(f"apt_repositories: {prefix!r} is not an http(s) URL", node, raw_prefix)
+        where = f"apt_repositories[{prefix!r}]"
+        if isinstance(value, dict):
+            check.mapping(value, where, required=("url",), optional=("key_url", "key_file", "key_fingerprint"),
+                          parent=node, parent_key=raw_prefix)
+            mirror = check.string(value, "url", where)
+            if not mirror.startswith(("http://", "https://")):
+                raise check.fail(f"{where}.url: {mirror!r} is not an http(s) URL", value, "url")
+            key = _mirror_key(check, value, where, folder)
+            if key is not None:
+                keys[prefix] = key
+        elif isinstance(value, str):
+            mirror = value
+            if not mirror.startswith(("http://", "https://")):
+                raise check.fail(f"apt_repositories: {mirror!r} is not an http(s) URL", node, raw_prefix)
+        else:
+            raise check.fail(f"{where} must be a mirror URL prefix or a mapping with url (and the mirror's key), "
+                             f"not {type_name(value)}", node, raw_prefix)
+        repos[prefix] = mirror
+    return repos, keys
+
+
+def _mirror_key(check: Checker, node: dict[str, object], where: str, folder: Path) -> MirrorKey | None:
+    """The mirror's own signing key of one `apt_repositories` entry (None: the recipe's key stays trusted)."""
+    if "key_url" in node and "key_file" in node:
+        raise check.fail(f"{where} has both key_url and key_file: give one", node, "key_file")
+    fingerprint = None
+    if "key_fingerprint" in node:
+        if "key_url" not in node and "key_file" not in node:
+            raise check.fail(f"{where}.key_fingerprint needs key_url or key_file (the key it checks)", node,
+                             "key_fingerprint")
+        fingerprint = re.sub(r"\s+", "", check.string(node, "key_fingerprint", where)).upper()  # type: ignore[arg-type]
+        if not re.fullmatch(r"[0-9A-F]{40}", fingerprint):
+            raise check.fail(f"{where}.key_fingerprint must be 40 hex digits (spaces allowed)", node,
+                             "key_fingerprint", hint="gpg --show-keys --with-fingerprint KEYFILE prints it")
+    if "key_url" in node:
+        url = check.string(node, "key_url", where)  # type: ignore[arg-type]
+        if not url.startswith(("http://", "https://")):
+            raise check.fail(f"{where}.key_url must be an http(s) URL (the build fetches it), not {url!r}", node,
+                             "key_url", hint="for a key file on this machine, give key_file: PATH instead")
+        if fingerprint is None:
+            raise check.fail(f"{where}.key_url needs key_fingerprint (the fetched key is checked)", node, "key_url")
+        return MirrorKey(url=url, fingerprint=fingerprint, origin="key_url")
+    if "key_file" in node:
+        name = check.string(node, "key_file", where)  # type: ignore[arg-type]
+        file = folder / Path(name).expanduser()   # relative to the profile's folder; an absolute path stays
+        try:
+            content = file.read_bytes()
+        except OSError as exc:
+            raise check.fail(f"{where}.key_file: cannot read {file}: {exc.strerror or exc}", node, "key_file",
+                             hint="give the path of your mirror's public key, relative to this profile or "
+                                  "absolute") from None
+        if not content.lstrip().startswith(_ARMORED_KEY):
+            raise check.fail(f"{where}.key_file: {file} is not an ASCII-armored OpenPGP public key", node,
+                             "key_file", hint="export it with `gpg --armor --export KEYID > mirror.asc`")
+        return MirrorKey(content=content, fingerprint=fingerprint, origin=f"key_file {file}")
+    return None
 
 
 def _url(check: Checker, node: dict[str, object], key: str, where: str) -> str | None:

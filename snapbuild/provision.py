@@ -81,6 +81,8 @@ class _Provisioner:
         self.run(["mkdir", "-p", "-m", "0755", key.path.rsplit("/", 1)[0]], quiet=True)
         if key.content is not None:
             self.guest.write_file(key.path, key.content)
+            if key.fingerprint:
+                self.check_fingerprint(key, "the signing key given in the plan")
             return
         assert key.url and key.fingerprint
         self.run(["curl", "-fsSL", "--retry", "5", "--retry-connrefused", "--max-time", "120", "-o", key.path,
@@ -90,13 +92,16 @@ class _Provisioner:
             self.guest.run(["rm", "-f", key.path])
             raise BuildError(f"signing key from {key.url} is not an ASCII-armored OpenPGP key",
                              hint="check the mirror serves the key file unchanged")
+        self.check_fingerprint(key, f"signing key from {key.url}")
+
+    def check_fingerprint(self, key: actions.AptKey, what: str) -> None:
         listing = self.run(["gpg", "--batch", "--show-keys", "--with-colons", key.path], quiet=True)
         fingerprints = re.findall(r"^fpr:+([0-9A-F]{40}):", listing, flags=re.MULTILINE)
         if key.fingerprint not in fingerprints:
             self.guest.run(["rm", "-f", key.path])
-            raise BuildError(f"signing key from {key.url} has fingerprint(s) {', '.join(fingerprints) or 'none'}, "
+            raise BuildError(f"{what} has fingerprint(s) {', '.join(fingerprints) or 'none'}, "
                              f"expected {key.fingerprint}",
-                             hint="the key or the mirror is not the one the recipe trusts")
+                             hint="the key or the mirror is not the one the recipe (or the mirror profile) trusts")
 
     def do_AptUpdate(self, a: actions.AptUpdate) -> None:
         self.run(["apt-get", *APT_OPTIONS, "update"], env=APT_ENV, timeout=900)

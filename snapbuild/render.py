@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from snapbuild.actions import PrePull
+from snapbuild.actions import AptSource, PrePull
 from snapbuild.errors import UserError
 from snapbuild.outputs import prepare_output_dir
 from snapbuild.plan import Plan
@@ -29,6 +29,8 @@ def steps_text(plan: Plan) -> str:
              "provision:"]
     for number, action in enumerate(plan.actions, 1):
         lines.append(f"  {number:>2}. {action.describe()}")
+        if isinstance(action, AptSource):
+            lines.extend(f"        key: {line}" for line in action.details())
         if isinstance(action, PrePull):
             lines.extend(f"        - {line}" for line in action.details())
     lines.append("seal:")

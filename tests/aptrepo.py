@@ -4,7 +4,8 @@ cannot reach (download.docker.com, pkgs.k8s.io).
 A stand-in is a real .deb (dpkg-deb) with the upstream package's name and version, shipping small scripts in
 place of the upstream binaries; its dependencies are real Debian packages (containerd). The repository is
 signed with a key made for the run, so apt checks signatures exactly as it does against upstream. The mirror
-profile maps the upstream URL onto it; only the recipe's trusted fingerprint has to be swapped for the run's key.
+profile maps the upstream URL onto it and names the run's key as the mirror's own (tests/standins.py), the way an
+operator whose mirror re-signs does: the recipes stay as they are.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A real container registry on 127.0.0.1 (Debian's docker-registry) holding an OCI image the test builds itself.
 
-The image is made here byte by byte (one gzip layer with a file in it, a config, a manifest, an OCI layout) and
-pushed with skopeo, so nothing comes from a public registry.
+The image is made here byte by byte (one gzip layer with its files, a config, a manifest, an OCI layout) and
+pushed with skopeo, so nothing comes from a public registry. An image that must run (a pod sandbox's pause
+image) gets an executable and an entrypoint: a static binary from a Debian package on this host.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import tarfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,18 +78,32 @@ def _blob(layout: Path, data: bytes) -> dict[str, object]:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def oci_layout(layout: Path, files: dict[str, bytes], tag: str) -> str:
-    """Write an OCI image layout holding one image (a layer with `files`) tagged `tag`; its manifest digest."""
+def oci_layout(layout: Path, files: Mapping[str, bytes], tag: str, *, executables: Mapping[str, bytes] | None = None,
+               entrypoint: Sequence[str] | None = None) -> str:
+    """Write an OCI image layout holding one image (a layer with `files`, and `executables` with mode 0755)
+    tagged `tag`, whose config runs `entrypoint` (else only names a Cmd); its manifest digest."""
     (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    entries = {name: (content, 0o644) for name, content in files.items()}
+    entries.update({name: (content, 0o755) for name, content in (executables or {}).items()})
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(content), 0o644, 0
+        folders: set[str] = set()
+        for name, (content, mode) in sorted(entries.items()):
+            parts = name.strip("/").split("/")
+            for depth in range(1, len(parts)):   # parent folders first, as a runtime unpacking the layer expects
+                folder = "/".join(parts[:depth])
+                if folder not in folders:
+                    folders.add(folder)
+                    directory = tarfile.TarInfo(folder)
+                    directory.type, directory.mode, directory.mtime = tarfile.DIRTYPE, 0o755, 0
+                    tar.addfile(directory)
+            info = tarfile.TarInfo(name.strip("/"))
+            info.size, info.mode, info.mtime = len(content), mode, 0
             tar.addfile(info, io.BytesIO(content))
     layer = raw.getvalue()
+    run: dict[str, object] = {"Entrypoint": list(entrypoint)} if entrypoint else {"Cmd": ["/hello.txt"]}
     config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/hello.txt"]},
+        "architecture": "amd64", "os": "linux", "config": run,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]},
     }).encode()
     manifest = json.dumps({

@@ -159,7 +159,10 @@ def _apt_source(profile: Profile, action: actions.AptSource, number: int, proxie
     if action.key is not None and action.key.url:
         key_url = action.key.url
         key_key, key_mirrored = _repository_key(profile, key_url)
-        if not key_mirrored and key_url.startswith(url.rstrip("/")):
+        if action.key.origin:
+            # The mirror profile's own key for the repository: its entry's key_url is what to fix, wherever it is.
+            key_key, key_mirrored = f"{key}.key_url", True
+        elif not key_mirrored and key_url.startswith(url.rstrip("/")):
             key_key = key   # the fix is the repository's mapping (it covers the key below it)
         out.append(Source(kind="apt-key", url=key_url, key=key_key, blocked=profile.url_blocked(key_url),
                           need=f"signing key of apt repository {action.name} (plan step {number})",

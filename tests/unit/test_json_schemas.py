@@ -219,8 +219,9 @@ def test_the_readme_s_snapbuild_yaml_and_profile_examples_are_valid(tmp_path: Pa
     blocks = _readme_yaml_blocks()
     config = [b for b in blocks if b.startswith("# snapbuild.yaml")]
     profile = [b for b in blocks if b.startswith("apt:")]
-    assert config and profile, "the README's snapbuild.yaml or profile example moved: update this test"
-    for kind, text in (("config", config[0]), ("profile", profile[0])):
+    keyed = [b for b in blocks if b.startswith("apt_repositories:") and "key_url" in b]
+    assert config and profile and keyed, "the README's snapbuild.yaml or profile examples moved: update this test"
+    for kind, text in (("config", config[0]), ("profile", profile[0]), ("profile", keyed[0])):
         path = write(kind, tmp_path, None)
         path.write_text(text)
         assert schema_errors(kind, path) == [], kind
@@ -339,7 +340,11 @@ BASE: dict[str, Any] = {
     "profile": {
         "description": "schema test",
         "apt": {"debian": {"archive": "http://mirror.example.invalid/debian"}},
-        "apt_repositories": {"https://download.docker.com": "https://mirror.example.invalid/docker"},
+        "apt_repositories": {"https://download.docker.com": "https://mirror.example.invalid/docker",
+                             "https://pkgs.k8s.io": {"url": "https://mirror.example.invalid/k8s",
+                                                     "key_url": "https://mirror.example.invalid/mirror.asc",
+                                                     "key_fingerprint": "0123 4567 89AB CDEF 0123 4567 89ab cdef "
+                                                                        "0123 4567"}},
         "registries": {"docker.io": ["https://mirror.example.invalid"]},
         "blocked": ["quay.io"],
         "unreliable": [],
@@ -463,6 +468,21 @@ BAD: list[tuple[str, str, tuple[Edit, ...]]] = [
     ("profile", "apt archive null", ((("apt", "debian"), None),)),
     ("profile", "apt_repositories mirror not a URL", ((("apt_repositories", "https://download.docker.com"), "m"),)),
     ("profile", "apt_repositories a list", ((("apt_repositories",), ["https://m"]),)),
+    ("profile", "apt_repositories entry a list", ((("apt_repositories", "https://pkgs.k8s.io"), ["https://m"]),)),
+    ("profile", "apt_repositories entry without url", ((("apt_repositories", "https://pkgs.k8s.io", "url"), DELETE),)),
+    ("profile", "apt_repositories entry url not a URL", ((("apt_repositories", "https://pkgs.k8s.io", "url"), "m"),)),
+    ("profile", "apt_repositories entry with an unknown key",
+     ((("apt_repositories", "https://pkgs.k8s.io", "signed_by"), "k.asc"),)),
+    ("profile", "apt_repositories key_url without key_fingerprint",
+     ((("apt_repositories", "https://pkgs.k8s.io", "key_fingerprint"), DELETE),)),
+    ("profile", "apt_repositories key_fingerprint without a key",
+     ((("apt_repositories", "https://pkgs.k8s.io", "key_url"), DELETE),)),
+    ("profile", "apt_repositories key_url and key_file",
+     ((("apt_repositories", "https://pkgs.k8s.io", "key_file"), "k.asc"),)),
+    ("profile", "apt_repositories short key_fingerprint",
+     ((("apt_repositories", "https://pkgs.k8s.io", "key_fingerprint"), "ABCD"),)),
+    ("profile", "apt_repositories key_url file://",
+     ((("apt_repositories", "https://pkgs.k8s.io", "key_url"), "file:///etc/k.asc"),)),
     ("profile", "registry mirrors a string", ((("registries", "docker.io"), "https://m"),)),
     ("profile", "registry mirror not a URL", ((("registries", "docker.io"), ["m.example.invalid"]),)),
     ("profile", "blocked a string", ((("blocked",), "quay.io"),)),

@@ -245,6 +245,19 @@ def test_docker_ce_repository_and_key_name_the_profile_entry_that_rewrote_them()
     assert not any(s.kind == "registry" for s in sources)      # docker-ce pulls no image
 
 
+def test_a_mirror_profile_s_own_key_url_names_its_entry(tmp_path: Path) -> None:
+    profile = tmp_path / "resigned.yaml"
+    profile.write_text(json.dumps({"apt_repositories": {"https://download.docker.com": {
+        "url": "http://m.example.invalid/docker", "key_url": "http://keys.example.invalid/mirror.asc",
+        "key_fingerprint": "AB" * 20}}}))
+    sources = plan_sources(make_plan("docker-ce", profile))
+    repo, key = (s for s in sources if s.kind in ("apt-repository", "apt-key") and "example.invalid" in s.url)
+    assert repo.url == "http://m.example.invalid/docker/linux/debian"
+    # On another host than the repository's mirror, yet the entry that names it is the one to fix.
+    assert (key.url, key.key, key.mirrored) == ("http://keys.example.invalid/mirror.asc",
+                                                'apt_repositories["https://download.docker.com"].key_url', True)
+
+
 def test_a_recipe_that_runs_no_apt_get_needs_no_archive() -> None:
     assert plan_sources(make_plan("base", "upstream")) == ()
 
