@@ -31,7 +31,7 @@ class ConsoleSource(Protocol):
 @dataclass(frozen=True, kw_only=True)
 class FollowLimits:
     timeout_s: float                 # the whole run: cloud-init, provisioning and sealing
-    poll_s: float = 5.0
+    poll_s: float = 2.0              # as the cloud adapter polls: a console GET and a server GET each time
     # No protocol line at all for this long after boot: the runner never started (python3 missing, a broken
     # user-data, cloud-init disabled). Generous: cloud-init on a slow first boot takes minutes before runcmd.
     silent_s: float = 900.0

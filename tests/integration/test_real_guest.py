@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cloudnames import REAL_DISTRO
 from openstack.connection import Connection
 from realguests import (
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 pytestmark = needs_real_guests
 
 
+# The test cloud's own machinery, step by step; every build test below goes through the same steps, so .ci/run
+# leaves this one to `tox -e full`.
+@pytest.mark.full
 def test_real_guest_lifecycle(conn: Connection, unique_name: str, cleanup: Callable[..., Any]) -> None:
     figures: dict[str, float] = {}
     key = KeyPair.generate(comment=unique_name)

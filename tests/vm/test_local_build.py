@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.qemuprocs import qemu_pids_mentioning
+
 if TYPE_CHECKING:
     from snapbuild.plan import Plan
 
@@ -119,20 +121,6 @@ def _env(root: Path, cache: Path) -> Env:
     env = dict(os.environ, TMPDIR=str(tmproot), SNAPBUILD_STATE_DIR=str(state), SNAPBUILD_CACHE_DIR=str(cache),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return Env(root=root, tmproot=tmproot, state=state, env=env)
-
-
-def qemu_pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "qemu-system" in cmdline and text in cmdline:
-            pids.append(int(proc.name))
-    return pids
 
 
 def wait_until(predicate, deadline_s: float, what: str) -> None:  # type: ignore[no-untyped-def]

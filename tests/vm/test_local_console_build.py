@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.qemuprocs import qemu_pids_mentioning
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.vm
@@ -88,20 +90,6 @@ def local_console(root: Path, base: Path, recipe: str) -> Run:
     wall = time.monotonic() - start
     (root / "build.log").write_text(proc.stderr)
     return Run(root=root, tmproot=tmproot, state=state, out_dir=out_dir, proc=proc, wall_s=wall)
-
-
-def qemu_pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "qemu-system" in cmdline and text in cmdline:
-            pids.append(int(proc.name))
-    return pids
 
 
 def assert_nothing_left(run: Run) -> None:
