@@ -36,18 +36,18 @@ BUILD_FIELDS: Mapping[str, str] = {
     "ssh_interface": "ssh_interface", "ssh_ip_version": "ssh_ip_version", "ssh_bastion": "ssh_bastion",
     "share_with": "share_with", "tag": "tags", "timeout_boot": "timeout_boot", "timeout_ssh": "timeout_ssh",
     "timeout_provision": "timeout_provision", "timeout_snapshot": "timeout_snapshot",
-    "no_provision": "no_provision",
+    "no_provision": "no_provision", "transport": "transport",
 }
 # A local or chroot target's `build:` keys → LocalSettings / ChrootSettings fields (`snapbuild local` / `chroot`).
 HOST_BUILD_FIELDS: Mapping[str, Mapping[str, str]] = {
     "local": {"memory": "memory_mb", "cpus": "cpus", "network": "network", "firmware": "firmware",
               "compression": "compression", "timeout_boot": "boot_timeout_s",
-              "timeout_cloud_init": "cloud_init_timeout_s"},
+              "timeout_cloud_init": "cloud_init_timeout_s", "transport": "transport"},
     "chroot": {"size": "size", "attach": "attach", "compression": "compression"},
 }
 _CHOICES: Mapping[str, tuple[str, ...]] = {"network": ("nat", "isolated"), "firmware": ("bios", "uefi"),
                                            "compression": ("zstd", "zlib", "none"),
-                                           "attach": ("auto", "nbd", "loop")}
+                                           "attach": ("auto", "nbd", "loop"), "transport": ("ssh", "console")}
 _LISTS = {"network", "security_group", "share_with", "tag"}
 _INTS = {"volume_size", "ssh_port", "ssh_ip_version", "memory", "cpus"}
 _FLOATS = {"timeout_boot", "timeout_ssh", "timeout_provision", "timeout_snapshot", "timeout_cloud_init"}
@@ -184,7 +184,10 @@ def _build_options(check: Checker, spec: Mapping[str, Any], where: str, role: st
         elif key in _BOOLS:
             out[BUILD_FIELDS[key]] = check.boolean(node, key, where, False)
         else:
-            out[BUILD_FIELDS[key]] = check.string(node, key, where)
+            value = out[BUILD_FIELDS[key]] = check.string(node, key, where)
+            if key in _CHOICES and value not in _CHOICES[key]:
+                raise check.fail(f"{where}.{key} must be one of {', '.join(_CHOICES[key])}, not {value!r}", node, key,
+                                 hint=_near(value, _CHOICES[key], "choices"))
     return out
 
 

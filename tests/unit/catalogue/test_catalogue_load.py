@@ -40,6 +40,9 @@ def line_of(text: str, needle: str) -> int:
     ("  grace_period: 1d", "  grace_period: soon", "'soon' is not a duration", "7d", "soon"),
     ("build: {flavor: m1.large, network: private, floating_network: public}", "build: {network: private}",
      "has no flavor", "flavor: NAME", "build: {network"),
+    ("build: {flavor: m1.large, network: private, floating_network: public}",
+     "build: {flavor: m1.large, network: private, transport: consol}", "transport must be one of ssh, console",
+     "did you mean 'console'", "transport: consol"),
 ])
 def test_bad_catalogue_names_file_line_and_fix(tmp_path, old, new, message, hint, at):
     assert old in TWO_REGIONS
@@ -93,3 +96,10 @@ def test_cli_refuses_a_bad_catalogue_with_one_line_and_asks_no_cloud(regions, tm
     assert re.fullmatch(rf"snapbuild: error: {re.escape(str(path))}:\d+: unknown recipe 'k9s'", err[0])
     assert len(err) == 2 and err[1].startswith("snapbuild: hint:")
     assert regions.requests() == []
+
+
+def test_a_target_may_build_over_the_console(tmp_path):
+    text = TWO_REGIONS.replace("build: {flavor: m1.large, network: private, floating_network: public}",
+                               "build: {flavor: m1.large, network: private, transport: console}", 1)
+    catalogue = load_catalogue(write(tmp_path, text), library=LIBRARY, known_clouds=["fake", "other"])
+    assert next(dict(t.build).get("transport") for t in catalogue.targets if t.builds) == "console"
