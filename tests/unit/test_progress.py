@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import select
 import subprocess
 import sys
 import textwrap
@@ -140,6 +141,17 @@ def test_a_terminal_gets_a_tqdm_bar_with_the_label_and_a_percentage() -> None:
     assert re.search(r"upload: 100%\|#+\| 10\.0M/10\.0M", text), text
 
 
+def _read_all(fd: int) -> str:
+    """Everything written to the pseudo terminal so far: one read may return only the first write's bytes."""
+    data = b""
+    while select.select([fd], [], [], 0.5)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
 def test_a_real_pseudo_terminal_that_nobody_sized_still_gets_a_whole_bar() -> None:
     # `script`, or ssh -t from a script, hand over a 0x0 terminal: tqdm alone would draw empty lines there
     main, secondary = os.openpty()
@@ -148,7 +160,7 @@ def test_a_real_pseudo_terminal_that_nobody_sized_still_gets_a_whole_bar() -> No
             assert os.get_terminal_size(secondary).columns == 0
             with progress(TerminalMonitor(stream), "upload", total=1 << 20) as bar:
                 bar.set(1 << 20)
-        drawn = os.read(main, 65536).decode()
+        drawn = _read_all(main)
     finally:
         os.close(main)
         os.close(secondary)
