@@ -211,14 +211,6 @@ def make_nat_repository(root: Path) -> str:
     return key.fingerprint
 
 
-@pytest.fixture(scope="module")
-def base_image(request: pytest.FixtureRequest) -> Path:
-    """The shared Debian 12 base image, or SNAPBUILD_TEST_LOCAL_BASE (any sealed Debian 12 qcow2) when set."""
-    override = os.environ.get("SNAPBUILD_TEST_LOCAL_BASE")
-    if override:
-        return Path(override)
-    return Path(request.getfixturevalue("debian_base_image"))
-
 
 @pytest.fixture(scope="module")
 def accel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -63,14 +63,6 @@ class Run:
     wall_s: float
 
 
-@pytest.fixture(scope="module")
-def base_image(request: pytest.FixtureRequest) -> Path:
-    """The shared Debian 12 base image (read only: the build copies it), or SNAPBUILD_TEST_LOCAL_BASE."""
-    override = os.environ.get("SNAPBUILD_TEST_LOCAL_BASE")
-    if override:
-        return Path(override)
-    return Path(request.getfixturevalue("debian_base_image"))
-
 
 def local_console(root: Path, base: Path, recipe: str) -> Run:
     """`snapbuild local RECIPE --transport console` as a user runs it, with everything private to `root`."""
