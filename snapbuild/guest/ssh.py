@@ -372,6 +372,34 @@ class SSHGuest:
 
     def _exec(self, command: str, *, stdin: bytes | None, timeout: float | None,
               on_output: OutputCallback | None, lines: bool) -> _Result:
+        # paramiko is not safe against an exception raised at an arbitrary point in it: a Ctrl-C that lands
+        # inside it can leave one of its locks held, and closing the channel then waits forever (seen in CI: a
+        # build that ignored SIGINT during a step for 15 minutes). So a worker thread drives the channel and
+        # this thread only waits, where an interrupt is safe; on one, the connection is closed, which ends
+        # the worker, and the interrupt goes on to the build's undo.
+        outcome: list[_Result | BaseException] = []
+
+        def work() -> None:
+            try:
+                outcome.append(self._exec_on_channel(command, stdin=stdin, timeout=timeout, on_output=on_output,
+                                                     lines=lines))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
+                outcome.append(exc)
+
+        worker = threading.Thread(target=work, name=f"ssh {self.name}", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.5)
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _exec_on_channel(self, command: str, *, stdin: bytes | None, timeout: float | None,
+                         on_output: OutputCallback | None, lines: bool) -> _Result:
         if not self._transport.is_active():
             raise BuildError(f"{self.name}: the SSH connection was lost", hint="the machine may have rebooted")
         start = time.monotonic()

@@ -10,10 +10,12 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,6 +168,52 @@ def test_a_dropped_connection_is_reported_as_lost(sshd: sshd_helper.LocalSSHD) -
         with pytest.raises(BuildError, match="connection was lost") as caught:
             g.run(["sh", "-c", script], timeout=30)
         assert not isinstance(caught.value, CommandFailed)
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+@pytest.mark.parametrize("work", ["output", "stdin", "idle"])
+def test_an_interrupt_during_a_command_ends_it_at_once_and_never_inside_paramiko(sshd: sshd_helper.LocalSSHD,
+                                                                                 work: str) -> None:
+    """Ctrl-C while a command streams output, takes a large stdin, or sleeps: the interrupt surfaces within
+    seconds, from snapbuild's own wait (an exception raised inside paramiko can leave its locks held, and the
+    next close then hangs: a real build once ignored SIGINT for 15 minutes that way) and the connection is
+    closed. Ten interrupts at different moments of each kind of work."""
+    old = signal.signal(signal.SIGINT, _raise_stop)
+    try:
+        for attempt in range(10):
+            marker = f"302.{secrets.randbelow(10**6)}"
+            with connect(sshd) as g:
+                timer = threading.Timer(0.2 + attempt * 0.07, os.kill, (os.getpid(), signal.SIGINT))
+                timer.start()
+                start = time.monotonic()
+                with pytest.raises(_Stop) as caught:
+                    if work == "output":
+                        g.run(["sh", "-c", f"yes streamed-line | head -c 400000000; sleep {marker}"], timeout=120)
+                    elif work == "stdin":
+                        g.write_file(f"/tmp/snapbuild-interrupt-{marker}", b"x" * (256 << 20))
+                    else:
+                        g.run(["sleep", marker], timeout=120)
+                timer.join()
+                assert time.monotonic() - start < 15, f"attempt {attempt}: the interrupt took too long"
+                frames = [f.f_code.co_filename for f, _ in traceback.walk_tb(caught.value.__traceback__)]
+                assert not [f for f in frames if "/paramiko/" in f], frames
+                assert not g.connected
+    finally:
+        signal.signal(signal.SIGINT, old)
+        # without a terminal, sshd leaves a session's processes running when its client goes (a build deletes
+        # the server instead); these are this test's own
+        subprocess.run(["pkill", "-f", "sleep 302[.]"], check=False)
+        for leftover in Path("/tmp").glob("snapbuild-interrupt-*"):
+            leftover.unlink()
+        for leftover in Path("/tmp").glob(".snapbuild-interrupt-*"):
+            leftover.unlink()
 
 
 # --- files --------------------------------------------------------------------------------------------
