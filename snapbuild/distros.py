@@ -24,6 +24,19 @@ class Distro:
     keyring: str
     sources_file: str              # DEB822 sources file of the distro archive
     resolv_conf_symlink: str | None  # what /etc/resolv.conf points to on a pristine image
+    # cloud-init's apt module (when it does not preserve the sources) writes DEB822 `<id>.sources` (cloud-init
+    # 23.1 and later: Ubuntu 24.04, Debian 13) rather than the one-line sources.list (Debian 12's 22.4)
+    cloudinit_writes_deb822: bool
+
+    def archive_sources(self, archive: str, security: str, *, written_by: str) -> str:
+        """The DEB822 sources of the distro archive: the file snapbuild writes, and the text the baked cloud-init
+        drop-in gives the apt module to write back on first boot (with `$PRIMARY`/`$SECURITY` for the URLs)."""
+        components = " ".join(self.components)
+        return (f"# Written by {written_by}.\n"
+                f"Types: deb\nURIs: {archive}\nSuites: {' '.join(self.suites)}\n"
+                f"Components: {components}\nSigned-By: {self.keyring}\n\n"
+                f"Types: deb\nURIs: {security}\nSuites: {self.security_suite}\n"
+                f"Components: {components}\nSigned-By: {self.keyring}\n")
 
 
 DISTROS: dict[str, Distro] = {
@@ -38,6 +51,7 @@ DISTROS: dict[str, Distro] = {
             keyring="/usr/share/keyrings/ubuntu-archive-keyring.gpg",
             sources_file="/etc/apt/sources.list.d/ubuntu.sources",
             resolv_conf_symlink="../run/systemd/resolve/stub-resolv.conf",
+            cloudinit_writes_deb822=True,
         ),
         Distro(
             name="debian-12", id="debian", version="12", codename="bookworm", pretty="Debian 12",
@@ -50,6 +64,7 @@ DISTROS: dict[str, Distro] = {
             keyring="/usr/share/keyrings/debian-archive-keyring.gpg",
             sources_file="/etc/apt/sources.list.d/debian.sources",
             resolv_conf_symlink=None,
+            cloudinit_writes_deb822=False,
         ),
         # trixie: cloud-init's own cloud.cfg no longer lists netdev; the archive keyring is a .pgp file (the .gpg
         # name is a compatibility symlink). snapbuild's debian-13 base has systemd-resolved, so the seal puts the
@@ -64,6 +79,7 @@ DISTROS: dict[str, Distro] = {
             keyring="/usr/share/keyrings/debian-archive-keyring.pgp",
             sources_file="/etc/apt/sources.list.d/debian.sources",
             resolv_conf_symlink="../run/systemd/resolve/stub-resolv.conf",
+            cloudinit_writes_deb822=True,
         ),
     )
 }

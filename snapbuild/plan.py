@@ -224,11 +224,7 @@ class _PlanBuilder:
         if p.build_apt_proxy:
             self.add(actions.WriteFile(path=APT_PROXY_FILE, origin="profile build_apt_proxy (removed when sealing)",
                                        content=f'Acquire::http::Proxy "{p.build_apt_proxy}";\n'.encode()))
-        text = (f"# Written by snapbuild (mirror profile {p.name!r}).\n"
-                f"Types: deb\nURIs: {archive}\nSuites: {' '.join(d.suites)}\n"
-                f"Components: {' '.join(d.components)}\nSigned-By: {d.keyring}\n\n"
-                f"Types: deb\nURIs: {security}\nSuites: {d.security_suite}\n"
-                f"Components: {' '.join(d.components)}\nSigned-By: {d.keyring}\n")
+        text = d.archive_sources(archive, security, written_by=archive_sources_author(p.name))
         self.add(actions.WriteFile(path=d.sources_file, content=text.encode(), origin=f"mirror profile {p.name}"))
         # DEB822 only: the legacy one-line file would duplicate (or contradict) the sources above.
         self.add(actions.RemoveFiles(paths=("/etc/apt/sources.list",)))
@@ -459,9 +455,11 @@ class _PlanBuilder:
         ctx = {"distro": self.distro, "mirrors": self.context["mirrors"], "profile": self.profile,
                "recipe": self.context["recipe"],
                "groups": list(dict.fromkeys((*self.distro.default_groups, *self.recipe.image.default_user_groups)))}
-        wanted = [("99-snapbuild-growpart.cfg", "dropin-growpart.cfg.j2")]
-        if self.profile.has_apt_mirror(self.distro.id):
-            wanted.append(("99-snapbuild-apt.cfg", "dropin-apt.cfg.j2"))
+        # The apt drop-in always: whatever the profile, first boot must not rewrite the sources snapbuild wrote.
+        ctx["sources_list"] = self.distro.archive_sources("$PRIMARY", "$SECURITY",
+                                                          written_by=archive_sources_author(self.profile.name))
+        wanted = [("99-snapbuild-growpart.cfg", "dropin-growpart.cfg.j2"),
+                  ("99-snapbuild-apt.cfg", "dropin-apt.cfg.j2")]
         if self.recipe.image.default_user_groups:
             wanted.append(("99-snapbuild-default-user.cfg", "dropin-default-user.cfg.j2"))
         for name, template in wanted:
@@ -488,6 +486,10 @@ class _PlanBuilder:
         return ImageSpec(name=name, category=properties["marketplace_category"],
                          properties=properties, min_disk_gb=settings.min_disk_gb, min_ram_mb=settings.min_ram_mb,
                          disk_size_gb=settings.disk_size_gb)
+
+
+def archive_sources_author(profile: str) -> str:
+    return f"snapbuild (mirror profile {profile!r})"
 
 
 def render_cloudinit(env: jinja2.Environment, template: str, context: dict[str, Any]) -> str:

@@ -325,9 +325,55 @@ def first_boot_checks(guest: SSHGuest, plan: Plan | None, *, user_key: KeyPair, 
         found = (os_release.get("ID"), os_release.get("VERSION_ID"))
         checks.append(CheckResult(name="distro matches the recipe", ok=found == (plan.distro.id, plan.distro.version),
                                   detail=os_release.get("PRETTY_NAME", "")))
+        checks.append(check_apt_sources_survived(guest, plan))
+        resolver = check_resolver(guest, plan)
+        if resolver is not None:
+            checks.append(resolver)
         for argv in plan.verify_checks:
             checks.append(_recipe_check(guest, argv))
     return checks
+
+
+LEGACY_SOURCES = "/etc/apt/sources.list"
+
+
+def check_apt_sources_survived(guest: SSHGuest, plan: Plan) -> CheckResult:
+    """The archive sources the build wrote are still there after first boot, byte for byte (cloud-init's apt
+    module did not rewrite them from its template), and no legacy sources.list came back beside them."""
+    path = plan.distro.sources_file
+    name = "APT sources as the build wrote them after first boot"
+    want = next((f.content for f in reversed(plan.files) if f.path == path), None)
+    if want is None:
+        return CheckResult(name=name, ok=True, detail=f"the plan writes no {path}")
+    problems = []
+    try:
+        got = guest.read_file(path)
+    except FileNotFoundError:
+        got = None
+        problems.append(f"{path} is gone")
+    if got is not None and got != want:
+        differ = next((f"{w!r} became {g!r}" for w, g in zip(want.decode(errors="replace").splitlines(),
+                                                             got.decode(errors="replace").splitlines(), strict=False)
+                       if w != g), "lines were added or removed")
+        problems.append(f"{path} was rewritten ({differ}); the plan for these recipe options writes it otherwise")
+    if guest.exists(LEGACY_SOURCES):
+        problems.append(f"{LEGACY_SOURCES} is back")
+    return CheckResult(name=name, ok=not problems,
+                       detail="; ".join(problems) or f"{path} unchanged, no {LEGACY_SOURCES}")
+
+
+def check_resolver(guest: SSHGuest, plan: Plan) -> CheckResult | None:
+    """Where the distro's resolv.conf is systemd-resolved's stub symlink and the image runs resolved: the symlink is
+    back (a chroot build replaces it while it works) and resolves to a file naming resolved's stub."""
+    target = plan.distro.resolv_conf_symlink
+    if target is None or guest.run(["systemctl", "cat", "systemd-resolved.service"], check=False).returncode != 0:
+        return None
+    link = guest.run(["readlink", "/etc/resolv.conf"], check=False).stdout.strip()
+    content = guest.run(["cat", "/etc/resolv.conf"], check=False)
+    stub = any(line.split()[:2] == ["nameserver", "127.0.0.53"] for line in content.stdout.splitlines())
+    ok = link == target and content.returncode == 0 and stub
+    return CheckResult(name="/etc/resolv.conf is systemd-resolved's stub symlink", ok=ok,
+                       detail=f"-> {link or '(not a symlink)'}" + ("" if stub else "; no nameserver 127.0.0.53 in it"))
 
 
 def check_default_user(guest: SSHGuest, plan: Plan | None) -> CheckResult:

@@ -68,9 +68,9 @@ def test_debian_13_plans_with_every_shipped_profile(recipe: str, profile: str) -
     if profile == "airgap-example":
         assert [s["URIs"] for s in stanzas] == ["https://mirror.example.internal/debian",
                                                 "https://mirror.example.internal/debian-security"]
-        assert "99-snapbuild-apt.cfg" in {f.path.rsplit("/", 1)[1] for f in plan.dropins}
     else:   # no Debian mirror in these profiles: the upstream archive
         assert [s["URIs"] for s in stanzas] == ["http://deb.debian.org/debian", "http://deb.debian.org/debian-security"]
+    assert "99-snapbuild-apt.cfg" in {f.path.rsplit("/", 1)[1] for f in plan.dropins}
     # The legacy one-line file goes, as on Ubuntu (the debian-13 base ships one).
     assert any(isinstance(a, actions.RemoveFiles) and "/etc/apt/sources.list" in a.paths for a in plan.actions)
     props = plan.image.properties
