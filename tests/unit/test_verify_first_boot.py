@@ -70,6 +70,15 @@ def test_sources_rewritten_at_first_boot_fail_with_the_first_changed_line() -> N
     assert "was rewritten" in result.detail and "deb-src" in result.detail
 
 
+def test_snapbuild_s_sources_from_another_profile_pass_and_say_so() -> None:
+    """verify run without the build's --mirrors plans other URLs: the file is still the build's, not cloud-init's."""
+    plan = make()
+    other = plan_from_names(library=LIBRARY, recipe_name="base", distro_name="debian-13",
+                            profile_name="airgap-example", config_variables={}, set_values={})
+    result = check_apt_sources_survived(FilesGuest({SOURCES: written(other)}), plan)  # type: ignore[arg-type]
+    assert result.ok and "airgap-example" in result.detail and "--mirrors" in result.detail
+
+
 def test_a_legacy_sources_list_back_beside_them_fails() -> None:
     plan = make()
     guest = FilesGuest({SOURCES: written(plan), "/etc/apt/sources.list": b"deb http://deb.debian.org/debian trixie main\n"})
