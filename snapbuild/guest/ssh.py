@@ -387,8 +387,8 @@ class SSHGuest:
                 outcome.append(exc)
 
         worker = threading.Thread(target=work, name=f"ssh {self.name}", daemon=True)
-        worker.start()
         try:
+            worker.start()
             while worker.is_alive():
                 worker.join(0.5)
         except BaseException:

@@ -185,6 +185,7 @@ def test_an_interrupt_during_a_command_ends_it_at_once_and_never_inside_paramiko
     seconds, from snapbuild's own wait (an exception raised inside paramiko can leave its locks held, and the
     next close then hangs: a real build once ignored SIGINT for 15 minutes that way) and the connection is
     closed. Ten interrupts at different moments of each kind of work."""
+    payload = b"x" * (256 << 20)    # made before any timer runs: the interrupt must land in the command
     old = signal.signal(signal.SIGINT, _raise_stop)
     try:
         for attempt in range(10):
@@ -197,7 +198,7 @@ def test_an_interrupt_during_a_command_ends_it_at_once_and_never_inside_paramiko
                     if work == "output":
                         g.run(["sh", "-c", f"yes streamed-line | head -c 400000000; sleep {marker}"], timeout=120)
                     elif work == "stdin":
-                        g.write_file(f"/tmp/snapbuild-interrupt-{marker}", b"x" * (256 << 20))
+                        g.write_file(f"/tmp/snapbuild-interrupt-{marker}", payload)
                     else:
                         g.run(["sleep", marker], timeout=120)
                 timer.join()
