@@ -271,9 +271,17 @@ def _boot_once(ctx: BuildContext, image: Path, info: dict[str, Any], number: int
 
 
 def verify_userdata(public_key: str) -> str:
-    """A fresh key for the distro's default user, nothing else: the image's own configuration is under test."""
+    """A fresh key for the distro's default user and the guest's own name in /etc/hosts, nothing else: the
+    image's own configuration is under test.
+
+    Why the hosts entry: sudo looks up the machine's name on every command, and a verify guest often has no DNS
+    (`isolated`: restrict=on answers nothing) where a cloud's DHCP DNS would answer. An image without
+    systemd-resolved (which answers for the local name itself) then spent a resolver timeout on each of verify's
+    commands: minutes per boot (measured: 345 s of checks after SSH on Debian 12, isolated). cloud-init's
+    `localhost` mode writes one 127.0.1.1 line, as Debian's installer does."""
     return ("#cloud-config\n"
-            "# snapbuild verify: a fresh key for the default user\n"
+            "# snapbuild verify: a fresh key for the default user; the guest's name resolves without DNS\n"
+            "manage_etc_hosts: localhost\n"
             f"ssh_authorized_keys:\n  - {public_key.strip()}\n")
 
 

@@ -80,3 +80,17 @@ def test_large_user_data_is_gzipped_and_too_large_is_refused() -> None:
 
     with pytest.raises(UserError, match="even gzipped"):
         encode_for_nova("#cloud-config\n# " + base64.b64encode(os.urandom(80000)).decode())
+
+
+@needs_cloud_init
+def test_the_verify_guests_user_data_is_schema_valid_and_names_the_guest_in_etc_hosts(tmp_path: Path) -> None:
+    import yaml
+
+    from snapbuild.local.verify import verify_userdata
+
+    key = KeyPair.generate()
+    text = verify_userdata(key.public_openssh)
+    (tmp_path / "user-data").write_text(text)
+    validate(tmp_path / "user-data")
+    config = yaml.safe_load(text)
+    assert config == {"manage_etc_hosts": "localhost", "ssh_authorized_keys": [key.public_openssh.strip()]}

@@ -11,7 +11,7 @@ stub symlink again (the chroot replaced it while it worked), the root filesystem
 recipe's `docker` group; then the recipe's own checks (docker active, its version, the group) and the seal.
 
 The shipped `k8s` recipe gets the same, plus its pre-pulled images in `k8s.io` with the digests the registry
-stand-in served, in `tox -e full` (a second chroot build and two more boots).
+stand-in served (a second chroot build and two more boots: about 5 minutes of the tier).
 """
 
 from __future__ import annotations
@@ -110,7 +110,6 @@ def test_docker_ce_through_chroot_boots_and_passes_verify_with_no_mirror(tmp_pat
     assert any(name.startswith("recipe check: sh -c 'docker version") for name in checks)
 
 
-@pytest.mark.full
 def test_k8s_through_chroot_boots_with_its_images_and_passes_verify_with_no_mirror(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("snapbuild chroot needs root (loop devices, mounts, chroot)")

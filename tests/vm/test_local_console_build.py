@@ -113,7 +113,10 @@ def test_a_console_build_writes_a_sealed_image_and_a_manifest_that_says_console(
     assert steps[:4] == ["preflight", "prepare work image", "boot builder", "console runner"]
     assert "connect" not in steps and {"power off", "compact", "check image"} <= set(steps)
     # The runner's own steps came over the serial console as steps of this build; SSH was never used.
-    assert "console runner started: 5 steps" in log and "▸ wait for cloud-init" in log and "▸ seal" in log
+    # The runner's hello counts the plan's actions: the recipe's two, the sources of the mirror profile (write,
+    # remove the legacy file) and the growpart and apt drop-ins: six, each shown as [i/6].
+    assert "console runner started: 6 steps" in log and "[6/6] write /etc/cloud/cloud.cfg.d/" in log
+    assert "▸ wait for cloud-init" in log and "▸ seal" in log
     assert "SSH after" not in log and "ssh on 127.0.0.1" not in log
     # The offline checker (it ran in the build, "check image") agrees when asked again, and the plan was applied.
     assert inspect_image(output) == []
