@@ -11,7 +11,8 @@ stub symlink again (the chroot replaced it while it worked), the root filesystem
 recipe's `docker` group; then the recipe's own checks (docker active, its version, the group) and the seal.
 
 The shipped `k8s` recipe gets the same, plus its pre-pulled images in `k8s.io` with the digests the registry
-stand-in served (a second chroot build and two more boots: about 5 minutes of the tier).
+stand-in served, and containerd's CRI running a pod sandbox from the pre-pulled pause image with no network (a
+second chroot build and two more boots: about 5 minutes of the tier).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,7 @@ import pytest
 
 from snapbuild.distros import get_distro
 from tests import imagecache
+from tests.cri_client import guest_check
 from tests.standins import K8S_IMAGES, standins
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +120,11 @@ def test_k8s_through_chroot_boots_with_its_images_and_passes_verify_with_no_mirr
     # Every image kubeadm listed, in k8s.io with the digest the registry served (`ctr images ls`: REF TYPE DIGEST).
     extra = tuple(("sh", "-c", f"ctr -n k8s.io images ls | grep -Eq '^{re.escape(ref)} +[^ ]+ +{digest} '")
                   for ref in K8S_IMAGES)
-    checks = _verify("k8s", output, profile, tmp_path, extra=extra)
+    # And kubelet's first call works offline: containerd's CRI runs a pod sandbox from the pre-pulled pause image
+    # (tests/cri_client.py speaks the CRI: Debian has no crictl, and the test's kubeadm is a stand-in).
+    sandbox = guest_check()
+    checks = _verify("k8s", output, profile, tmp_path, extra=(*extra, sandbox))
     _assert_first_boot_as_on_ubuntu(checks)
     assert "recipe check: systemctl is-active containerd" in checks
     assert sum(1 for name in checks if digest in name) == len(K8S_IMAGES)
+    assert checks[f"recipe check: {shlex.join(sandbox)}"] is True
