@@ -192,7 +192,10 @@ def test_a_failed_build_names_its_step_and_leaves_nothing(
     assert project_resources(admin_conn, conn.current_project_id) == before
 
 
+# In `tox -e full`: the same real-guest build as test_real_guest.py's (166 s of .ci/run); the module's wiring is
+# proven in .ci/run by the API-level build above.
 @needs_real_guests
+@pytest.mark.full
 def test_a_real_build_through_a_playbook(conn: Connection, cloud_names: Any, unique_name: str, tmp_path: Path,
                                          state_env: dict[str, str], cleanup: Callable[..., Any]) -> None:
     """`base` end to end on a real guest (provision, seal, snapshot), as test_real_guest.py builds it by hand."""
