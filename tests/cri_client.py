@@ -181,22 +181,31 @@ class Connection:
         raise CRIError(f"{method} failed: {' '.join(readable)[:400] or 'no response message'}")
 
 
+def submessage(found: dict[int, list[bytes | int]], number: int) -> bytes:
+    """The first length-delimited field `number` of a parsed message (b"" when absent: proto3 leaves defaults out)."""
+    value = found.get(number, [b""])[0]
+    if not isinstance(value, bytes):
+        raise CRIError(f"field {number} is a varint where a message or string belongs")
+    return value
+
+
 def check_sandbox(path: str = SOCKET) -> str:
-    """Run, check, stop and remove a pod sandbox; its id."""
+    """Run, check, stop and remove a pod sandbox; its id. Once it exists, it is removed whatever the check says."""
     name = "snapbuild-verify-sandbox"
     conn = Connection(path)
     try:
         reply = fields(conn.call("RunPodSandbox", run_pod_sandbox_request(name, str(uuid.uuid4()))))
-        sandbox = bytes(reply.get(1, [b""])[0]).decode()          # type: ignore[arg-type]
+        sandbox = submessage(reply, 1).decode()
         if not sandbox:
             raise CRIError("RunPodSandbox returned no sandbox id")
-        status = fields(conn.call("PodSandboxStatus", field(1, sandbox)))
-        inner = fields(bytes(status.get(1, [b""])[0]))              # type: ignore[arg-type]
-        state = inner.get(3, [SANDBOX_READY])[0]
-        if state != SANDBOX_READY:
-            raise CRIError(f"sandbox {sandbox[:12]} is not ready (state {state})")
-        conn.call("StopPodSandbox", field(1, sandbox))
-        conn.call("RemovePodSandbox", field(1, sandbox))
+        try:
+            status = fields(submessage(fields(conn.call("PodSandboxStatus", field(1, sandbox))), 1))
+            state = status.get(3, [SANDBOX_READY])[0]
+            if state != SANDBOX_READY:
+                raise CRIError(f"sandbox {sandbox[:12]} is not ready (state {state})")
+        finally:
+            conn.call("StopPodSandbox", field(1, sandbox))
+            conn.call("RemovePodSandbox", field(1, sandbox))
         return sandbox
     finally:
         conn.close()

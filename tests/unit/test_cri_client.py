@@ -20,11 +20,13 @@ def test_varints_and_fields_are_protobufs_wire_format() -> None:
 
 def test_the_sandbox_request_runs_in_the_nodes_namespaces_with_the_given_names() -> None:
     request = cri.fields(cri.run_pod_sandbox_request("pod", "uid-1"))
-    config = cri.fields(request[1][0])                                            # type: ignore[arg-type]
-    assert cri.fields(config[1][0]) == {1: [b"pod"], 2: [b"uid-1"], 3: [b"snapbuild-verify"]}  # type: ignore[arg-type]
-    linux = cri.fields(config[8][0])                                              # type: ignore[arg-type]
-    security = cri.fields(linux[2][0])                                            # type: ignore[arg-type]
-    assert cri.fields(security[1][0]) == {1: [cri.NODE], 2: [cri.NODE], 3: [cri.NODE]}  # type: ignore[arg-type]
+    config = cri.fields(cri.submessage(request, 1))
+    assert cri.fields(cri.submessage(config, 1)) == {1: [b"pod"], 2: [b"uid-1"], 3: [b"snapbuild-verify"]}
+    linux = cri.fields(cri.submessage(config, 8))
+    assert cri.submessage(linux, 1) == b"snapbuildverify.slice"
+    security = cri.fields(cri.submessage(linux, 2))
+    assert cri.fields(cri.submessage(security, 1)) == {1: [cri.NODE], 2: [cri.NODE], 3: [cri.NODE]}
+    assert cri.submessage({}, 1) == b""
 
 
 def test_headers_are_plain_hpack_literals_and_frames_have_the_nine_byte_header() -> None:
