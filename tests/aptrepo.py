@@ -144,9 +144,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve(root: Path, host: str = "127.0.0.1") -> Iterator[int]:
-    """Serve `root` over HTTP on a free port of `host`; yields the port."""
-    server = ThreadingHTTPServer((host, 0), functools.partial(_QuietHandler, directory=str(root)))
+def serve(root: Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+    """Serve `root` over HTTP on `port` (0: a free one) of `host`; yields the port."""
+    server = ThreadingHTTPServer((host, port), functools.partial(_QuietHandler, directory=str(root)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="apt-repo", daemon=True)
     thread.start()

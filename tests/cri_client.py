@@ -7,14 +7,15 @@ kubeadm is a stand-in, so this module speaks the CRI itself: gRPC over HTTP/2 ov
 the few frames a unary call needs (our own encoder, standard library only: the guest runs it as
 `python3 -c SOURCE`). It runs a sandbox in the node's network namespace (no CNI on an image that has never
 joined a cluster), checks that containerd reports it ready, stops and removes it, and exits 0; otherwise it
-prints what the runtime said and exits 1.
+prints what the runtime said and exits 1. With `pull REF` it pulls as kubelet pulls afterwards (ImageService
+PullImage, which resolves through containerd's `config_path` hosts.toml, so through the node's mirrors).
 
 The messages and field numbers are the CRI's (k8s.io/cri-api, runtime.v1 api.proto): RunPodSandboxRequest
 {config=1}, PodSandboxConfig {metadata=1, hostname=2, log_directory=3, linux=8}, PodSandboxMetadata {name=1,
 uid=2, namespace=3}, LinuxPodSandboxConfig {cgroup_parent=1, security_context=2}, LinuxSandboxSecurityContext
 {namespace_options=1}, NamespaceOption {network=1, pid=2, ipc=3} with NODE=2; the responses' first field is the
 sandbox id (RunPodSandboxResponse) or the status (PodSandboxStatusResponse: PodSandboxStatus {id=1, state=3},
-SANDBOX_READY=0).
+SANDBOX_READY=0). PullImageRequest {image=1: ImageSpec {image=1}}; PullImageResponse {image_ref=1}.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 SOCKET = "/run/containerd/containerd.sock"
 SERVICE = "/runtime.v1.RuntimeService/"
+IMAGE_SERVICE = "/runtime.v1.ImageService/"
 NODE = 2                        # NamespaceMode NODE: the node's own namespace
 SANDBOX_READY = 0
 
@@ -102,6 +104,10 @@ def run_pod_sandbox_request(name: str, uid: str) -> bytes:
     return field(1, config)
 
 
+def pull_image_request(ref: str) -> bytes:
+    return field(1, field(1, ref))
+
+
 # ---------------------------------------------------------------- HTTP/2 and gRPC, one unary call at a time
 
 def _hpack_literal(name: str, value: str) -> bytes:
@@ -142,11 +148,11 @@ class Connection:
             data += chunk
         return data
 
-    def call(self, method: str, request: bytes) -> bytes:
+    def call(self, method: str, request: bytes, service: str = SERVICE) -> bytes:
         """One unary gRPC call; the response message, or CRIError with what the runtime said."""
         stream, self.stream = self.stream, self.stream + 2
         headers = b"".join(_hpack_literal(k, v) for k, v in (
-            (":method", "POST"), (":scheme", "http"), (":path", SERVICE + method), (":authority", "localhost"),
+            (":method", "POST"), (":scheme", "http"), (":path", service + method), (":authority", "localhost"),
             ("content-type", "application/grpc"), ("te", "trailers")))
         body = b"\x00" + struct.pack(">I", len(request)) + request
         self.sock.sendall(_frame(HEADERS, END_HEADERS, stream, headers) + _frame(DATA, END_STREAM, stream, body))
@@ -211,6 +217,19 @@ def check_sandbox(path: str = SOCKET) -> str:
         conn.close()
 
 
+def pull_image(ref: str, path: str = SOCKET) -> str:
+    """Pull `ref` as kubelet does (ImageService.PullImage: containerd resolves it through its `config_path`
+    hosts.toml, so through the node's mirrors); the image id containerd returns."""
+    conn = Connection(path, timeout=300.0)
+    try:
+        image_id = submessage(fields(conn.call("PullImage", pull_image_request(ref), IMAGE_SERVICE)), 1).decode()
+    finally:
+        conn.close()
+    if not image_id:
+        raise CRIError(f"PullImage {ref} returned no image reference")
+    return image_id
+
+
 def guest_check(socket_path: str = SOCKET) -> tuple[str, ...]:
     """This module as a verify check (an argv the guest runs as root): compressed, so the check's name, which is its
     command line, stays a few lines long."""
@@ -219,11 +238,27 @@ def guest_check(socket_path: str = SOCKET) -> tuple[str, ...]:
             f"'{base64.b64encode(source).decode()}')))", socket_path)
 
 
+def guest_pull(ref: str, socket_path: str = SOCKET) -> tuple[str, ...]:
+    """The argv a guest runs as root to pull `ref` through the CRI."""
+    *program, socket_arg = guest_check(socket_path)
+    return (*program, "pull", ref, socket_arg)
+
+
 def main(argv: list[str]) -> int:
+    """`[SOCKET]`: the pod sandbox check; `pull REF [SOCKET]`: a pull through the CRI."""
+    args = argv[1:]
+    path = next((arg for arg in args if arg.startswith("/")), SOCKET)
+    what = "pull" if args[:1] == ["pull"] else "pod sandbox"
     try:
-        sandbox = check_sandbox(next((arg for arg in argv[1:] if arg.startswith("/")), SOCKET))
+        if what == "pull":
+            if len(args) < 2 or args[1].startswith("/"):
+                print("usage: pull REF [SOCKET]", file=sys.stderr)
+                return 2
+            print(f"pulled {args[1]} through the CRI: {pull_image(args[1], path)}")
+            return 0
+        sandbox = check_sandbox(path)
     except (OSError, CRIError) as exc:
-        print(f"pod sandbox: {exc}", file=sys.stderr)
+        print(f"{what}: {exc}", file=sys.stderr)
         # gRPC's own message is usually Huffman-coded in the trailers; containerd's journal says it plainly.
         try:
             journal = subprocess.run(["journalctl", "-u", "containerd", "-n", "20", "--no-pager", "-o", "cat"],

@@ -146,9 +146,10 @@ def control_plane_image(layout: Path) -> str:
 
 
 @contextmanager
-def standins(work: Path, distro: Distro, *, apt_host: str = "127.0.0.1",
-             registry_host: str = "127.0.0.1") -> Iterator[StandIns]:
-    """Build and serve the stand-ins for `distro` under `work` until the block ends."""
+def standins(work: Path, distro: Distro, *, apt_host: str = "127.0.0.1", apt_port: int = 0,
+             registry_host: str = "127.0.0.1", registry_port: int = 0) -> Iterator[StandIns]:
+    """Build and serve the stand-ins for `distro` under `work` until the block ends (ports 0: free ones; fixed
+    ones where guests reach them through forwards set up before the test, as the test cloud's guestfwd)."""
     if not BUSYBOX.is_file():
         raise RuntimeError(f"{BUSYBOX} is missing: install Debian's busybox-static (.ci/test-packages.txt)")
     key = signing_key(work / "gnupg")
@@ -156,7 +157,8 @@ def standins(work: Path, distro: Distro, *, apt_host: str = "127.0.0.1",
     key_file.write_bytes(key.armored_public_key())
     site = build_site(work, distro, key)
     digest = control_plane_image(work / "layout")
-    with serve(site, host=apt_host) as port, registry(work / "registry", host=registry_host) as reg:
+    with serve(site, host=apt_host, port=apt_port) as port, \
+            registry(work / "registry", host=registry_host, port=registry_port) as reg:
         for ref in K8S_IMAGES:
             push(work / "layout", "1.0", reg.address + "/" + ref.removeprefix("registry.k8s.io/"))
         yield StandIns(distro=distro, key=key, apt_host=apt_host, apt_port=port, registry_address=reg.address, image_digest=digest,

@@ -11,6 +11,11 @@ against your own cloud").
     SNAPBUILD_TEST_REAL_BASE_IMAGE  base image for the real-guest tests           debian-12-real
     SNAPBUILD_TEST_REAL_DISTRO      snapbuild's name for what that image is        debian-12
     SNAPBUILD_TEST_REAL_FLAVOR      flavor whose servers really boot that image    r1.small
+    SNAPBUILD_TEST_K8S_BASE_IMAGE   Ubuntu-shaped base the shipped k8s recipe      debian-13-real
+                                    is built on in real guests
+    SNAPBUILD_TEST_K8S_DISTRO       snapbuild's name for what that image is        debian-13
+    SNAPBUILD_TEST_K8S_FLAVOR       a real-guest flavor with the 2 GB RAM the      r1.medium
+                                    k8s image asks for (image.min_ram_mb)
 """
 
 from __future__ import annotations
@@ -31,3 +36,6 @@ EXTERNAL = _name("SNAPBUILD_TEST_EXTERNAL_NETWORK", "public")
 REAL_BASE = _name("SNAPBUILD_TEST_REAL_BASE_IMAGE", "debian-12-real")
 REAL_FLAVOR = _name("SNAPBUILD_TEST_REAL_FLAVOR", "r1.small")
 REAL_DISTRO = _name("SNAPBUILD_TEST_REAL_DISTRO", "debian-12")
+K8S_BASE = _name("SNAPBUILD_TEST_K8S_BASE_IMAGE", "debian-13-real")
+K8S_DISTRO = _name("SNAPBUILD_TEST_K8S_DISTRO", "debian-13")
+K8S_FLAVOR = _name("SNAPBUILD_TEST_K8S_FLAVOR", "r1.medium")

@@ -2,8 +2,9 @@
 a server, booting a server from an image and connecting to it, and the checks that a server booted from a built
 image is a fresh machine.
 
-Servers of flavor r1.small are real TCG guests in the test cloud's default (mixed) backend; the tests skip unless
-tests/cloud/start was given a bootable image (SNAPBUILD_TESTCLOUD_REAL_IMAGE).
+Servers of flavors r1.* (r1.small, r1.medium) are real TCG guests in the test cloud's default (mixed) backend; the
+tests skip unless tests/cloud/start was given a bootable image (SNAPBUILD_TESTCLOUD_REAL_IMAGE for debian-12-real;
+SNAPBUILD_TESTCLOUD_REAL_IMAGES=debian-13=PATH adds debian-13-real, the k8s test's base).
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ def qemu_pids(server_id: str) -> list[int]:
 
 
 def boot_and_connect(conn: Connection, name: str, image_id: str, cleanup: Callable[..., Any],
-                     key: KeyPair) -> tuple[Any, SSHGuest]:
+                     key: KeyPair, *, flavor_name: str = FLAVOR) -> tuple[Any, SSHGuest]:
     """A server from image_id with `key` for the default user; SSH pinned to the console's host-key block."""
     user_data = f"#cloud-config\nlocale: C.UTF-8\nssh_authorized_keys:\n  - {key.public_openssh}\n"
     network = conn.network.find_network(NETWORK, ignore_missing=False)
-    flavor = conn.compute.find_flavor(FLAVOR, ignore_missing=False)
+    flavor = conn.compute.find_flavor(flavor_name, ignore_missing=False)
     server = conn.compute.create_server(name=name, image_id=image_id, flavor_id=flavor.id,
                                         networks=[{"uuid": network.id}],
                                         user_data=base64.b64encode(user_data.encode()).decode())

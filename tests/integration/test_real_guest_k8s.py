@@ -1,26 +1,34 @@
-"""The user story on a real cloud with real guests: a k8s-shaped recipe built by `snapbuild build` through the
-test cloud, everything through host-side mirrors, and the images it pre-pulled present in a server booted from
-the result.
+"""The user story on a real cloud with real guests: the shipped `k8s` recipe, unedited, built by `snapbuild k8s`
+through the test cloud on the Ubuntu-shaped debian-13 base, everything it downloads through host-side mirrors, then
+a server booted from the result with every mirror stopped and checked as `snapbuild verify` checks a first boot.
 
-The recipe (tests/recipes/k8s-mirror-demo) installs containerd from Debian, configures registry mirrors, loads
-kernel modules, sets sysctls, turns swap off, pre-pulls an image into containerd's `k8s.io` namespace with ctr
-and a second one through containerd's CRI plugin (kubelet's path). The builder server is a real TCG guest
-(flavor r1.small); it reaches the host's loopback only through the test cloud's QEMU guestfwd entries
-(SNAPBUILD_TESTCLOUD_GUESTFWD, given to tests/cloud/start):
+The builder is a real TCG guest (flavor r1.medium: the k8s image asks for 2 GB). It reaches the host's loopback
+only through the test cloud's QEMU guestfwd entries (SNAPBUILD_TESTCLOUD_GUESTFWD, given to tests/cloud/start),
+each to a server this test runs on 127.77.0.1:
 
-    10.0.2.100:3142 -> an apt proxy to the Debian archive, started here
-    10.0.2.101:5000 -> Debian's docker-registry holding an image this test made, started here
+    10.0.2.100:3142 -> tests/aptproxy.py, a mirror of the Debian archive (containerd and the rest are trixie's)
+    10.0.2.101:5000 -> the registry stand-in (tests/standins.py): every image kubeadm lists, one image the test
+                       made, with a static busybox that a pod sandbox can run
+    10.0.2.102:8080 -> the pkgs.k8s.io stand-in, signed with a key made for the run, which the profile passes as
+                       an operator passes their re-signing mirror's key
 
-Both are stopped before the result boots, so what the booted server has, the image carried.
+The server booted from the image must show: the sources the build wrote survived cloud-init's apt module and no
+legacy sources.list; resolv.conf is resolved's stub symlink; the root filesystem grew; a fresh machine (id, keys,
+no builder); the recipe's own checks; every image kubeadm lists in `k8s.io` with the digest the registry served;
+containerd's CRI starting a pod sandbox from the pre-pulled pause image with no network (tests/cri_client.py); then,
+with a registry at the mirror's address again, a new image pulled through the CRI (kubelet's path: config_path's
+hosts.toml). The captured disk passes the offline seal check.
 
-It runs over both transports: `ssh` on the cloud's usual network, and `console` on a network this host has no
-route into (a console build: the runner in the user-data applies the same plan, snapbuild reads the console).
+.ci/run builds it over the console on a network this host has no route into (NoRouteWatch proves it while the
+build runs); over SSH on the cloud's usual network in `tox -e full`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,11 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloudnames import REAL_DISTRO
+from cloudnames import K8S_BASE, K8S_DISTRO, K8S_FLAVOR
 from openstack.connection import Connection
 from realguests import (
-    FLAVOR,
-    IMAGE,
     NETWORK,
     NoRouteWatch,
     assert_fresh_machine,
@@ -43,80 +49,100 @@ from realguests import (
 )
 
 from snapbuild.distros import get_distro
+from snapbuild.local.verify import first_boot_checks
 from snapbuild.openstack.properties import NOVA_COPIES
-from snapbuild.plan import make_plan
+from snapbuild.plan import Plan, make_plan
 from snapbuild.profiles import load_profile
 from snapbuild.recipes import load_recipe, resolve_variables
+from snapbuild.sealing.offline import inspect_image
 from snapbuild.sshkeys import KeyPair
 from tests.aptproxy import apt_proxy
+from tests.cri_client import guest_check, guest_pull
+from tests.firstboot import assert_first_boot_as_on_ubuntu
 from tests.manifestcheck import check_manifest
-from tests.mirrorprofile import write_mirror_profile
 from tests.ociregistry import oci_layout, push, registry
+from tests.standins import K8S, K8S_IMAGES, K8S_REVISION, standins
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = ROOT / "tests" / "recipes"
-RECIPE = "k8s-mirror-demo"
-PREPULLED = "registry.k8s.io/snapbuild-test/hello:1.0"
-CRI_PULLED = "registry.k8s.io/snapbuild-test/hello:cri"
-APT_GUEST_PORT, REGISTRY_GUEST_PORT = 3142, 5000
-SUGGESTED = "10.0.2.100:3142=127.77.0.1:3142,10.0.2.101:5000=127.77.0.1:5000"
+RECIPE = "k8s"
+CRI_PULLED = "registry.k8s.io/snapbuild-test/cri-pulled:1.0"
+ARCHIVE_PORT, REGISTRY_PORT, STANDIN_PORT = 3142, 5000, 8080
+SUGGESTED = "10.0.2.100:3142=127.77.0.1:3142,10.0.2.101:5000=127.77.0.1:5000,10.0.2.102:8080=127.77.0.1:8080"
+GIB = 1024**3
 
 pytestmark = needs_real_guests
 
 
-def _forwards() -> dict[int, tuple[str, str]]:
-    """guest port -> (guest address, host address) of the cloud's guest forwards."""
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    guest: str      # address:port the builder uses
+    host: str       # address on this host where the test serves it
+    port: int
+
+
+def _forwards() -> dict[int, Forward]:
+    """guest port -> the cloud's guest forward for it."""
     found = {}
     for item in os.environ.get("SNAPBUILD_TESTCLOUD_GUESTFWD", "").replace(" ", ",").split(","):
         guest, _, host = item.partition("=")
         if guest and host:
-            found[int(guest.rpartition(":")[2])] = (guest, host)
+            address, _, port = host.rpartition(":")
+            found[int(guest.rpartition(":")[2])] = Forward(guest=guest, host=address, port=int(port))
     return found
 
 
-def _mirrors_or_skip() -> tuple[tuple[str, str], tuple[str, str]]:
+def _mirrors_or_skip() -> tuple[Forward, Forward, Forward]:
     forwards = _forwards()
-    if APT_GUEST_PORT in forwards and REGISTRY_GUEST_PORT in forwards:
-        return forwards[APT_GUEST_PORT], forwards[REGISTRY_GUEST_PORT]
+    if all(port in forwards for port in (ARCHIVE_PORT, REGISTRY_PORT, STANDIN_PORT)):
+        return forwards[ARCHIVE_PORT], forwards[REGISTRY_PORT], forwards[STANDIN_PORT]
     reason = (f"the test cloud's guests reach no mirrors: start it with SNAPBUILD_TESTCLOUD_GUESTFWD={SUGGESTED} "
-              f"(an apt proxy on guest port {APT_GUEST_PORT}, a registry on {REGISTRY_GUEST_PORT})")
+              f"(a Debian archive mirror on guest port {ARCHIVE_PORT}, a registry on {REGISTRY_PORT}, the "
+              f"pkgs.k8s.io stand-in on {STANDIN_PORT})")
     if os.environ.get("SNAPBUILD_REQUIRE_CLOUD") == "1":   # CI starts the cloud with them: missing is a fault
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
 
 
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host, int(port)
+def _plan(profile: Path) -> Plan:
+    """The plan the build made (same recipe, distro, profile): what verify compares the first boot with."""
+    recipe = load_recipe(ROOT / "recipes" / RECIPE)
+    return make_plan(recipe, distro=get_distro(K8S_DISTRO), profile=load_profile(profile),
+                     variables=resolve_variables(recipe, config_values={}, set_values={}))
 
 
 # .ci/run builds it once, over the console (no route to the builder); SSH's cloud path is the base build's and the
-# interrupt drills', and the SSH k8s-shaped build is in `tox -e full`.
+# interrupt drills', and the SSH k8s build is in `tox -e full`.
 @pytest.mark.parametrize("transport", [pytest.param("ssh", marks=pytest.mark.full), "console"])
-def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
+def test_shipped_k8s_through_the_cloud_boots_with_its_images_and_passes_the_first_boot_checks(
         transport: str, conn: Connection, unique_name: str, cleanup: Callable[..., Any], tmp_path: Path) -> None:
-    """Over SSH on the cloud's usual network; with --transport console on a network this host has no route into
-    (the builder's QEMU has no port forwarded here, NoRouteWatch proves it while the build runs)."""
-    (apt_guest, apt_host), (registry_guest, registry_host) = _mirrors_or_skip()
+    archive_fwd, registry_fwd, standin_fwd = _mirrors_or_skip()
+    distro = get_distro(K8S_DISTRO)
     network = NETWORK if transport == "ssh" else make_unrouted_network(conn, f"{unique_name}-net", cleanup)
-    profile = write_mirror_profile(
-        tmp_path / "cloud-test-mirrors.yaml", apt_guest=apt_guest, registry_guest=registry_guest,
-        description="the test cloud's host-side mirrors, reached through its guestfwd entries")
-    digest = oci_layout(tmp_path / "layout", {"hello.txt": b"hello from the test registry\n"}, "1.0")
     image_name = f"{unique_name}-k8s"
+    work = tmp_path / "standins"
+    work.mkdir()
     env = {**os.environ, "SNAPBUILD_STATE_DIR": str(tmp_path / "state"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.monotonic()
-    with apt_proxy(*_split(apt_host)) as (_port, proxy), registry(tmp_path / "registry", *_split(registry_host)) as reg, \
+    with apt_proxy(archive_fwd.host, archive_fwd.port) as (_port, archive), \
+            standins(work, distro, apt_host=standin_fwd.host, apt_port=standin_fwd.port,
+                     registry_host=registry_fwd.host, registry_port=registry_fwd.port) as served, \
             NoRouteWatch(conn, network) as watch:
-        for tag in ("1.0", "cri"):
-            push(tmp_path / "layout", "1.0", f"{reg.address}/snapbuild-test/hello:{tag}")
+        profile = served.profile(
+            tmp_path / "cloud-test-mirrors.yaml", apt_base=f"http://{standin_fwd.guest}",
+            registry_base=f"http://{registry_fwd.guest}",
+            description="stand-ins and a Debian archive mirror on 127.77.0.1, reached through the test cloud's guestfwd")
+        doc = json.loads(profile.read_text())
+        doc["apt"] = {"debian": {"archive": f"http://{archive_fwd.guest}/debian",
+                                 "security": f"http://{archive_fwd.guest}/debian-security"}}
+        profile.write_text(json.dumps(doc, indent=1))
+        # `snapbuild k8s`: the shipped recipe (no --recipes-dir) through its own command.
         proc = subprocess.run(
-            [sys.executable, "-m", "snapbuild", "--recipes-dir", str(RECIPES), "build", RECIPE,
-             "--distro", REAL_DISTRO, "--mirrors", str(profile), "--flavor", FLAVOR, "--network", network,
-             "--base-image", IMAGE, "--timeout-ssh", "600", "--image-name", image_name, "--json",
-             "--transport", transport],
+            [sys.executable, "-m", "snapbuild", "k8s", "--distro", distro.name, "--mirrors", str(profile),
+             "--flavor", K8S_FLAVOR, "--network", network, "--base-image", K8S_BASE, "--timeout-ssh", "900",
+             "--image-name", image_name, "--json", "--transport", transport],
             capture_output=True, text=True, timeout=3600, check=False, env=env, cwd=ROOT)
+        digest = served.image_digest
     built = time.monotonic() - t0
     image = conn.image.find_image(image_name)
     if image is not None:
@@ -128,47 +154,59 @@ def test_k8s_shaped_recipe_through_the_cloud_boots_with_its_images(
     assert manifest["details"]["transport"] == transport
     if transport == "console":
         watch.check()
-    assert digest in manifest["pulled_images"].values(), manifest["pulled_images"]
+    assert manifest["seal"]["in_guest"] == "clean", manifest["seal"]
+    assert manifest["packages"].get("kubeadm") == f"{K8S}-{K8S_REVISION}", manifest["packages"]
+    assert set(K8S_IMAGES) <= set(manifest["pulled_images"]), manifest["pulled_images"]
+    assert set(manifest["pulled_images"].values()) == {digest}, manifest["pulled_images"]
 
-    # Every package came through the proxy, which forwarded nothing but the Debian archive.
-    debs = [url.rsplit("/", 1)[-1] for url in proxy.served if url.endswith(".deb")]
+    # Debian's own packages came through the archive mirror, and nothing else was asked of it.
+    debs = [path.rsplit("/", 1)[-1] for path in archive.served if path.endswith(".deb")]
     assert any(name.startswith("containerd_") for name in debs), debs
-    assert any(name.startswith("python3-grpcio_") for name in debs), debs
-    assert proxy.refused == []
+    assert archive.refused == []
 
     # A published image, not a snapshot of someone's server (raw record: openstacksdk maps some keys away).
     props = conn.image.get(f"/images/{image.id}").json()
     assert props["status"] == "active" and props["size"] > 100 * 1024**2, (props["status"], props["size"])
-    assert props["snapbuild_recipe"] == RECIPE and props["snapbuild_base_image_name"] == IMAGE
-    assert props["os_distro"] == "debian" and props.get("image_type") == "image"
+    assert props["snapbuild_recipe"] == RECIPE and props["snapbuild_base_image_name"] == K8S_BASE
+    assert props["os_distro"] == distro.id and props.get("image_type") == "image"
+    assert props["min_ram"] == 2048, props["min_ram"]
     assert [key for key in NOVA_COPIES if key in props] == []
     assert not [key for key in props if key.startswith(("snapbuild_installation", "snapbuild_expires"))]
 
-    # The mirrors are gone: a server from the image has the images because the image carries them.
+    # The captured disk, read offline: nothing the sealing policy forbids.
+    disk = tmp_path / "captured.img"
+    conn.image.download_image(conn.image.get_image(image.id), output=str(disk))
+    assert inspect_image(disk) == []
+    disk.unlink()
+
+    # The mirrors are gone: what a server from the image has, the image carries.
+    plan = _plan(profile)
+    images = tuple(("sh", "-c", f"ctr -n k8s.io images ls | grep -Eq '^{re.escape(ref)} +[^ ]+ +{digest} '")
+                   for ref in K8S_IMAGES)
+    sandbox = guest_check()
+    plan = dataclasses.replace(plan, verify_checks=(*plan.verify_checks, *images, sandbox))
     key = KeyPair.generate(comment=unique_name)
-    server, guest = boot_and_connect(conn, f"{unique_name}-k8s-fresh", image.id, cleanup, key)
+    flavor = conn.compute.find_flavor(K8S_FLAVOR, ignore_missing=False)
+    server, guest = boot_and_connect(conn, f"{unique_name}-k8s-fresh", image.id, cleanup, key, flavor_name=K8S_FLAVOR)
     try:
         assert_fresh_machine(guest, server)
-        images = guest.run(["ctr", "-n", "k8s.io", "images", "ls"]).stdout
-        assert PREPULLED in images and CRI_PULLED in images, images
-        assert digest in images, images                   # the very manifest this test pushed
-        assert "/etc/containerd/certs.d/registry.k8s.io" in guest.run(
-            ["sh", "-c", "ls -d /etc/containerd/certs.d/*"]).stdout
-        for argv in _recipe_checks():
-            done = guest.run(list(argv), check=False, timeout=120)
-            assert done.returncode == 0, f"recipe check {argv} failed on the booted image: {done.tail()}"
-        # The build's apt proxy setting left with the builder.
-        assert guest.run(["sh", "-c", "grep -rIl 10.0.2.100 /etc/apt || true"]).stdout.strip() == ""
+        checks = first_boot_checks(guest, plan, user_key=key, grown_size=int(flavor.disk) * GIB)
+        # kubelet's pulls once the node runs: through the CRI, which finds the mirror in the hosts.toml that
+        # config_path names. A new image, on a registry at the mirror's address again (the stand-ins are gone).
+        cri_digest = oci_layout(tmp_path / "cri-layout", {"cri.txt": b"pulled through containerd's CRI\n"}, "1.0")
+        with registry(tmp_path / "cri-registry", registry_fwd.host, registry_fwd.port) as reg:
+            push(tmp_path / "cri-layout", "1.0", f"{reg.address}/{CRI_PULLED.removeprefix('registry.k8s.io/')}")
+            pulled = guest.run(list(guest_pull(CRI_PULLED)), check=False, timeout=360)
+        listed = guest.run(["ctr", "-n", "k8s.io", "images", "ls"]).stdout
     finally:
         guest.close()
-    print(f"\nfigure: snapbuild build {RECIPE} --transport {transport} through real guests = {built:.1f} s; "
-          f"{len(debs)} .debs through the proxy")
-
-
-def _recipe_checks() -> tuple[tuple[str, ...], ...]:
-    recipe = load_recipe(RECIPES / RECIPE)
-    plan = make_plan(recipe, distro=get_distro(REAL_DISTRO),
-                     profile=load_profile(ROOT / "recipes" / "profiles" / "upstream.yaml"),
-                     variables=resolve_variables(recipe, config_values={}, set_values={}))
-    assert len(plan.verify_checks) >= 6
-    return plan.verify_checks
+    failed = [dataclasses.asdict(c) for c in checks if not c.ok]
+    assert failed == [], json.dumps(failed, indent=1)
+    named = {c.name: c.ok for c in checks}
+    assert_first_boot_as_on_ubuntu(named, booted_twice=False)
+    assert sum(1 for name in named if digest in name) == len(K8S_IMAGES)
+    assert "recipe check: systemctl is-active containerd" in named
+    assert pulled.returncode == 0, f"the CRI pull of {CRI_PULLED} through the mirror failed: {pulled.tail()}"
+    assert re.search(rf"^{re.escape(CRI_PULLED)} +\S+ +{cri_digest} ", listed, re.M), listed
+    print(f"\nfigure: snapbuild k8s --transport {transport} through real guests = {built:.1f} s; "
+          f"{len(debs)} .debs through the archive mirror")

@@ -7,6 +7,8 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import cri_client as cri
 
 
@@ -27,6 +29,18 @@ def test_the_sandbox_request_runs_in_the_nodes_namespaces_with_the_given_names()
     security = cri.fields(cri.submessage(linux, 2))
     assert cri.fields(cri.submessage(security, 1)) == {1: [cri.NODE], 2: [cri.NODE], 3: [cri.NODE]}
     assert cri.submessage({}, 1) == b""
+
+
+def test_a_pull_asks_for_the_reference_in_an_image_spec_and_runs_as_the_check_does_with_pull_ref() -> None:
+    assert cri.fields(cri.submessage(cri.fields(cri.pull_image_request("registry.k8s.io/pause:3.10")), 1)) == {
+        1: [b"registry.k8s.io/pause:3.10"]}
+    check, pull = cri.guest_check("/run/c.sock"), cri.guest_pull("r/x:1", "/run/c.sock")
+    assert pull == (*check[:-1], "pull", "r/x:1", "/run/c.sock")
+
+
+def test_a_pull_without_a_reference_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cri.main(["-c", "pull", "/run/c.sock"]) == 2
+    assert "usage: pull REF" in capsys.readouterr().err
 
 
 def test_headers_are_plain_hpack_literals_and_frames_have_the_nine_byte_header() -> None:

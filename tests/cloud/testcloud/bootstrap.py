@@ -29,8 +29,10 @@ IMAGE_NAME = "debian-12"
 FLAVORS = {"m1.small": (1, 2048, 20), "m1.medium": (2, 4096, 40), "m1.large": (4, 8192, 80)}
 # Real guests (mixed backend): a TCG VM per server, so small, and asked for through the flavor, as a real cloud
 # picks a host aggregate or hypervisor by flavor.
-REAL_FLAVOR, REAL_FLAVOR_SPEC = "r1.small", (1, 1536, 10)
-REAL_IMAGE_NAME = "debian-12-real"
+REAL_FLAVORS = {"r1.small": (1, 1536, 10),
+                # the shipped k8s recipe's image asks for 2 GB (image.min_ram_mb): Nova boots it on no less
+                "r1.medium": (1, 2048, 10)}
+REAL_DISTRO = "debian-12"    # what SNAPBUILD_TESTCLOUD_REAL_IMAGE is; SNAPBUILD_TESTCLOUD_REAL_IMAGES names its own
 # Subnets inside 127.0.0.0/8 (accepted with DHCP off) so a later real-VM mode can forward SSH on the
 # address Nova reports, without anything leaving loopback.
 PUBLIC_CIDR, PUBLIC_POOL = "127.11.0.0/24", ("127.11.0.10", "127.11.0.250")
@@ -129,8 +131,8 @@ def resources(lay: Layout, *, first_time: bool) -> None:
             _reset_images(connect(lay, user, user, region))
     _flavors(admin)
     _upload_image(admin, IMAGE_NAME, _image_file(lay))
-    if real := real_image_file():
-        _upload_image(admin, REAL_IMAGE_NAME, real)
+    for distro, real in real_image_files().items():
+        _upload_image(admin, f"{distro}-real", real, distro=distro)
     project_id = admin.identity.find_project(MEMBER, domain_id="default", ignore_missing=False).id
     admin.compute.update_quota_set(project_id, **MEMBER_QUOTA)
 
@@ -192,18 +194,30 @@ def _networks(admin: Connection, member: Connection) -> None:
 
 
 def _flavors(admin: Connection) -> None:
-    for name, (vcpus, ram, disk) in {**FLAVORS, REAL_FLAVOR: REAL_FLAVOR_SPEC}.items():
+    for name, (vcpus, ram, disk) in {**FLAVORS, **REAL_FLAVORS}.items():
         if admin.compute.find_flavor(name, ignore_missing=True) is None:
             flavor = admin.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
-            if name == REAL_FLAVOR:
+            if name in REAL_FLAVORS:
                 admin.compute.create_flavor_extra_specs(flavor, {"testcloud:backend": "qemu"})
 
 
-def real_image_file() -> Path | None:
-    """A bootable Debian 12 cloud image for real guests (SNAPBUILD_TESTCLOUD_REAL_IMAGE), uploaded as
-    debian-12-real; .ci/run passes the base image the system and vm tiers built."""
-    given = os.environ.get("SNAPBUILD_TESTCLOUD_REAL_IMAGE")
-    return Path(given) if given else None
+def real_image_files() -> dict[str, Path]:
+    """Bootable cloud images for real guests, by the distro each is, uploaded as `<distro>-real`:
+    SNAPBUILD_TESTCLOUD_REAL_IMAGE (Debian 12), and SNAPBUILD_TESTCLOUD_REAL_IMAGES, `DISTRO=PATH` items separated
+    by commas or spaces. .ci/run passes the base images the system and vm tiers built."""
+    found: dict[str, Path] = {}
+    if given := os.environ.get("SNAPBUILD_TESTCLOUD_REAL_IMAGE"):
+        found[REAL_DISTRO] = Path(given)
+    for item in os.environ.get("SNAPBUILD_TESTCLOUD_REAL_IMAGES", "").replace(",", " ").split():
+        distro, sep, path = item.partition("=")
+        if not (sep and distro and path):
+            raise SystemExit(f"testcloud: SNAPBUILD_TESTCLOUD_REAL_IMAGES item {item!r} is not DISTRO=PATH "
+                             "(for example debian-13=/var/cache/snapbuild-test/debian-13-base.qcow2)")
+        found[distro] = Path(path)
+    for distro, path in found.items():
+        if not path.is_file():
+            raise SystemExit(f"testcloud: the real image for {distro}, {path}, is not a file")
+    return found
 
 
 def _image_file(lay: Layout) -> Path:
@@ -217,7 +231,7 @@ def _image_file(lay: Layout) -> Path:
     return path
 
 
-def _upload_image(admin: Connection, name: str, path: Path) -> None:
+def _upload_image(admin: Connection, name: str, path: Path, *, distro: str = "debian-12") -> None:
     digest = hashlib.sha512()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -230,7 +244,7 @@ def _upload_image(admin: Connection, name: str, path: Path) -> None:
         admin.image.delete_image(stale, ignore_missing=True)
     image = admin.image.create_image(
         name=name, filename=str(path), disk_format="qcow2", container_format="bare", visibility="public",
-        os_distro="debian", os_version="12")
+        os_distro=distro.partition("-")[0], os_version=distro.partition("-")[2])
     deadline = time.monotonic() + 300
     while (image := admin.image.get_image(image.id)).status != "active":
         if image.status in ("killed", "deleted", "deactivated") or time.monotonic() > deadline:
@@ -261,7 +275,7 @@ def clouds_yaml(lay: Layout) -> None:
         f"export SNAPBUILD_OTHER_CLOUD={OTHER}\n"
         f"export SNAPBUILD_TESTCLOUD_BACKEND={lay.backend}\n"
         # Real guests need both: a backend that runs them and a bootable image.
-        f"export SNAPBUILD_TESTCLOUD_REAL_GUESTS={int(lay.backend != 'fake' and real_image_file() is not None)}\n"
+        f"export SNAPBUILD_TESTCLOUD_REAL_GUESTS={int(lay.backend != 'fake' and bool(real_image_files()))}\n"
         # What the guests reach through guestfwd: tests start their mirrors on the host side of these.
         f"export SNAPBUILD_TESTCLOUD_GUESTFWD={shlex.quote(lay.guestfwd)}\n"
     )
