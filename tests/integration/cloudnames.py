@@ -11,8 +11,8 @@ against your own cloud").
     SNAPBUILD_TEST_REAL_BASE_IMAGE  base image for the real-guest tests           debian-12-real
     SNAPBUILD_TEST_REAL_DISTRO      snapbuild's name for what that image is        debian-12
     SNAPBUILD_TEST_REAL_FLAVOR      flavor whose servers really boot that image    r1.small
-    SNAPBUILD_TEST_K8S_BASE_IMAGE   Ubuntu-shaped base the shipped k8s recipe      debian-13-real
-                                    is built on in real guests
+    SNAPBUILD_TEST_K8S_BASE_IMAGE   Ubuntu-shaped base the shipped recipes are     debian-13-real
+                                    built on in real guests
     SNAPBUILD_TEST_K8S_DISTRO       snapbuild's name for what that image is        debian-13
     SNAPBUILD_TEST_K8S_FLAVOR       a real-guest flavor with the 2 GB RAM the      r1.medium
                                     k8s image asks for (image.min_ram_mb)

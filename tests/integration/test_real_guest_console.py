@@ -10,7 +10,7 @@ through Nova's console-output API only.
     - a failing recipe step stops the build with the step's name and output, and nothing is left
     - SIGINT while the runner works leaves nothing
 
-The shipped k8s recipe through the console (mirrors, pre-pulls with digests) is in test_real_guest_k8s.py.
+The shipped k8s recipe through the console (mirrors, pre-pulls with digests) is in test_real_guest_shipped_recipes.py.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ CRI_PULLED = "registry.k8s.io/snapbuild-test/hello:cri"
 APT_GUEST, REGISTRY_GUEST = "10.0.2.100:3142", "10.0.2.101:5000"
 
 # In `tox -e full`: .ci/run builds the shipped recipes instead (docker-ce through `local`, both through `chroot`),
-# and a CRI pull through the mirror runs there on a server booted from the shipped k8s image (test_real_guest_k8s).
+# and a CRI pull through the mirror runs there on a server booted from the shipped k8s image (test_real_guest_shipped_recipes).
 pytestmark = [pytest.mark.vm, pytest.mark.full]
 
 
