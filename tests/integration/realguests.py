@@ -4,7 +4,7 @@ image is a fresh machine.
 
 Servers of flavors r1.* (r1.small, r1.medium) are real TCG guests in the test cloud's default (mixed) backend; the
 tests skip unless tests/cloud/start was given a bootable image (SNAPBUILD_TESTCLOUD_REAL_IMAGE for debian-12-real;
-SNAPBUILD_TESTCLOUD_REAL_IMAGES=debian-13=PATH adds debian-13-real, the k8s test's base).
+SNAPBUILD_TESTCLOUD_REAL_IMAGES=debian-13=PATH adds debian-13-real, the shipped recipes' base).
 """
 
 from __future__ import annotations
