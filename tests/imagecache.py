@@ -1,8 +1,9 @@
 """The test suite's base images: built once, cached across runs, rebuilt when the builder changes.
 
-Both tests/system and tests/vm use `debian_base_image()` (Debian 12, the tiers' base today); `base_image("debian-13")`
-is the Ubuntu-shaped one. The cache key is a hash of the builder's code, so an edit to baseimage.py, baselayout.py or
-loopdisk.py invalidates the cached images.
+The system, vm and integration tiers boot one base, `tier_base_image()`: debian-13, the Ubuntu-shaped one (one base
+image per CI run); `base_image("debian-12")` is built only for `tox -e full`'s debian-12 checks. The cache key is a
+hash of the builder's code, so an edit to baseimage.py, baselayout.py or loopdisk.py invalidates the cached images;
+each is also copied to `<distro>-base.qcow2`, a fixed path for people and tools (the last good image).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from snapbuild.host import loopdisk as disk
 from snapbuild.local import baseimage, baselayout
 
 DEFAULT_CACHE = Path("/var/cache/snapbuild-test")
-STABLE_NAME = "debian-12-base.qcow2"   # the latest good image, for people and tools that want a fixed path
+TIER_DISTRO = "debian-13"   # the base every tier boots
 
 
 def cache_root() -> Path:
@@ -31,12 +32,17 @@ def builder_hash() -> str:
     return digest.hexdigest()[:12]
 
 
-def debian_base_image() -> Path:
-    """Path of a cached, sealed Debian 12 base image for the current builder code (builds it if missing).
+def tier_base_image() -> Path:
+    """Path of the cached, sealed base image the tiers boot, for the current builder code (builds it if missing).
 
     Callers must not modify it: boot it through a qcow2 overlay (`qemu-img create -b … -F qcow2`).
     """
-    return base_image("debian-12")
+    return base_image(TIER_DISTRO)
+
+
+def stable_path(distro: str) -> Path:
+    """The last good image of `distro` under a fixed name (it may be of older builder code, or missing)."""
+    return cache_root() / f"{distro}-base.qcow2"
 
 
 def base_image(distro: str) -> Path:
@@ -54,9 +60,8 @@ def base_image(distro: str) -> Path:
             for old in root.glob(f"{distro}-base-*.qcow2"):
                 if old != image:
                     old.unlink()
-            stable_name = f"{distro}-base.qcow2"
-            stable = root / stable_name
-            partial = root / f".{stable_name}.partial"
+            stable = stable_path(distro)
+            partial = root / f".{stable.name}.partial"
             shutil.copyfile(image, partial)
             os.replace(partial, stable)
     return image

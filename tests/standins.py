@@ -95,11 +95,12 @@ class StandIns:
     key_file: Path              # the repositories' public key, ASCII-armored (for a profile's key_file)
 
     def profile(self, path: Path, *, apt_base: str | None = None, registry_base: str | None = None,
-                key: str = "url", forwards: Sequence[dict[str, str]] = (),
+                archive_base: str | None = None, key: str = "url", forwards: Sequence[dict[str, str]] = (),
                 description: str = "stand-ins on 127.0.0.1 for what this machine cannot reach") -> Path:
         """Write the mirror profile: upstreams onto the stand-ins (at `apt_base`/`registry_base` as the builder
         reaches them; where they listen by default), the stand-ins' key passed as `key_url` ("url") or `key_file`
-        ("file")."""
+        ("file"); with `archive_base` (a Debian archive mirror, tests/aptproxy.py, as the builder reaches it) the
+        distro's archive and security sources point there too."""
         apt = (apt_base or f"http://{self.apt_host}:{self.apt_port}").rstrip("/")
         reg = (registry_base or f"http://{self.registry_address}").rstrip("/")
 
@@ -117,6 +118,9 @@ class StandIns:
             "registries": {"registry.k8s.io": [reg], "docker.io": [reg]},
             "blocked": BLOCKED,
         }
+        if archive_base:
+            archive = archive_base.rstrip("/")
+            doc["apt"] = {"debian": {"archive": f"{archive}/debian", "security": f"{archive}/debian-security"}}
         if forwards:
             doc["forwards"] = list(forwards)
         path.write_text(json.dumps(doc, indent=1))

@@ -8,12 +8,13 @@ against your own cloud").
     SNAPBUILD_TEST_LARGE_FLAVOR     a flavor big enough for the k8s recipe        m1.large
     SNAPBUILD_TEST_NETWORK          the member's network for builders             private
     SNAPBUILD_TEST_EXTERNAL_NETWORK external network for floating IPs             public
-    SNAPBUILD_TEST_REAL_BASE_IMAGE  base image for the real-guest tests           debian-12-real
-    SNAPBUILD_TEST_REAL_DISTRO      snapbuild's name for what that image is        debian-12
+    SNAPBUILD_TEST_REAL_BASE_IMAGE  base image for the real-guest tests: the      debian-13-real
+                                    Ubuntu-shaped base the other tiers boot too
+    SNAPBUILD_TEST_REAL_DISTRO      snapbuild's name for what that image is        debian-13
     SNAPBUILD_TEST_REAL_FLAVOR      flavor whose servers really boot that image    r1.small
-    SNAPBUILD_TEST_K8S_BASE_IMAGE   Ubuntu-shaped base the shipped recipes are     debian-13-real
+    SNAPBUILD_TEST_K8S_BASE_IMAGE   Ubuntu-shaped base the shipped recipes are     the real-guest base
                                     built on in real guests
-    SNAPBUILD_TEST_K8S_DISTRO       snapbuild's name for what that image is        debian-13
+    SNAPBUILD_TEST_K8S_DISTRO       snapbuild's name for what that image is        the real-guest distro
     SNAPBUILD_TEST_K8S_FLAVOR       a real-guest flavor with the 2 GB RAM the      r1.medium
                                     k8s image asks for (image.min_ram_mb)
 """
@@ -33,9 +34,9 @@ FLAVOR = _name("SNAPBUILD_TEST_FLAVOR", "m1.small")
 LARGE_FLAVOR = _name("SNAPBUILD_TEST_LARGE_FLAVOR", "m1.large")
 NETWORK = _name("SNAPBUILD_TEST_NETWORK", "private")
 EXTERNAL = _name("SNAPBUILD_TEST_EXTERNAL_NETWORK", "public")
-REAL_BASE = _name("SNAPBUILD_TEST_REAL_BASE_IMAGE", "debian-12-real")
+REAL_BASE = _name("SNAPBUILD_TEST_REAL_BASE_IMAGE", "debian-13-real")
 REAL_FLAVOR = _name("SNAPBUILD_TEST_REAL_FLAVOR", "r1.small")
-REAL_DISTRO = _name("SNAPBUILD_TEST_REAL_DISTRO", "debian-12")
-K8S_BASE = _name("SNAPBUILD_TEST_K8S_BASE_IMAGE", "debian-13-real")
-K8S_DISTRO = _name("SNAPBUILD_TEST_K8S_DISTRO", "debian-13")
+REAL_DISTRO = _name("SNAPBUILD_TEST_REAL_DISTRO", "debian-13")
+K8S_BASE = _name("SNAPBUILD_TEST_K8S_BASE_IMAGE", REAL_BASE)
+K8S_DISTRO = _name("SNAPBUILD_TEST_K8S_DISTRO", REAL_DISTRO)
 K8S_FLAVOR = _name("SNAPBUILD_TEST_K8S_FLAVOR", "r1.medium")

@@ -3,8 +3,8 @@ a server, booting a server from an image and connecting to it, and the checks th
 image is a fresh machine.
 
 Servers of flavors r1.* (r1.small, r1.medium) are real TCG guests in the test cloud's default (mixed) backend; the
-tests skip unless tests/cloud/start was given a bootable image (SNAPBUILD_TESTCLOUD_REAL_IMAGE for debian-12-real;
-SNAPBUILD_TESTCLOUD_REAL_IMAGES=debian-13=PATH adds debian-13-real, the shipped recipes' base).
+tests skip unless tests/cloud/start was given a bootable image (SNAPBUILD_TESTCLOUD_REAL_IMAGES=debian-13=PATH uploads
+debian-13-real, the tiers' Ubuntu-shaped base; SNAPBUILD_TESTCLOUD_REAL_IMAGE=PATH a Debian 12 one as debian-12-real).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from openstack.connection import Connection
 from snapbuild.guest.ssh import SSHGuest
 from snapbuild.sshkeys import KeyPair, parse_console_host_keys
 
-IMAGE = REAL_BASE   # the test cloud: the Debian base image the system and vm tiers built (tests/cloud/start uploads it)
+IMAGE = REAL_BASE   # the test cloud: the base image the system and vm tiers built (tests/cloud/start uploads it)
 FLAVOR = REAL_FLAVOR   # the test cloud: its extra spec testcloud:backend=qemu makes the server a real TCG guest
 NETWORK = MEMBER_NETWORK
 USER = "debian"  # the image's cloud-init default user
@@ -33,8 +33,8 @@ BOOT_DEADLINE = 900.0  # TCG on a shared 2-core machine: SSH came up after 40-13
 
 needs_real_guests = pytest.mark.skipif(
     os.environ.get("SNAPBUILD_TESTCLOUD_REAL_GUESTS") != "1",
-    reason="needs the test cloud with real guests and a bootable image: `SNAPBUILD_TESTCLOUD_REAL_IMAGE="
-           "/var/cache/snapbuild-test/debian-12-base.qcow2 tests/cloud/start; source "
+    reason="needs the test cloud with real guests and a bootable image: `SNAPBUILD_TESTCLOUD_REAL_IMAGES="
+           "debian-13=/var/cache/snapbuild-test/debian-13-base.qcow2 tests/cloud/start; source "
            "/var/lib/snapbuild-testcloud/env` (SNAPBUILD_TESTCLOUD_REAL_GUESTS=1)",
 )
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK
+from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK, REAL_DISTRO
 from glanceimages import entry_images
 from openstack.connection import Connection
 from realguests import FLAVOR as REAL_FLAVOR
@@ -200,8 +200,8 @@ def test_a_real_build_through_a_playbook(conn: Connection, cloud_names: Any, uni
                                          state_env: dict[str, str], cleanup: Callable[..., Any]) -> None:
     """`base` end to end on a real guest (provision, seal, snapshot), as test_real_guest.py builds it by hand."""
     name = f"{unique_name}-base"
-    args = build_args(cloud_names.member, name, recipe="base", flavor=REAL_FLAVOR, base_image=REAL_IMAGE,
-                      floating_network="none", timeouts={"ssh": 600})
+    args = build_args(cloud_names.member, name, recipe="base", distro=REAL_DISTRO, flavor=REAL_FLAVOR,
+                      base_image=REAL_IMAGE, floating_network="none", timeouts={"ssh": 600})
     run = playbook(tmp_path, args, env=state_env)
     found = conn.image.find_image(name)
     if found is not None:

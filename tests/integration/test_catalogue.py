@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK, REAL_BASE
+from cloudnames import BASE, DISTRO, EXTERNAL, FLAVOR, NETWORK, REAL_BASE, REAL_DISTRO
 from glanceimages import entry_images
 from openstack.connection import Connection
 
@@ -46,12 +46,13 @@ def names(unique_name: str) -> dict[str, str]:
 
 
 def catalogue_text(names: dict[str, str], regions: tuple[str, str], *, cloud: str, docker_version: str = "29.2.1",
-                   keep: int = 1, grace: str = "1h", extra_policy: str = "", base: str = BASE) -> str:
+                   keep: int = 1, grace: str = "1h", extra_policy: str = "", base: str = BASE,
+                   distro: str = DISTRO) -> str:
     return f"""\
 images:
   {names['docker']}:
     recipe: docker-ce
-    distro: {DISTRO}
+    distro: {distro}
     mirrors: upstream
     base_image: {base}
     image_name: {names['docker']}
@@ -59,7 +60,7 @@ images:
   {names['k8s']}:
     recipe: k8s
     variant: slim
-    distro: {DISTRO}
+    distro: {distro}
     mirrors: upstream
     base_image: {base}
     image_name: {names['k8s']}
@@ -204,7 +205,8 @@ def test_sigint_during_a_build_or_copy_leaves_nothing_and_the_next_apply_complet
     if moment == "copy" and os.environ.get("SNAPBUILD_TESTCLOUD_REAL_GUESTS") == "1":
         # The test cloud's fake guests snapshot their base: from the real base (200 MB, not the placeholder's few
         # KiB) the copy lasts long enough to be interrupted while it streams.
-        catalogue.write_text(catalogue_text(names, regions, cloud=cloud_names.member, base=REAL_BASE))
+        catalogue.write_text(catalogue_text(names, regions, cloud=cloud_names.member, base=REAL_BASE,
+                                                distro=REAL_DISTRO))
     proc = subprocess.Popen([sys.executable, "-m", "snapbuild", "apply", str(catalogue)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -251,19 +253,19 @@ def test_a_bad_catalogue_exits_2_with_one_line_and_creates_nothing(tmp_path: Pat
 
 def test_a_chroot_target_builds_on_this_host_uploads_and_the_copy_follows(
         catalogue: Path, names: dict[str, str], regions: tuple[str, str], cloud_names: Any, two: Any) -> None:
-    """`builder: chroot`: the real chroot builder on this host from the tiers' Debian base file, the real upload to
+    """`builder: chroot`: the real chroot builder on this host from the tiers' base file (debian-13), the real upload to
     RegionOne's Glance, the streamed copy to RegionTwo; then nothing to do."""
     if os.geteuid() != 0:
         pytest.skip("a chroot build needs root (the CI runs this tier as root)")
     from tests import imagecache
 
-    base = imagecache.debian_base_image()
+    base = imagecache.tier_base_image()
     entry = names["docker"]        # an entry name the fixture cleans up; the recipe is `base` (mirrors, sealing)
     catalogue.write_text(f"""\
 images:
   {entry}:
     recipe: base
-    distro: debian-12
+    distro: {imagecache.TIER_DISTRO}
     mirrors: upstream
     image_name: {entry}
 targets:

@@ -1,10 +1,10 @@
 """A Nova server that is a real machine: the test cloud's `qemu` backend (a TCG VM per server).
 
-Boots `debian-12` with a fresh key handed over in (gzipped) user-data, pins the host key from the console block
-cloud-init prints, runs commands over SSH on the fixed IP Nova reports, powers the guest off from inside (Nova
-must notice: SHUTOFF), snapshots the real disk (the image goes active with a size) and deletes the server (the
+Boots the tiers' base (`debian-13-real`) with a fresh key handed over in (gzipped) user-data, pins the host key from
+the console block cloud-init prints, runs commands over SSH on the fixed IP Nova reports, powers the guest off from
+inside (Nova must notice: SHUTOFF), snapshots the real disk (the image goes active with a size) and deletes the server (the
 QEMU process must be gone). Servers of flavor r1.small are real guests in the test cloud's default (mixed)
-backend; skips unless tests/cloud/start was given a bootable image (SNAPBUILD_TESTCLOUD_REAL_IMAGE).
+backend; skips unless tests/cloud/start was given a bootable image (realguests.py).
 """
 
 from __future__ import annotations

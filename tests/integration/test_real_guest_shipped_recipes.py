@@ -139,12 +139,9 @@ def test_shipped_recipe_through_the_cloud_boots_and_passes_the_first_boot_checks
             NoRouteWatch(conn, network) as watch:
         profile = served.profile(
             tmp_path / "cloud-test-mirrors.yaml", apt_base=f"http://{standin_fwd.guest}",
-            registry_base=f"http://{registry_fwd.guest}",
-            description="stand-ins and a Debian archive mirror on 127.77.0.1, reached through the test cloud's guestfwd")
-        doc = json.loads(profile.read_text())
-        doc["apt"] = {"debian": {"archive": f"http://{archive_fwd.guest}/debian",
-                                 "security": f"http://{archive_fwd.guest}/debian-security"}}
-        profile.write_text(json.dumps(doc, indent=1))
+            registry_base=f"http://{registry_fwd.guest}", archive_base=f"http://{archive_fwd.guest}",
+            description="stand-ins and a Debian archive mirror on 127.77.0.1, reached through the test cloud's "
+                        "guestfwd")
         # `snapbuild k8s` / `snapbuild docker-ce`: the shipped recipe (no --recipes-dir) through its own command.
         proc = subprocess.run(
             [sys.executable, "-m", "snapbuild", recipe, "--distro", distro.name, "--mirrors", str(profile),

@@ -1,4 +1,4 @@
-"""Every bad base is refused before a VM boots or a copy is made: the offline probe on the real Debian 12 base,
+"""Every bad base is refused before a VM boots or a copy is made: the offline probe on the tiers' real base (debian-13),
 and `snapbuild local|chroot|verify` with a base of the wrong distro, an empty qcow2 and a file of random bytes.
 """
 
@@ -116,23 +116,23 @@ def random_bytes(workspace: Path) -> Path:
 
 # ---------------------------------------------------------------- the probe itself
 
-def test_the_probe_reads_debian_12_from_the_real_base_offline(debian_base_image: Path) -> None:
-    probe = baseprobe.probe_base(debian_base_image, "qcow2", mount_if_root=False)
+def test_the_probe_reads_debian_13_from_the_real_base_offline(tier_base_image: Path) -> None:
+    probe = baseprobe.probe_base(tier_base_image, "qcow2", mount_if_root=False)
     assert (probe.table, probe.root.fstype, probe.method) == ("gpt", "ext4", "offline reader")
     assert probe.os_release is not None
-    assert (probe.os_release["ID"], probe.os_release["VERSION_ID"]) == ("debian", "12")
+    assert (probe.os_release["ID"], probe.os_release["VERSION_ID"]) == ("debian", "13")
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("snapbuild-probe-*/nbd.sock"))
 
 
-def test_the_offline_reader_agrees_with_a_read_only_mount(debian_base_image: Path, workspace: Path) -> None:
+def test_the_offline_reader_agrees_with_a_read_only_mount(tier_base_image: Path, workspace: Path) -> None:
     from snapbuild.sealing.offline import mounted_root
 
-    probe = baseprobe.probe_base(debian_base_image, "qcow2", mount_if_root=False)
-    with mounted_root(debian_base_image, fmt="qcow2") as top:
+    probe = baseprobe.probe_base(tier_base_image, "qcow2", mount_if_root=False)
+    with mounted_root(tier_base_image, fmt="qcow2") as top:
         mounted = baseprobe.read_os_release(baseprobe.DirTree(top))
         etc_link = os.readlink(top / "etc/os-release") if (top / "etc/os-release").is_symlink() else None
     assert probe.os_release == mounted
-    with baseprobe.open_image(debian_base_image, "qcow2") as reader:
+    with baseprobe.open_image(tier_base_image, "qcow2") as reader:
         fs = baseprobe.ExtFS(lambda o, n: reader.read(probe.root.start + o, n))
         node = baseprobe.resolve(fs, "/etc")
         assert node is not None
@@ -141,13 +141,13 @@ def test_the_offline_reader_agrees_with_a_read_only_mount(debian_base_image: Pat
         assert fs.link_target(entry) == etc_link
 
 
-def test_the_probe_works_without_root(debian_base_image: Path) -> None:
+def test_the_probe_works_without_root(tier_base_image: Path) -> None:
     """The same probe as `nobody`: qemu-nbd on a private socket, no loop device, no mount."""
     python = Path("/usr/bin/python3")
     if not python.exists() or shutil.which("setpriv") is None:
         pytest.skip("needs the system python3 and setpriv to run as nobody")
     code = ("from pathlib import Path; from snapbuild.host import baseprobe; "
-            f"p = baseprobe.probe_base(Path({str(debian_base_image)!r}), 'qcow2'); "
+            f"p = baseprobe.probe_base(Path({str(tier_base_image)!r}), 'qcow2'); "
             "print(p.os_release['ID'], p.os_release['VERSION_ID'], p.method, p.root.fstype)")
     done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(python), "-c", code],
                           env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/tmp"},
@@ -155,7 +155,7 @@ def test_the_probe_works_without_root(debian_base_image: Path) -> None:
     if "Permission denied" in done.stderr and "snapbuild" not in done.stderr:
         pytest.skip(f"nobody cannot read the repo or the image here: {done.stderr.strip()[-200:]}")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["debian", "12", "offline", "reader", "ext4"]
+    assert done.stdout.split() == ["debian", "13", "offline", "reader", "ext4"]
 
 
 def test_the_ext_reader_on_file_systems_made_here(workspace: Path) -> None:
@@ -181,30 +181,30 @@ def test_the_ext_reader_on_file_systems_made_here(workspace: Path) -> None:
 
 # ---------------------------------------------------------------- a base of another distro
 
-def test_local_refuses_a_debian_base_for_an_ubuntu_recipe_before_booting(debian_base_image: Path,
+def test_local_refuses_a_debian_base_for_an_ubuntu_recipe_before_booting(tier_base_image: Path,
                                                                           workspace: Path) -> None:
-    outcome = run_cli(["local", "base", "--base", str(debian_base_image), "-o", str(workspace / "out.qcow2")],
+    outcome = run_cli(["local", "base", "--base", str(tier_base_image), "-o", str(workspace / "out.qcow2")],
                       workspace)
-    _assert_refused_before_boot(outcome, r"is Debian GNU/Linux 12 \(bookworm\), but recipe 'base' is for Ubuntu 24.04")
-    assert "hint: pass --distro debian-12" in outcome.stderr
+    _assert_refused_before_boot(outcome, r"is Debian GNU/Linux 13 \(trixie\), but recipe 'base' is for Ubuntu 24.04")
+    assert "hint: pass --distro debian-13" in outcome.stderr
     assert re.search(r"GPT table, root partition \d+ \(ext4", outcome.log)
     assert not (workspace / "out.qcow2").exists()
 
 
-def test_chroot_refuses_a_debian_base_for_an_ubuntu_recipe_and_leaves_nothing(debian_base_image: Path,
+def test_chroot_refuses_a_debian_base_for_an_ubuntu_recipe_and_leaves_nothing(tier_base_image: Path,
                                                                               workspace: Path) -> None:
-    outcome = run_cli(["chroot", "base", "--base", str(debian_base_image), "-o", str(workspace / "out.qcow2")],
+    outcome = run_cli(["chroot", "base", "--base", str(tier_base_image), "-o", str(workspace / "out.qcow2")],
                       workspace)
-    _assert_refused_before_boot(outcome, r"is Debian GNU/Linux 12 \(bookworm\), but recipe 'base' is for Ubuntu 24.04")
-    assert "hint: pass --distro debian-12" in outcome.stderr
+    _assert_refused_before_boot(outcome, r"is Debian GNU/Linux 13 \(trixie\), but recipe 'base' is for Ubuntu 24.04")
+    assert "hint: pass --distro debian-13" in outcome.stderr
     assert "provision" not in outcome.stderr and "copy base image" not in outcome.stderr
     assert sorted(p.name for p in workspace.iterdir()) == ["state"]
     assert not list((workspace / "state").glob("builds/*.json"))   # every ledger entry was undone
 
 
-def test_verify_with_a_recipe_refuses_an_image_of_another_distro(debian_base_image: Path, workspace: Path) -> None:
-    outcome = run_cli(["verify", str(debian_base_image), "--recipe", "base", "--distro", "ubuntu-24.04"], workspace)
-    _assert_refused_before_boot(outcome, r"image .* is Debian GNU/Linux 12 \(bookworm\), but recipe 'base' is for "
+def test_verify_with_a_recipe_refuses_an_image_of_another_distro(tier_base_image: Path, workspace: Path) -> None:
+    outcome = run_cli(["verify", str(tier_base_image), "--recipe", "base", "--distro", "ubuntu-24.04"], workspace)
+    _assert_refused_before_boot(outcome, r"image .* is Debian GNU/Linux 13 \(trixie\), but recipe 'base' is for "
                                          r"Ubuntu 24.04")
 
 
@@ -230,24 +230,24 @@ def _debian_plan() -> Any:
     from snapbuild.plan import plan_from_names
     from snapbuild.recipes import Library
 
-    return plan_from_names(library=Library([REPO / "recipes"]), recipe_name="base", distro_name="debian-12",
+    return plan_from_names(library=Library([REPO / "recipes"]), recipe_name="base", distro_name="debian-13",
                            profile_name=str(REPO / "recipes/profiles/upstream.yaml"), config_variables={},
                            set_values={})
 
 
-def test_a_matching_base_passes_the_local_preflight(debian_base_image: Path, workspace: Path,
+def test_a_matching_base_passes_the_local_preflight(tier_base_image: Path, workspace: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     from snapbuild.local.build import LocalSettings, _Run, preflight
 
     plan = _debian_plan()
-    state = _Run(settings=LocalSettings(base=debian_base_image, output=workspace / "out.qcow2", work_root=workspace),
+    state = _Run(settings=LocalSettings(base=tier_base_image, output=workspace / "out.qcow2", work_root=workspace),
                  plan=plan)
     with caplog.at_level("INFO", logger="snapbuild.host.baseprobe"):
         preflight(state)
-    assert any("Debian GNU/Linux 12 (bookworm); offline reader" in r.getMessage() for r in caplog.records)
+    assert any("Debian GNU/Linux 13 (trixie); offline reader" in r.getMessage() for r in caplog.records)
 
 
-def test_a_matching_base_passes_the_chroot_inspect_step(debian_base_image: Path, workspace: Path,
+def test_a_matching_base_passes_the_chroot_inspect_step(tier_base_image: Path, workspace: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from snapbuild.chroot import build
     from snapbuild.chroot.workdir import make_workdir
@@ -256,7 +256,7 @@ def test_a_matching_base_passes_the_chroot_inspect_step(debian_base_image: Path,
 
     monkeypatch.setenv("SNAPBUILD_STATE_DIR", str(workspace / "state"))
     plan = _debian_plan()
-    job = build.check_inputs(plan, build.ChrootSettings(base=debian_base_image, output=workspace / "out.qcow2"))
+    job = build.check_inputs(plan, build.ChrootSettings(base=tier_base_image, output=workspace / "out.qcow2"))
     build_id = new_build_id()
     ctx = BuildContext(build_id=build_id, monitor=Reporter(),
                        ledger=Ledger.create(build_id=build_id, builder="chroot", recipe="base"))

@@ -1,7 +1,7 @@
 """The debian-13 base image, for real: shaped like Ubuntu's cloud image where snapbuild's lessons come from.
 
 Read-only checks on the mounted image (sources, resolver, network stack, cloud-init, no user, small root, sealed),
-then one TCG boot that sees cloud-init's apt module rewrite the sources, resolved own resolv.conf, netplan on
+then one TCG boot (UEFI) that sees cloud-init's apt module rewrite the sources, resolved own resolv.conf, netplan on
 networkd configure the NIC and the default user appear only then.
 """
 
@@ -27,13 +27,10 @@ from snapbuild.paths import data_dir
 from snapbuild.recipes import Library
 from snapbuild.sealing.checker import check_root
 from tests import imagecache
-from tests.system.test_baseimage import BOOT_DEADLINE_S, _no_record, _undo_adapter, _wait_for
+from tests.system.test_baseimage import BOOT_DEADLINE_S, OVMF_CODE, OVMF_VARS, _no_record, _undo_adapter, _wait_for
 
-# `full`: a second base image (trixie's debootstrap and a boot) is more than .ci/run's one base per run: this
-# runs in `tox -e full` until debian-13 becomes the tiers' base.
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.full,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices, mounts)"),
 ]
 
@@ -42,7 +39,8 @@ STUB = "../run/systemd/resolve/stub-resolv.conf"
 
 @pytest.fixture(scope="module")
 def trixie_image() -> Path:
-    return imagecache.base_image("debian-13")
+    assert imagecache.TIER_DISTRO == "debian-13"
+    return imagecache.tier_base_image()
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +138,14 @@ runcmd:
 && echo present || echo gone) rewritten=$(grep -c cloud-init /etc/apt/sources.list.d/debian.sources) \
 netplan=$(ls /etc/netplan | head -n 1) networkd=$(systemctl is-active systemd-networkd) \
 resolved=$(systemctl is-active systemd-resolved) user=$(getent passwd 1000 | cut -d: -f1) \
-rootmb=$(df -BM --output=size / | tail -1 | tr -dc 0-9)" > /dev/ttyS0']
+rootmb=$(df -BM --output=size / | tail -1 | tr -dc 0-9) ip=$(hostname -I | cut -d" " -f1) \
+mid=$(wc -c < /etc/machine-id) keys=$(ls /etc/ssh/ssh_host_*_key | wc -l) ssh=$(systemctl is-active ssh)" \
+> /dev/ttyS0']
 """
 
 
 def test_first_boot_behaves_like_ubuntu_s(trixie_image: Path, tmp_path: Path) -> None:
+    """Under UEFI (.ci/run's other guests boot under BIOS), with test_baseimage.py's first-boot checks too."""
     overlay = tmp_path / "overlay.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(trixie_image), "-F", "qcow2", str(overlay), "3G"])
     (tmp_path / "seed").mkdir()
@@ -158,17 +159,22 @@ def test_first_boot_behaves_like_ubuntu_s(trixie_image: Path, tmp_path: Path) ->
             "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
             "-drive", f"file={overlay},if=virtio,format=qcow2",
             "-drive", f"file={seed},if=virtio,format=raw,readonly=on"]
+    vars_copy = tmp_path / "OVMF_VARS.fd"
+    shutil.copyfile(OVMF_VARS, vars_copy)
+    argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+             "-drive", f"if=pflash,format=raw,file={vars_copy}"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         found = _wait_for(serial, proc, r"SNAPBUILD13 resolv=(\S*) legacy=(\w+) rewritten=(\d+) netplan=(\S*) "
-                          r"networkd=(\w+) resolved=(\w+) user=(\S*) rootmb=(\d+)",
+                          r"networkd=(\w+) resolved=(\w+) user=(\S*) rootmb=(\d+) ip=(\S*) mid=(\d+) keys=(\d+) "
+                          r"ssh=(\w+)",
                           time.monotonic() + BOOT_DEADLINE_S)
     finally:
         proc.kill()
         proc.wait(timeout=30)
         assert proc.stderr is not None
         proc.stderr.close()
-    resolv, legacy, rewritten, netplan, networkd, resolved, user, root_mb = found.groups()
+    resolv, legacy, rewritten, netplan, networkd, resolved, user, root_mb, ip, machine_id_len, keys, ssh = found.groups()
     assert resolv == STUB and resolved == "active"
     # No apt config in the user-data: cloud-init's apt module rewrote debian.sources (its header names
     # cloud-init) and removed the legacy file - what a baked mirror drop-in must survive.
@@ -176,3 +182,8 @@ def test_first_boot_behaves_like_ubuntu_s(trixie_image: Path, tmp_path: Path) ->
     assert "50-cloud-init.yaml" in netplan and networkd == "active"
     assert user == "debian", "the default user exists only after first boot"
     assert int(root_mb) > 2500, "growpart extended the root filesystem to the 3G disk"
+    # restrict=on: QEMU's DHCP then offers no router and no DNS, so only the address can be checked.
+    assert ip.startswith("10.0.2."), "DHCP on the first NIC without network-config"
+    assert machine_id_len == "33", "a fresh machine-id on first boot"
+    assert int(keys) >= 2, "cloud-init generated SSH host keys"
+    assert ssh == "active"

@@ -558,20 +558,20 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def test_real_recipe_on_the_debian_cloud_base_installs_through_dns_and_passes_inspect(
-        debian_base_image: Path, no_leftovers: Path) -> None:
+        tier_base_image: Path, no_leftovers: Path) -> None:
     """The real provisioner and seal on the real base: apt-get through the host's DNS, a templated file, an
     enabled service; the real inspect passes; the base is untouched."""
     from snapbuild.plan import plan_from_names
     from snapbuild.recipes import Library
 
-    plan = plan_from_names(library=Library([RECIPES]), recipe_name="chroot-demo", distro_name="debian-12",
+    plan = plan_from_names(library=Library([RECIPES]), recipe_name="chroot-demo", distro_name="debian-13",
                            profile_name=str(RECIPES.parents[1] / "recipes/profiles/upstream.yaml"),
                            config_variables={}, set_values={"greeting": "hi there"})
-    base_digest = sha256(debian_base_image)
+    base_digest = sha256(tier_base_image)
     out = no_leftovers / "debian.qcow2"
-    result = build.build_chroot(plan, build.ChrootSettings(base=debian_base_image, output=out), Recorder())
+    result = build.build_chroot(plan, build.ChrootSettings(base=tier_base_image, output=out), Recorder())
     assert json.loads(sh("qemu-img", "info", "--output=json", out).stdout)["virtual-size"] == 3 << 30
-    assert sha256(debian_base_image) == base_digest
+    assert sha256(tier_base_image) == base_digest
     with undo_scope(None) as scope:
         attached = attaching.attach(scope, out, no_leftovers, backend="loop", read_only=True)
         root = grow.choose_root(grow.probe(attached), out)

@@ -1,6 +1,7 @@
 """provision and seal against a Guest that really runs commands: a ChrootGuest over a copy of the cached
-Debian 12 base image's root file system, mounted the way the chroot builder mounts it (host.mounts.mount_chroot:
-/dev, /proc, /sys, /run, and a resolv.conf and policy-rc.d of the build's own, all put back on the way out).
+tiers' base image's root file system (debian-13), mounted the way the chroot builder mounts it
+(host.mounts.mount_chroot: /dev, /proc, /sys, /run, and a resolv.conf and policy-rc.d of the build's own, all put
+back on the way out).
 
 Every assertion reads the tree on disk (or what the guest's own python3 reports), never a recording of calls.
 """
@@ -62,10 +63,10 @@ class RootPartition:
 @pytest.fixture(scope="module")
 def root_partition(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> RootPartition:
     """The base image as one raw file, and where its root partition is, once per module (≈ 3 s)."""
-    # The last good image under its stable name: what this module needs (python3, cloud-init, a Debian 12 root)
+    # The last good image under its stable name: what this module needs (python3, cloud-init, a Debian 13 root)
     # does not change with the base-image builder's code, which would otherwise rebuild it first.
-    stable = imagecache.cache_root() / imagecache.STABLE_NAME
-    base = stable if stable.is_file() else request.getfixturevalue("debian_base_image")
+    stable = imagecache.stable_path(imagecache.TIER_DISTRO)
+    base = stable if stable.is_file() else request.getfixturevalue("tier_base_image")
     raw = tmp_path_factory.mktemp("provision-seal") / "base.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(base), str(raw)], check=True, timeout=300)
     raw.chmod(0o444)
@@ -140,7 +141,7 @@ def a_plan(tmp_path: Path, steps: str, **sets: str) -> Plan:
     folder.mkdir(parents=True)
     (folder / "recipe.yaml").write_text(
         "description: test recipe - action kinds that need no network, applied to a real chroot\n"
-        "distros: [debian-12]\n"
+        "distros: [debian-13]\n"
         "variables:\n  greeting:\n    default: hello\n"
         "image:\n  name: \"{{ distro.pretty }} - provision test\"\n  category: test\n"
         "steps:\n" + steps)
@@ -180,14 +181,14 @@ def test_a_recipe_plan_changes_the_tree_as_each_action_says(guest: ChrootGuest, 
     kinds = [type(a).__name__ for a in plan.actions]
     assert {"WriteFile", "RemoveFiles", "RunCommand", "RunScript", "SwapOff"} <= set(kinds), kinds
     legacy = on_disk(guest, "/etc/apt/sources.list")
-    legacy.write_text("deb http://deb.debian.org/debian bookworm main\n")   # for RemoveFiles to remove
+    legacy.write_text("deb http://deb.debian.org/debian trixie main\n")   # for RemoveFiles to remove
 
     result = provision(plan, guest, monitor)
 
     assert result.seconds > 0
     # The distro sources (WriteFile from the mirror profile) and the legacy file gone (RemoveFiles).
     sources = on_disk(guest, plan.distro.sources_file).read_text()
-    assert "URIs: http://deb.debian.org/debian" in sources and "Suites: bookworm bookworm-updates" in sources
+    assert "URIs: http://deb.debian.org/debian" in sources and "Suites: trixie trixie-updates" in sources
     assert not legacy.exists()
     # WriteFile: content rendered from the recipe variable, mode and owner as the recipe says (the image's adm).
     greeting = on_disk(guest, "/etc/snapbuild-test/greeting.conf")

@@ -36,7 +36,7 @@ def _snapbuild(args: list[str], state: Path) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.parametrize("builder", ["chroot", "local-nat", "local-isolated"])
 def test_an_unreachable_archive_mirror_stops_the_build_before_anything_exists(builder: str, tmp_path: Path,
-                                                                              debian_base_image: Path) -> None:
+                                                                              tier_base_image: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the system tier runs as root")
     port = _closed_port()
@@ -45,8 +45,8 @@ def test_an_unreachable_archive_mirror_stops_the_build_before_anything_exists(bu
                                                       "security": f"http://127.0.0.1:{port}/debian-security"}}}))
     out = tmp_path / "out.qcow2"
     command, *network = builder.split("-")
-    args = [command, "apt-demo", "--distro", "debian-12", "--mirrors", str(profile), "--base",
-            str(debian_base_image), "-o", str(out)]
+    args = [command, "apt-demo", "--distro", "debian-13", "--mirrors", str(profile), "--base",
+            str(tier_base_image), "-o", str(out)]
     if network:
         args += ["--network", network[0]]
     done = _snapbuild(args, tmp_path / "state")

@@ -19,12 +19,12 @@ pytestmark = pytest.mark.vm
 
 
 def test_the_accel_chosen_by_a_fresh_trial_boots_the_base_image_to_userspace(
-        debian_base_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tier_base_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SNAPBUILD_ACCEL", raising=False)
     monkeypatch.setenv("SNAPBUILD_CACHE_DIR", str(tmp_path / "cache"))   # no verdict from earlier runs
     monkeypatch.setattr(qemu, "_accel_cache", None)
     disk = tmp_path / "overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(debian_base_image),
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(tier_base_image),
                     str(disk)], check=True)
     spec = qemu.VMSpec(disk=disk, serial_log=tmp_path / "serial.log", memory_mb=1024, name="snapbuild-t-accel",
                        network="isolated")

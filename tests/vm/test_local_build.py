@@ -1,4 +1,4 @@
-"""`snapbuild local` end to end on a real Debian 12 base image under TCG: build, verify, inspect, interrupt.
+"""`snapbuild local` end to end on the tiers' real base image (debian-13) under TCG: build, verify, inspect, interrupt.
 
 The build runs in a child process (this file is also its driver: `python test_local_build.py build …`), so
 the interrupt tests can send real signals. One build serves the whole module; the interrupt tests each boot
@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from snapbuild.distros import get_distro
+from tests.imagecache import TIER_DISTRO
 from tests.qemuprocs import qemu_pids_mentioning
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve()
+TIER_CODENAME = get_distro(TIER_DISTRO).codename
 
 pytestmark = pytest.mark.vm
 
@@ -96,7 +99,7 @@ def make_plan(recipe: str = "base", profile: str = "upstream", sets: list[str] |
     from snapbuild.recipes import Library, parse_set
 
     return plan_from_names(library=Library([ROOT / "tests" / "recipes", shipped_recipes_dir()]), recipe_name=recipe,
-                           distro_name="debian-12", profile_name=profile, config_variables={},
+                           distro_name=TIER_DISTRO, profile_name=profile, config_variables={},
                            set_values=parse_set(tuple(sets or ())))
 
 
@@ -206,7 +209,7 @@ def make_nat_repository(root: Path) -> str:
     deb = build_deb(StandIn(name="snapbuild-nat-demo", version="1.0",
                             files={"/usr/bin/snapbuild-nat-demo": "#!/bin/sh\necho installed through NAT\n"}), debs)
     served = root / "served"
-    dists_repository(served / "debian", [deb], suite="bookworm", component="main", key=key)
+    dists_repository(served / "debian", [deb], suite=TIER_CODENAME, component="main", key=key)
     (served / "key.asc").write_bytes(key.armored_public_key())
     return key.fingerprint
 
@@ -279,16 +282,16 @@ def test_local_build_writes_compressed_qcow2_and_manifest_and_leaves_nothing(bui
 
     manifest = check_manifest(Path(str(built.result["manifest"])), builder="local")
     assert manifest["output"]["sha256"] == _sha256(built.output) == built.result["sha256"]
-    assert manifest["recipe"]["name"] == NAT_RECIPE and manifest["recipe"]["distro"] == "debian-12"
-    assert manifest["details"]["guest_os"].startswith("Debian GNU/Linux 12")
+    assert manifest["recipe"]["name"] == NAT_RECIPE and manifest["recipe"]["distro"] == TIER_DISTRO
+    assert manifest["details"]["guest_os"].startswith("Debian GNU/Linux 13")
     assert manifest["seal"]["in_guest"] == "clean"
     assert [s["name"] for s in manifest["steps"]][:4] == ["preflight", "prepare work image", "boot builder", "connect"]
     metrics = manifest["details"]["metrics"]
     for key in ("boot_to_ssh_s", "ssh_to_first_command_s", "compact_s", "total_s"):
         assert metrics[key] > 0
     assert _sha256(built.base) == built.base_sha_before, "the base image was modified"
-    # The flags were read from Debian 12's cloud-init (22.4 has --machine-id, not --configs) without --help.
-    assert "cloud-init clean --logs --seed --machine-id\n" in built.log
+    # The flags were read from Debian 13's cloud-init (25.x has --machine-id and --configs) without --help.
+    assert "cloud-init clean --logs --seed --machine-id --configs all\n" in built.log
     assert_nothing_left(built.env)
     print(f"\nlocal build: {built.wall_s:.0f} s wall; {built.result['accel']}; "
           f"boot→SSH {metrics['boot_to_ssh_s']:.1f} s; "
@@ -301,10 +304,11 @@ def test_the_nat_build_downloaded_its_key_and_package_through_the_namespaces_rep
     served = {path for path, status in built.repo_requests if status == "200"}
     assert "/key.asc" in served, built.repo_requests
     assert any(path.endswith("/snapbuild-nat-demo_1.0_amd64.deb") for path in served), built.repo_requests
-    assert any(path.endswith("/dists/bookworm/InRelease") for path in served), built.repo_requests
+    assert any(path.endswith(f"/dists/{TIER_CODENAME}/InRelease") for path in served), built.repo_requests
     assert "network: nat (outbound through QEMU user-mode NAT" in built.log
     # The distro archive came through the namespace's mirror: asked by the preflight and by the guest's apt-get.
-    assert any(path.endswith("/dists/bookworm/InRelease") for path in built.archive_served), built.archive_served
+    assert any(path.endswith(f"/dists/{TIER_CODENAME}/InRelease") for path in built.archive_served), \
+        built.archive_served
     # The NAT's SSH forward listened on the namespace's loopback: the build reached its guest there.
     assert "SSH after" in built.log
 

@@ -1,4 +1,4 @@
-"""`snapbuild local --transport console` end to end on the cached Debian 12 base under TCG: real QEMU, real
+"""`snapbuild local --transport console` end to end on the tiers' cached base (debian-13) under TCG: real QEMU, real
 cloud-init starting the runner from the seed, the runner reporting on ttyS0 (QEMU's serial log), no SSH at all.
 
 Each build is the real command line in a child process with a private temp root, state and config, `isolated`
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.imagecache import TIER_DISTRO
 from tests.qemuprocs import qemu_pids_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ MARKER = "/etc/snapbuild-console-demo.conf"
 RECIPES = {
     "console-demo": f"""\
 description: test recipe - a file and a command, applied inside the guest by the console runner
-distros: [debian-12]
+distros: [debian-13]
 image:
   name: "{{{{ distro.pretty }}}} - console demo"
   category: test
@@ -40,7 +41,7 @@ steps:
 """,
     "console-fail": """\
 description: test recipe - a command step that fails with output
-distros: [debian-12]
+distros: [debian-13]
 image:
   name: "{{ distro.pretty }} - console failure"
   category: test
@@ -75,7 +76,7 @@ def local_console(root: Path, base: Path, recipe: str) -> Run:
                SNAPBUILD_CACHE_DIR=str(root / "cache"), HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     argv = [sys.executable, "-m", "snapbuild", "--recipes-dir", str(recipes), "local", recipe, "--distro",
-            "debian-12", "--mirrors", "upstream", "--network", "isolated", "--transport", "console",
+            TIER_DISTRO, "--mirrors", "upstream", "--network", "isolated", "--transport", "console",
             "--memory", "1024", "--base", str(base), "-o", str(out_dir / f"{recipe}.qcow2"), "--json"]
     start = time.monotonic()
     proc = subprocess.run(argv, env=env, cwd=home, capture_output=True, text=True, timeout=3600, check=False)

@@ -67,14 +67,11 @@ def _build_then_stop_the_mirrors(recipe: str, tmp_path: Path, *, memory_mb: int)
     with apt_proxy() as (proxy_port, archive), standins(work, DISTRO) as served:
         profile = served.profile(
             work / "test-mirrors.yaml", apt_base=f"http://{STANDIN_GUEST}", registry_base=f"http://{REGISTRY_GUEST}",
+            archive_base=f"http://{ARCHIVE_GUEST}",
             description="stand-ins and a Debian archive mirror on 127.0.0.1, reached through QEMU guestfwd",
             forwards=[{"guest": ARCHIVE_GUEST, "host": f"127.0.0.1:{proxy_port}"},
                       {"guest": STANDIN_GUEST, "host": f"{served.apt_host}:{served.apt_port}"},
                       {"guest": REGISTRY_GUEST, "host": served.registry_address}])
-        doc = json.loads(profile.read_text())
-        doc["apt"] = {"debian": {"archive": f"http://{ARCHIVE_GUEST}/debian",
-                                 "security": f"http://{ARCHIVE_GUEST}/debian-security"}}
-        profile.write_text(json.dumps(doc, indent=1))
         # No --recipes-dir: the shipped recipe (ROOT/recipes) as it is.
         built = subprocess.run([sys.executable, "-m", "snapbuild", "local", recipe, "--distro", DISTRO.name,
                                 "--network", "isolated", "--mirrors", str(profile), "--base", str(base),

@@ -22,11 +22,11 @@ pytestmark = pytest.mark.vm
 
 
 @pytest.fixture
-def unsealed_image(debian_base_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def unsealed_image(tier_base_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The base image after one ordinary first boot (a key for `debian`, a machine-id, host keys), not sealed."""
     monkeypatch.setenv("SNAPBUILD_STATE_DIR", str(tmp_path / "state"))
     image = tmp_path / "unsealed.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(debian_base_image), str(image)], check=True)
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(tier_base_image), str(image)], check=True)
     ledger = Ledger.create(build_id="t-unsealed", builder="local", recipe="-", directory=tmp_path / "state" / "builds")
     ctx = BuildContext(build_id="t-unsealed", ledger=ledger, monitor=Reporter())
     work = tmp_path / "work"

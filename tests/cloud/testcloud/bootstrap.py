@@ -32,7 +32,9 @@ FLAVORS = {"m1.small": (1, 2048, 20), "m1.medium": (2, 4096, 40), "m1.large": (4
 REAL_FLAVORS = {"r1.small": (1, 1536, 10),
                 # the shipped k8s recipe's image asks for 2 GB (image.min_ram_mb): Nova boots it on no less
                 "r1.medium": (1, 2048, 10)}
-REAL_DISTRO = "debian-12"    # what SNAPBUILD_TESTCLOUD_REAL_IMAGE is; SNAPBUILD_TESTCLOUD_REAL_IMAGES names its own
+# What SNAPBUILD_TESTCLOUD_REAL_IMAGE is (the benchmarks' base); .ci/run gives the tiers' base, debian-13, in
+# SNAPBUILD_TESTCLOUD_REAL_IMAGES.
+REAL_DISTRO = "debian-12"
 # Subnets inside 127.0.0.0/8 (accepted with DHCP off) so a later real-VM mode can forward SSH on the
 # address Nova reports, without anything leaving loopback.
 PUBLIC_CIDR, PUBLIC_POOL = "127.11.0.0/24", ("127.11.0.10", "127.11.0.250")
@@ -204,7 +206,7 @@ def _flavors(admin: Connection) -> None:
 def real_image_files() -> dict[str, Path]:
     """Bootable cloud images for real guests, by the distro each is, uploaded as `<distro>-real`:
     SNAPBUILD_TESTCLOUD_REAL_IMAGE (Debian 12), and SNAPBUILD_TESTCLOUD_REAL_IMAGES, `DISTRO=PATH` items separated
-    by commas or spaces. .ci/run passes the base images the system and vm tiers built."""
+    by commas or spaces. .ci/run passes the base image the system and vm tiers built (debian-13)."""
     found: dict[str, Path] = {}
     if given := os.environ.get("SNAPBUILD_TESTCLOUD_REAL_IMAGE"):
         found[REAL_DISTRO] = Path(given)
