@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,26 @@ def _no_record(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def raw_copy(image: Path, directory: Path) -> Path:
+    """The qcow2 image as a raw disk in `directory` (the cached image stays untouched)."""
+    raw = directory / "disk.raw"
+    run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)])
+    return raw
+
+
+@contextmanager
+def mounted_read_only(raw: Path, target: Path) -> Iterator[str]:
+    """The raw disk's root filesystem mounted read-only at `target`, via loop + partx; yields the loop device.
+    Everything undone on the way out, and checked."""
+    with ExitStack() as stack:
+        add_undo = _undo_adapter(stack)
+        device = disk.attach_loop(raw, add_undo, _no_record)
+        disk.mount(disk.partition_node(device, 1), target, add_undo, _no_record, options=["-o", "ro"])
+        yield device
+    assert not disk.is_mounted(target)
+    assert not disk.is_attached(device)
+
+
 @pytest.fixture(scope="module", params=[imagecache.TIER_DISTRO, pytest.param("debian-12", marks=pytest.mark.full)])
 def base_image(request: pytest.FixtureRequest) -> Path:
     return imagecache.base_image(request.param)
@@ -57,22 +77,15 @@ def base_image(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="module")
 def raw_image(base_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = tmp_path_factory.mktemp("raw") / "disk.raw"
-    run(["qemu-img", "convert", "-O", "raw", str(base_image), str(raw)])
-    return raw
+    return raw_copy(base_image, tmp_path_factory.mktemp("raw"))
 
 
 @pytest.fixture(scope="module")
 def mounted_root(raw_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """The image's root filesystem mounted read-only, via loop + partx; everything undone after."""
+    """The image's root filesystem mounted read-only; everything undone after."""
     target = tmp_path_factory.mktemp("mnt") / "root"
-    with ExitStack() as stack:
-        add_undo = _undo_adapter(stack)
-        device = disk.attach_loop(raw_image, add_undo, _no_record)
-        disk.mount(disk.partition_node(device, 1), target, add_undo, _no_record, options=["-o", "ro"])
+    with mounted_read_only(raw_image, target) as device:
         yield device, target
-    assert not disk.is_mounted(target)
-    assert not disk.is_attached(device)
 
 
 def test_image_is_compressed_qcow2_of_requested_size(base_image: Path) -> None:

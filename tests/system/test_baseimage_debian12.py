@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import yaml
 
-from snapbuild.host import loopdisk as disk
-from snapbuild.host.commands import run
 from snapbuild.sealing.checker import check_root
-from tests.system.test_baseimage import _no_record, _undo_adapter
+from tests.system.test_baseimage import mounted_read_only, raw_copy
 
 pytestmark = [
     pytest.mark.system,
@@ -28,15 +25,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def root(debian12_base_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The image's root filesystem mounted read-only; everything undone after."""
-    raw = tmp_path_factory.mktemp("raw12") / "disk.raw"
-    run(["qemu-img", "convert", "-O", "raw", str(debian12_base_image), str(raw)])
     target = tmp_path_factory.mktemp("mnt12") / "root"
-    with ExitStack() as stack:
-        add_undo = _undo_adapter(stack)
-        device = disk.attach_loop(raw, add_undo, _no_record)
-        disk.mount(disk.partition_node(device, 1), target, add_undo, _no_record, options=["-o", "ro"])
+    with mounted_read_only(raw_copy(debian12_base_image, tmp_path_factory.mktemp("raw12")), target):
         yield target
-    assert not disk.is_mounted(target)
 
 
 def test_it_is_bookworm_and_sealed(root: Path) -> None:

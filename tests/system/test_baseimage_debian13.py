@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from snapbuild.paths import data_dir
 from snapbuild.recipes import Library
 from snapbuild.sealing.checker import check_root
 from tests import imagecache
-from tests.system.test_baseimage import BOOT_DEADLINE_S, OVMF_CODE, OVMF_VARS, _no_record, _undo_adapter, _wait_for
+from tests.system.test_baseimage import BOOT_DEADLINE_S, OVMF_CODE, OVMF_VARS, _wait_for, mounted_read_only, raw_copy
 
 pytestmark = [
     pytest.mark.system,
@@ -45,17 +44,10 @@ def trixie_image() -> Path:
 
 @pytest.fixture(scope="module")
 def mounted(trixie_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """The image's root filesystem mounted read-only, via loop + partx; everything undone after."""
-    raw = tmp_path_factory.mktemp("raw13") / "disk.raw"
-    run(["qemu-img", "convert", "-O", "raw", str(trixie_image), str(raw)])
+    """The image's root filesystem mounted read-only; everything undone after."""
     target = tmp_path_factory.mktemp("mnt13") / "root"
-    with ExitStack() as stack:
-        add_undo = _undo_adapter(stack)
-        device = disk.attach_loop(raw, add_undo, _no_record)
-        disk.mount(disk.partition_node(device, 1), target, add_undo, _no_record, options=["-o", "ro"])
+    with mounted_read_only(raw_copy(trixie_image, tmp_path_factory.mktemp("raw13")), target) as device:
         yield device, target
-    assert not disk.is_mounted(target)
-    assert not disk.is_attached(device)
 
 
 def test_it_is_trixie_and_sealed(mounted: tuple[str, Path]) -> None:

@@ -108,7 +108,7 @@ def test_a_console_build_writes_a_sealed_image_and_a_manifest_that_says_console(
     manifest = check_manifest(Path(result["manifest"]), builder="local")
     assert manifest["details"]["transport"] == "console"
     assert manifest["seal"] == {"in_guest": "clean", "offline": "clean"}     # in the guest: the runner's verdict
-    assert manifest["details"]["guest_os"].startswith("Debian GNU/Linux 12")
+    assert manifest["details"]["guest_os"].startswith("Debian GNU/Linux 13")
     assert "builder_keys" not in manifest["details"]
     steps = [s["name"] for s in manifest["steps"]]
     assert steps[:4] == ["preflight", "prepare work image", "boot builder", "console runner"]

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests import imagecache
 from tests.aptproxy import ProxyStats, apt_proxy
-from tests.imagecache import TIER_DISTRO
 from tests.manifestcheck import check_manifest
 from tests.mirrorprofile import write_mirror_profile
 from tests.ociregistry import oci_layout, push, registry
@@ -32,7 +32,10 @@ CRI_PULLED = "registry.k8s.io/snapbuild-test/hello:cri"
 APT_GUEST, REGISTRY_GUEST = "10.0.2.100:3142", "10.0.2.101:5000"
 
 # In `tox -e full`: .ci/run builds the shipped recipes instead (docker-ce through `local`, both through `chroot`),
-# and a CRI pull through the mirror runs there on a server booted from the shipped k8s image (test_real_guest_shipped_recipes).
+# and a CRI pull through the mirror runs there on a server booted from the shipped k8s image
+# (test_real_guest_shipped_recipes). On debian-12, the full run's `local` build and `verify` of Debian's classic
+# layout (cloud-init 22.4 told to keep the sources; .ci/run's guests are all debian-13).
+DISTRO = "debian-12"
 pytestmark = [pytest.mark.vm, pytest.mark.full]
 
 
@@ -52,7 +55,8 @@ def _snapbuild(env: dict[str, str], *args: str, timeout: float) -> subprocess.Co
 
 
 @pytest.fixture(scope="module")
-def mirrored(tier_base_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirroredBuild]:
+def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirroredBuild]:
+    base = imagecache.base_image(DISTRO)
     work = tmp_path_factory.mktemp("mirror-demo")
     digest = oci_layout(work / "layout", {"hello.txt": b"hello from the test registry\n"}, "1.0")
     env = {**os.environ, "TMPDIR": str(work), "SNAPBUILD_STATE_DIR": str(work / "state"),
@@ -68,8 +72,9 @@ def mirrored(tier_base_image: Path, tmp_path_factory: pytest.TempPathFactory) ->
                       {"guest": REGISTRY_GUEST, "host": reg.address}])
         output = work / "out" / "k8s-mirror-demo.qcow2"
         output.parent.mkdir()
-        done = _snapbuild(env, "local", RECIPE, "--network", "isolated", "--distro", TIER_DISTRO,
-                          "--mirrors", str(profile), "--base", str(tier_base_image), "-o", str(output), "--memory", "1536", "--events", "-",
+        done = _snapbuild(env, "local", RECIPE, "--network", "isolated", "--distro", DISTRO,
+                          "--mirrors", str(profile), "--base", str(base), "-o", str(output), "--memory", "1536",
+                          "--events", "-",
                           timeout=3600)
         assert done.returncode == 0, f"build failed ({done.returncode}):\n{done.stderr[-6000:]}"
     # --events -: stdout is the build's JSON-lines stream alone, ending with its result.
@@ -109,7 +114,7 @@ def test_inspect_finds_the_mirrored_build_sealed(mirrored: MirroredBuild) -> Non
 
 def test_verify_finds_the_images_containerd_modules_and_sysctls_without_any_mirror(mirrored: MirroredBuild) -> None:
     done = _snapbuild(mirrored.env, "verify", str(mirrored.output), "--network", "isolated", "--recipe", RECIPE,
-                      "--distro", TIER_DISTRO, "--json", timeout=3600)
+                      "--distro", DISTRO, "--json", timeout=3600)
     report = json.loads(done.stdout)
     failed = [c for c in report["checks"] if not c["ok"]]
     assert done.returncode == 0 and not failed, json.dumps(failed, indent=2) + done.stderr[-3000:]
