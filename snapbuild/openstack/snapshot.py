@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CONSOLE_TAIL_LINES = 30
 DELETE_TIMEOUT = 300.0
+SNAPSHOT_SETTLE_S = 15.0   # how long an interrupted createImage may still make its image (Nova API under load)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -521,10 +522,13 @@ def capture(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, inputs:
             lambda: cloud.images_named(name), cloud.delete_image)
     else:
         server_id = machine.server.id
+        # Nova makes the Glance image while it handles createImage: interrupted in flight, the request can still
+        # make it after a first look (a CI run leaked one so), hence the settle window.
         image_id, machine.image_undo = ctx.track("image", name,
                                                  lambda: cloud.snapshot(server_id, name, inputs.marks.metadata()),
                                                  lambda: cloud.images_named(name), cloud.delete_image,
-                                                 description=f"partial image of {name}")
+                                                 description=f"partial image of {name}",
+                                                 settle_s=SNAPSHOT_SETTLE_S)
     machine.image_id = image_id
     ctx.monitor.line(f"image {image_id}")
     cloud.tag_image(image_id, [marks.TAG])

@@ -25,6 +25,7 @@ from snapbuild.run.monitor import Monitor, TerminalMonitor
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+SETTLE_POLL_S = 2.0   # how often a settling sweep looks again
 Choice = Literal["cleanup", "retry", "keep"]
 OnError = Literal["cleanup", "abort", "ask"]
 # Asks the operator what to do about failed step `name` (retry offered only when it can be retried).
@@ -190,18 +191,28 @@ class BuildContext:
         return undo
 
     def track(self, kind: str, label: str, create: Callable[[], T], sweep: Callable[[], list[str]],
-              delete: Callable[[str], None], *, description: str | None = None) -> tuple[T, Undo]:
+              delete: Callable[[str], None], *, description: str | None = None,
+              settle_s: float = 0.0) -> tuple[T, Undo]:
         """Create once, with the ledger entry before and the undo at once. A create that fails mid-air may still
-        have made the thing: `sweep` finds it by its label and it is deleted."""
+        have made the thing: `sweep` finds it by its label and it is deleted. `settle_s`: for a create the service
+        may still be carrying out after the client gave up (Ctrl-C during the request), sweep again until then."""
         pending = f"pending:{label}"
         self.ledger.record(kind, pending, name=label)
         try:
             made = create()
         except BaseException:
             try:
-                for rid in sweep():
-                    log.warning("the failed create of %s %s still made %s: deleting it", kind, label, rid)
-                    delete(rid)
+                deadline = time.monotonic() + settle_s
+                if settle_s > 0:
+                    log.info("looking for a half-made %s %s for up to %.0f s", kind, label, settle_s)
+                while True:
+                    for rid in sweep():
+                        log.warning("the failed create of %s %s still made %s: deleting it", kind, label, rid)
+                        delete(rid)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    time.sleep(min(SETTLE_POLL_S, left))   # the service may still be making it
                 self.ledger.forget(kind, pending)
             except Exception as exc:  # noqa: BLE001 - the create's error is the one to show
                 log.error("could not check for a half-made %s %s: %s (the ledger keeps it)", kind, label, exc)

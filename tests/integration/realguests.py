@@ -181,8 +181,9 @@ def left_by_build(admin: Connection, build_id: str) -> list[str]:
                         ("security group", admin.network.security_groups(tags="snapbuild")),
                         ("port", admin.network.ports(tags="snapbuild"))):
         left += [f"{kind} {item.id}" for item in items if mark in (item.tags or [])]
-    left += [f"image {i.id} ({i.status})" for i in admin.image.images(tag="snapbuild")
-             if i.properties.get("snapbuild_build_id") == build_id]
+    # Every image, not only those tagged: Nova makes a snapshot with the build's properties, the tag comes after.
+    left += [f"image {i.id} ({i.status})" for i in admin.image.images()
+             if (i.properties or {}).get("snapbuild_build_id") == build_id]
     left += [f"keypair {k.name}" for k in admin.compute.keypairs() if build_id in k.name]
     return left
 

@@ -65,6 +65,30 @@ def test_a_create_that_fails_mid_air_is_swept_by_its_label(tmp_path: Path) -> No
     assert deleted == ["srv-half"] and not ctx.ledger.path.exists()
 
 
+def test_an_interrupted_create_is_swept_again_until_it_settles(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nova can still make the snapshot after the client gave up: it appears on the third look, and is deleted."""
+    ctx, _, _ = _ctx(tmp_path)
+    clock = [0.0]
+    monkeypatch.setattr("snapbuild.run.context.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("snapbuild.run.context.time.sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    looks: list[float] = []
+    deleted: list[str] = []
+
+    def sweep() -> list[str]:
+        looks.append(clock[0])
+        return ["img-late"] if len(looks) == 3 and not deleted else []
+
+    def create() -> str:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), running_build(ctx):
+        ctx.track("image", "snap", create, sweep, deleted.append, settle_s=5.0)
+    assert deleted == ["img-late"]
+    assert looks == [0.0, 2.0, 4.0, 5.0]        # every SETTLE_POLL_S, and once more at the deadline
+    assert not ctx.ledger.path.exists()
+
+
 def test_released_results_stay_and_undo_now_runs_once(tmp_path: Path) -> None:
     ctx, _, events = _ctx(tmp_path)
     undone: list[str] = []
