@@ -35,6 +35,18 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ksa_exc.ConnectionError)
 
 
+def may_still_be_made(exc: BaseException) -> bool:
+    """Whether a create that failed so may still be carried out by the cloud. Only the service's own refusal (a
+    4xx answer) says it made nothing; no answer (an interrupt, a dropped or timed-out connection), a gateway's
+    5xx (the service behind it may be working on it) or anything unrecognised leaves it open."""
+    cause = exc.__cause__ if isinstance(exc, CloudError) and exc.__cause__ is not None else exc
+    status = cause.status_code if isinstance(cause, sdk_exc.HttpException) else \
+        cause.http_status if isinstance(cause, ksa_exc.HttpError) else None
+    if isinstance(status, int):
+        return status >= 500
+    return True
+
+
 def is_over_quota(exc: BaseException) -> bool:
     if not isinstance(exc, sdk_exc.HttpException):
         return False

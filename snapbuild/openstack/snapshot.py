@@ -24,7 +24,7 @@ from snapbuild import paths
 from snapbuild.console.report import guest_lines
 from snapbuild.errors import BuildError, UserError
 from snapbuild.ledger import installation_id
-from snapbuild.openstack import marks, properties
+from snapbuild.openstack import faults, marks, properties
 from snapbuild.openstack.cloud import Cloud, close_matches
 from snapbuild.openstack.model import Address, Flavor, FloatingIP, Image, Network, Server, ServerSpec
 from snapbuild.openstack.settings import SnapshotResult, SnapshotSettings
@@ -516,10 +516,12 @@ def capture(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, inputs:
         machine.server_undo.now()
         cloud.wait_volume_available(machine.volume_id, settings.timeout_boot)
         volume_id = machine.volume_id
+        # Cinder's API makes the Glance image record while it handles the upload: the same window as below.
         image_id, machine.image_undo = ctx.track(
             "image", name,
             lambda: cloud.upload_volume(volume_id, image_name=name, disk_format=settings.volume_disk_format),
-            lambda: cloud.images_named(name), cloud.delete_image)
+            lambda: cloud.images_named(name), cloud.delete_image,
+            settle_s=SNAPSHOT_SETTLE_S, unsettled=faults.may_still_be_made)
     else:
         server_id = machine.server.id
         # Nova makes the Glance image while it handles createImage: interrupted in flight, the request can still
@@ -528,7 +530,7 @@ def capture(ctx: BuildContext, cloud: Cloud, settings: SnapshotSettings, inputs:
                                                  lambda: cloud.snapshot(server_id, name, inputs.marks.metadata()),
                                                  lambda: cloud.images_named(name), cloud.delete_image,
                                                  description=f"partial image of {name}",
-                                                 settle_s=SNAPSHOT_SETTLE_S)
+                                                 settle_s=SNAPSHOT_SETTLE_S, unsettled=faults.may_still_be_made)
     machine.image_id = image_id
     ctx.monitor.line(f"image {image_id}")
     cloud.tag_image(image_id, [marks.TAG])

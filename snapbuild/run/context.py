@@ -192,16 +192,21 @@ class BuildContext:
 
     def track(self, kind: str, label: str, create: Callable[[], T], sweep: Callable[[], list[str]],
               delete: Callable[[str], None], *, description: str | None = None,
-              settle_s: float = 0.0) -> tuple[T, Undo]:
+              settle_s: float = 0.0, unsettled: Callable[[BaseException], bool] = lambda exc: True
+              ) -> tuple[T, Undo]:
         """Create once, with the ledger entry before and the undo at once. A create that fails mid-air may still
         have made the thing: `sweep` finds it by its label and it is deleted. `settle_s`: for a create the service
-        may still be carrying out after the client gave up (Ctrl-C during the request), sweep again until then."""
+        may still be carrying out after the client gave up (Ctrl-C during the request), sweep again until then;
+        `unsettled(exc)` says whether the failure leaves that open (the caller knows its service's answers: a
+        definitive refusal made nothing, so one look is enough)."""
         pending = f"pending:{label}"
         self.ledger.record(kind, pending, name=label)
         try:
             made = create()
-        except BaseException:
+        except BaseException as failure:
             try:
+                if settle_s > 0 and not unsettled(failure):
+                    settle_s = 0.0
                 deadline = time.monotonic() + settle_s
                 if settle_s > 0:
                     log.info("looking for a half-made %s %s for up to %.0f s", kind, label, settle_s)

@@ -89,6 +89,24 @@ def test_an_interrupted_create_is_swept_again_until_it_settles(tmp_path: Path,
     assert not ctx.ledger.path.exists()
 
 
+def test_a_refused_create_is_looked_for_once_without_settling(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's own refusal made nothing: one look, no waiting out the settle window."""
+    ctx, _, _ = _ctx(tmp_path)
+    slept: list[float] = []
+    monkeypatch.setattr("snapbuild.run.context.time.sleep", slept.append)
+    looks: list[str] = []
+
+    def create() -> str:
+        raise ValueError("HTTP 400: Bad Request")
+
+    with pytest.raises(ValueError), running_build(ctx):
+        ctx.track("image", "snap", create, lambda: looks.append("look") or [], looks.append, settle_s=15.0,
+                  unsettled=lambda exc: not isinstance(exc, ValueError))
+    assert looks == ["look"] and slept == []
+    assert not ctx.ledger.path.exists()
+
+
 def test_released_results_stay_and_undo_now_runs_once(tmp_path: Path) -> None:
     ctx, _, events = _ctx(tmp_path)
     undone: list[str] = []

@@ -11,7 +11,7 @@ from httpcloud import FakeClock, HTTPCloud
 
 from snapbuild.errors import CloudError, UserError
 from snapbuild.openstack.cloud import Cloud, WaitTimeout
-from snapbuild.openstack.faults import QuotaExceeded
+from snapbuild.openstack.faults import QuotaExceeded, may_still_be_made
 from snapbuild.openstack.model import ServerSpec
 
 
@@ -269,6 +269,20 @@ def test_other_creates_are_never_retried(cloud: Cloud, api: HTTPCloud, call: str
         with pytest.raises(CloudError):
             cloud.finish_image("base-1", properties={"a": "b"})
         assert len(api.calls("PATCH")) == 1
+
+
+@pytest.mark.parametrize(("fault", "open_"), [({"status": 400}, False), ({"status": 409}, False),
+                                               ({"status": 503}, True), ({"status": 504}, True),
+                                               ({"reset": True}, True)])
+def test_a_failed_snapshot_may_still_be_made_unless_nova_refused_it(cloud: Cloud, api: HTTPCloud,
+                                                                   fault: dict[str, Any], open_: bool) -> None:
+    """What capture's settle window keys on: Nova's own 4xx made nothing; no answer or a gateway's 5xx may have."""
+    server = cloud.boot(_spec())
+    api.fault("POST", r"/action$", times=1, **fault)
+    with pytest.raises(CloudError) as err:
+        cloud.snapshot(server.id, "img", {})
+    assert may_still_be_made(err.value) is open_
+    assert may_still_be_made(KeyboardInterrupt()) is True
 
 
 @pytest.mark.parametrize(("method", "path", "status", "message"), [
