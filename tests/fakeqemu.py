@@ -8,7 +8,8 @@ FAKE_QEMU_KVM for `-accel kvm`, FAKE_QEMU_TCG for TCG (default "userspace"):
     msr-at-start   exit at once as this machine's KVM does (`failed to set MSR 0x10a`, then an abort)
     msr-in-trial   answer QMP once, then exit the same way (QEMU was up; the vCPU died)
     hung-in-grub   SeaBIOS and GRUB on the console, then nothing (a KVM guest hung in the boot loader)
-    userspace      the console reaches userspace (`Run /init as init process`)
+    userspace      the console reaches userspace (`Run /init as init process`, then systemd's first line)
+    panic-after-init  `Run /init as init process`, then a kernel panic (a flaky KVM failing a guest it started)
     no-boot-disk   SeaBIOS finds nothing to boot (the text this QEMU's SeaBIOS prints for an empty qcow2)
 """
 
@@ -24,7 +25,11 @@ SEABIOS_EMPTY_DISK = ("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16.2-debian
 GRUB_THEN_NOTHING = ("SeaBIOS (version 1.16.2-debian-1.16.2-1)\r\nBooting from Hard Disk...\r\nGRUB loading.\r\n"
                      "\x1b[0;30;47mWelcome to GRUB!\r\n   Booting `Debian GNU/Linux'\r\n"
                      "Loading Linux 6.1.0-50-cloud-amd64 ...\r\n")
-USERSPACE = GRUB_THEN_NOTHING + "[    1.20] Run /init as init process\r\n"
+USERSPACE = GRUB_THEN_NOTHING + ("[    1.20] Run /init as init process\r\n"
+                                 "[    1.90] systemd[1]: Detected virtualization kvm.\r\n")
+PANIC_AFTER_INIT = GRUB_THEN_NOTHING + ("[    1.20] Run /init as init process\r\n"
+                                        "[    1.40] Kernel panic - not syncing: Attempted to kill init! "
+                                        "exitcode=0x0000000b\r\n")
 MSR_ABORT = ("qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n"
              "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: "
              "Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.\n")
@@ -39,7 +44,7 @@ def opt(flag):
 kvm = opt("-accel") == "kvm"
 play = os.environ.get("FAKE_QEMU_KVM" if kvm else "FAKE_QEMU_TCG", "userspace")
 consoles = {"msr-at-start": "", "msr-in-trial": "", "hung-in-grub": GRUB, "userspace": USERSPACE,
-            "no-boot-disk": SEABIOS}
+            "no-boot-disk": SEABIOS, "panic-after-init": PANIC}
 
 def abort():
     sys.stderr.write(MSR)
@@ -75,7 +80,7 @@ def install(directory: Path) -> Path:
     """Write the fake QEMU executable into `directory`; its path."""
     path = directory / "fake-qemu-system-x86_64"
     constants = (f"GRUB = {GRUB_THEN_NOTHING!r}\nUSERSPACE = {USERSPACE!r}\nSEABIOS = {SEABIOS_EMPTY_DISK!r}\n"
-                 f"MSR = {MSR_ABORT!r}\n")
+                 f"MSR = {MSR_ABORT!r}\nPANIC = {PANIC_AFTER_INIT!r}\n")
     path.write_text(f"#!{sys.executable}\n{constants}{_SCRIPT}")
     path.chmod(0o755)
     return path

@@ -43,6 +43,11 @@ BOOT_PROGRESS_MARKERS = ("Run /init as init process", "Run /sbin/init as init pr
                          "Cloud-init v. ", " login: ")
 
 
+# Lines init itself prints (systemd, cloud-init, a login prompt): past them, a flaky KVM has not failed the guest.
+INIT_MARKERS = ("systemd[1]: ", "Cloud-init v. ", " login: ")
+INIT_GRACE_S = 10.0   # how long the trial watches a KVM guest past "Run /init" for them (real KVM: a second or two)
+
+
 def reached_userspace(serial_text: str) -> bool:
     return any(marker in serial_text for marker in BOOT_PROGRESS_MARKERS)
 
@@ -461,6 +466,14 @@ class VM:
         return False
 
 
+    def wait_for_init(self, deadline: float) -> None:
+        """Until the console shows init's own lines (INIT_MARKERS), QEMU exits, the boot fails, or `deadline`."""
+        while time.monotonic() < deadline and self.alive() and boot_failure(self.serial_recent()) is None:
+            if any(marker in self.serial_text() for marker in INIT_MARKERS):
+                return
+            time.sleep(0.25)  # polling the serial log file; bounded by the deadline
+
+
 def _spawn(spec: VMSpec, *, accel: AccelChoice, ssh_port: int, workdir: Path,
            on_started: Callable[[VM], None]) -> VM:
     qmp_socket = workdir / f"{spec.name}.qmp"
@@ -529,11 +542,18 @@ def launch(spec: VMSpec, *, workdir: Path, on_started: Callable[[VM], None],
                 continue
             raise BuildError(f"qemu failed to start: {problem}")
         if accel.accel == "kvm" and "SNAPBUILD_ACCEL" not in os.environ:
-            reason = kvm_trial(vm, kvm_trial_s)
-            if reason is not None:
+            failure = kvm_trial(vm, kvm_trial_s)
+            if failure is not None:
                 vm.kill()
                 on_stopped(vm)
-                accel = mark_kvm_unusable(reason)
+                if failure.blame_kvm:
+                    accel = mark_kvm_unusable(failure.reason)
+                else:
+                    # The image's fault or KVM's: TCG gives the second opinion, for this guest only (a bad image
+                    # fails the same way there, and its error then shows the console); nothing is cached.
+                    accel = AccelChoice(accel="tcg", reason=f"the boot under kvm failed ({failure.reason}); "
+                                                            "trying tcg for this guest")
+                    log.warning("%s", accel.describe())
                 continue
         log.info("qemu pid %d up, %s, %s, ssh on 127.0.0.1:%d", vm.pid, accel.describe(),
                  describe_network(spec.network), port)
@@ -541,24 +561,37 @@ def launch(spec: VMSpec, *, workdir: Path, on_started: Callable[[VM], None],
     raise BuildError(f"qemu failed to start after {port_attempts} attempts: {last_error}")
 
 
-def kvm_trial(vm: VM, trial_s: float) -> str | None:
-    """Why KVM is unusable for this guest, or None when the trial passes.
+@dataclass(frozen=True, kw_only=True)
+class TrialFailure:
+    reason: str
+    blame_kvm: bool    # False: the console shows the boot failing, which a bad image does under TCG as well
+
+
+def kvm_trial(vm: VM, trial_s: float) -> TrialFailure | None:
+    """Why this guest cannot stay on KVM, or None when the trial passes.
 
     KVM fails by QEMU exiting (this machine: "failed to set MSR 0x10a", then an abort), or by a guest that never
-    reaches userspace (hung in GRUB or right after the kernel banner). A boot the console shows failing for the
-    image's own reasons (no bootable disk, a kernel panic) passes: TCG would fail it the same way, and the boot
-    wait reports it with the console's tail. Nothing may blame KVM for a bad image: the verdict is cached.
+    reaches userspace (hung in GRUB or right after the kernel banner): KVM is to blame, and the verdict is cached.
+    A boot the console shows failing (no bootable disk, a kernel panic) may be the image's own fault or a flaky
+    KVM's (a CI host's KVM has passed a trial and then failed the guest): the guest boots again under TCG, and
+    nothing is cached, since nothing may blame KVM for a bad image for good.
     """
-    if vm.wait_for_boot_progress(time.monotonic() + trial_s):
-        return None
+    reached = vm.wait_for_boot_progress(time.monotonic() + trial_s)
+    if reached:
+        # A flaky KVM has failed a guest right after its kernel started init: watch until init speaks (images
+        # without systemd or cloud-init pass when the grace ends).
+        vm.wait_for_init(time.monotonic() + INIT_GRACE_S)
     if not vm.alive():
         vm.proc.wait()
-        return _first_line(vm.stderr_text()) or f"qemu exited {vm.proc.returncode} during the KVM trial"
+        return TrialFailure(reason=_first_line(vm.stderr_text()) or
+                            f"qemu exited {vm.proc.returncode} during the KVM trial", blame_kvm=True)
     problem = boot_failure(vm.serial_recent())
     if problem is not None:
-        log.info("kvm trial: %s; not KVM's doing, keeping kvm", problem)
+        return TrialFailure(reason=problem, blame_kvm=False)
+    if reached:
         return None
-    return f"the guest did not reach userspace on the serial console within {trial_s:.0f} s"
+    return TrialFailure(reason=f"the guest did not reach userspace on the serial console within {trial_s:.0f} s",
+                        blame_kvm=True)
 
 
 def _first_line(text: str) -> str:

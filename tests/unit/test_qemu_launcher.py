@@ -269,13 +269,33 @@ def test_kvm_guest_reaching_userspace_keeps_kvm_and_caches_nothing(
     assert _cached_verdict(fake_kvm_host) is None
 
 
-def test_an_unbootable_disk_under_kvm_is_not_blamed_on_kvm(
-        tmp_path: Path, fake_kvm_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The verdict is cached for every later build: a bad image must not switch this host to TCG for good.
-    monkeypatch.setenv("FAKE_QEMU_KVM", "no-boot-disk")
+@pytest.mark.parametrize("play", ["no-boot-disk", "panic-after-init"])
+def test_a_boot_failing_under_kvm_gets_a_second_opinion_from_tcg_and_caches_nothing(
+        play: str, tmp_path: Path, fake_kvm_host: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The image's fault or a flaky KVM's (one passed a trial and then failed the guest): the guest boots again
+    # under TCG. The verdict is cached for every later build: a bad image must not switch this host to TCG for good.
+    monkeypatch.setenv("FAKE_QEMU_KVM", play)
     vm, pids = _launch_fake(tmp_path)
     try:
-        assert vm.accel.accel == "kvm" and len(pids) == 1
+        assert vm.accel.accel == "tcg" and "tcg,tb-size=256" in vm.argv
+        assert len(pids) == 2 and not os.path.exists(f"/proc/{pids[0]}")
+        assert "the boot under kvm failed (" in caplog.text and "trying tcg for this guest" in caplog.text
+        vm.wait_userspace(time.monotonic() + 120)        # TCG (the fake's default play) boots
+    finally:
+        vm.kill()
+    assert _cached_verdict(fake_kvm_host) is None
+    monkeypatch.setattr(qemu, "_accel_cache", None)      # the next process tries KVM again
+    assert qemu.current_accel().accel == "kvm"
+
+
+def test_an_unbootable_disk_fails_with_the_consoles_verdict_after_both_accels(
+        tmp_path: Path, fake_kvm_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_KVM", "no-boot-disk")
+    monkeypatch.setenv("FAKE_QEMU_TCG", "no-boot-disk")
+    vm, pids = _launch_fake(tmp_path)
+    try:
+        assert vm.accel.accel == "tcg" and len(pids) == 2
         with pytest.raises(BuildError, match="the firmware cannot boot the disk") as caught:
             vm.wait_userspace(time.monotonic() + 120)
         assert "Boot failed: not a bootable disk" in str(caught.value)     # the console's tail comes along
