@@ -104,6 +104,34 @@ def assert_fresh_machine(guest: SSHGuest, server: Any) -> None:
     assert sudoers == "", f"builder sudo rule left: {sudoers}"
 
 
+# ---- a console build's traces ---------------------------------------------------------------------------------
+
+def assert_console_steps(events: list[dict[str, Any]]) -> None:
+    """A `--transport console` build's events: the runner's steps, read off the console with their own timings,
+    nested inside "console runner" between seal and capture; no SSH step anywhere."""
+    steps = [e["step"] for e in events if e["event"] == "step_finished" and e["level"] == "step"]
+    for name in ("wait for cloud-init", "provision", "seal", "console runner", "power off", "capture"):
+        assert name in steps, steps
+    assert "connect" not in steps, steps
+    assert steps.index("seal") < steps.index("console runner") < steps.index("capture"), steps
+    timed = {e["step"]: e["seconds"] for e in events if e["event"] == "step_finished"}
+    assert timed["provision"] > 0 and timed["seal"] > 0, timed
+
+
+def assert_nothing_of_the_runner(guest: SSHGuest) -> None:
+    """A server booted from a console-built image carries nothing of the builder's runner, its user-data or logs,
+    and only its own journal."""
+    leftovers = guest.run(["sh", "-c", "ls -d /run/snapbuild /var/lib/cloud/instances/*/user-data.txt "
+                                       "/var/log/cloud-init-output.log 2>/dev/null || true"]).stdout.strip()
+    # This boot's own cloud-init writes its files again; none may carry the builder's runner.
+    assert "/run/snapbuild" not in leftovers, leftovers
+    # (The journal is left out of the grep: sudo logs this very command line there.)
+    assert guest.run(["sh", "-c", "grep -rl --exclude-dir=journal snapbuild-runner /var/lib/cloud /var/log "
+                                  "2>/dev/null || true"]).stdout.strip() == ""
+    machine_id = guest.read_file("/etc/machine-id").decode().strip()
+    assert guest.run(["ls", "/var/log/journal"]).stdout.split() == [machine_id]
+
+
 # ---- a network the build host has no route into (the console transport's case) --------------------------------
 
 UNROUTED_CIDR = "10.231.0.0/24"   # not loopback: the backend forwards no port of such an address (forwardable)

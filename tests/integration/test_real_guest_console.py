@@ -6,7 +6,9 @@ NoRouteWatch reads each builder's QEMU command line while the build runs to prov
 applies the plan, seals, checks, reports on the console and powers the builder off; snapbuild reads the console
 through Nova's console-output API only.
 
-    - `base` builds; the captured disk passes the offline seal check; a server from it is a fresh machine
+    - `base` builds; the captured disk passes the offline seal check; a server from it is a fresh machine with
+      nothing of the runner (`tox -e full`: .ci/run's console build is the shipped k8s recipe's, with the same
+      checks, in test_real_guest_shipped_recipes.py)
     - a failing recipe step stops the build with the step's name and output, and nothing is left
     - SIGINT while the runner works leaves nothing
 
@@ -25,13 +27,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cloudnames import REAL_DISTRO
 from openstack.connection import Connection
 from realguests import (
     FLAVOR,
     IMAGE,
     NoRouteWatch,
+    assert_console_steps,
     assert_fresh_machine,
+    assert_nothing_of_the_runner,
     boot_and_connect,
     left_by_build,
     make_unrouted_network,
@@ -81,6 +86,9 @@ def _server_id(events: list[dict[str, Any]]) -> str:
     return str(next(e["ref"] for e in events if e["event"] == "resource_created" and e["kind"] == "server"))
 
 
+# .ci/run builds over the console once, the shipped k8s recipe (test_real_guest_shipped_recipes.py), with these
+# same checks of the steps, the captured disk and a server booted from it; `base` over the console is in full.
+@pytest.mark.full
 def test_console_build_of_base_with_no_route_to_the_builder(conn: Connection, unique_name: str,
                                                              cleanup: Callable[..., Any], tmp_path: Path) -> None:
     network = make_unrouted_network(conn, f"{unique_name}-net", cleanup)
@@ -99,14 +107,7 @@ def test_console_build_of_base_with_no_route_to_the_builder(conn: Connection, un
     assert image is not None and proc.stdout.strip().splitlines()[-1] == image.id
 
     events = _events(events_file)
-    steps = [e["step"] for e in events if e["event"] == "step_finished" and e["level"] == "step"]
-    # The runner's steps, read off the console, nest inside "console runner"; no SSH step anywhere.
-    for name in ("wait for cloud-init", "provision", "seal", "console runner", "power off", "capture"):
-        assert name in steps, steps
-    assert "connect" not in steps, steps
-    assert steps.index("seal") < steps.index("console runner") < steps.index("capture"), steps
-    timed = {e["step"]: e["seconds"] for e in events if e["event"] == "step_finished"}
-    assert timed["provision"] > 0 and timed["seal"] > 0, timed        # the runner's own timings came through
+    assert_console_steps(events)
     manifest = check_manifest(Path(events[-1]["manifest"]), builder="openstack-snapshot")
     assert manifest["seal"]["in_guest"] == "clean", manifest["seal"]
     assert manifest["details"]["transport"] == "console"
@@ -120,16 +121,7 @@ def test_console_build_of_base_with_no_route_to_the_builder(conn: Connection, un
     server, guest = boot_and_connect(conn, f"{unique_name}-fresh", image.id, cleanup, key)
     try:
         assert_fresh_machine(guest, server)
-        leftovers = guest.run(["sh", "-c", "ls -d /run/snapbuild /var/lib/cloud/instances/*/user-data.txt "
-                                           "/var/log/cloud-init-output.log 2>/dev/null || true"]).stdout.strip()
-        # This boot's own cloud-init writes its files again; none may carry the builder's runner.
-        assert "/run/snapbuild" not in leftovers, leftovers
-        # (The journal is left out of the grep: sudo logs this very command line there.)
-        assert guest.run(["sh", "-c", "grep -rl --exclude-dir=journal snapbuild-runner /var/lib/cloud /var/log "
-                                      "2>/dev/null || true"]).stdout.strip() == ""
-        # The only journal is this boot's machine's: none of the builder's came along.
-        machine_id = guest.read_file("/etc/machine-id").decode().strip()
-        assert guest.run(["ls", "/var/log/journal"]).stdout.split() == [machine_id]
+        assert_nothing_of_the_runner(guest)
     finally:
         guest.close()
     print(f"\nfigure: snapbuild build base --transport console through real guests = {built:.1f} s")

@@ -43,7 +43,9 @@ from openstack.connection import Connection
 from realguests import (
     NETWORK,
     NoRouteWatch,
+    assert_console_steps,
     assert_fresh_machine,
+    assert_nothing_of_the_runner,
     boot_and_connect,
     make_unrouted_network,
     needs_real_guests,
@@ -132,6 +134,7 @@ def test_shipped_recipe_through_the_cloud_boots_and_passes_the_first_boot_checks
     work.mkdir()
     env = {**os.environ, "SNAPBUILD_STATE_DIR": str(tmp_path / "state"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    events_file = tmp_path / "events.jsonl"
     t0 = time.monotonic()
     with apt_proxy(archive_fwd.host, archive_fwd.port) as (_port, archive), \
             standins(work, distro, apt_host=standin_fwd.host, apt_port=standin_fwd.port,
@@ -146,7 +149,7 @@ def test_shipped_recipe_through_the_cloud_boots_and_passes_the_first_boot_checks
         proc = subprocess.run(
             [sys.executable, "-m", "snapbuild", recipe, "--distro", distro.name, "--mirrors", str(profile),
              "--flavor", flavor_name, "--network", network, "--base-image", K8S_BASE, "--timeout-ssh", "900",
-             "--image-name", image_name, "--json", "--transport", transport],
+             "--image-name", image_name, "--json", "--transport", transport, "--events", str(events_file)],
             capture_output=True, text=True, timeout=3600, check=False, env=env, cwd=ROOT)
         digest = served.image_digest
     built = time.monotonic() - t0
@@ -160,6 +163,7 @@ def test_shipped_recipe_through_the_cloud_boots_and_passes_the_first_boot_checks
     assert manifest["details"]["transport"] == transport
     if transport == "console":
         watch.check()
+        assert_console_steps([json.loads(line) for line in events_file.read_text().splitlines() if line.strip()])
     assert manifest["seal"]["in_guest"] == "clean", manifest["seal"]
     if k8s:
         assert manifest["packages"].get("kubeadm") == f"{K8S}-{K8S_REVISION}", manifest["packages"]
@@ -201,6 +205,8 @@ def test_shipped_recipe_through_the_cloud_boots_and_passes_the_first_boot_checks
     pulled, listed, cri_digest = None, None, ""
     try:
         assert_fresh_machine(guest, server)
+        if transport == "console":
+            assert_nothing_of_the_runner(guest)
         checks = first_boot_checks(guest, plan, user_key=key, grown_size=int(flavor.disk) * GIB)
         if k8s:
             pulled, listed, cri_digest = _pull_through_the_cri(guest, registry_fwd, tmp_path)
