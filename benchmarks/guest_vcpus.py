@@ -107,8 +107,8 @@ def main() -> None:
           f"1 vCPU {one:.1f} s, 2 vCPUs {two:.1f} s: {two / one:.2f}x")
     if args.neighbour:
         for cpus, times in beside.items():
-            shown = ", ".join(f"{t:.0f}" for t in times) or "none completed"
-            print(f"the neighbour's boots beside the {cpus}-vCPU guest: {shown} s")
+            shown = ", ".join(f"{t:.0f} s" for t in times) or "none finished within one measured boot"
+            print(f"the neighbour's boots beside the {cpus}-vCPU guest: {shown}")
 
 
 if __name__ == "__main__":
