@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from snapbuild.ledger import installation_id
-from snapbuild.openstack import marks
-from snapbuild.openstack.cloud import Cloud, ImageData
+from snapbuild.openstack import faults, marks
+from snapbuild.openstack.cloud import RECORD_SETTLE_S, Cloud, ImageData
+from snapbuild.run.context import create_once
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,17 @@ def take(cloud: Cloud, *, digest: str, target: str, owner: str, ttl_s: float, se
     """Create a claim, compare, and keep it only if it is the oldest live one (see the module's text)."""
     stamp = marks.Marks.new(build_id=owner, installation_id=installation_id(), recipe="claim",
                             host=socket.gethostname(), lifetime=timedelta(seconds=ttl_s), now=now())
-    record = cloud.create_image_record(
-        name=f"snapbuild-claim-{digest[:16]}-{target}", disk_format="raw", tags=[marks.TAG, CLAIM_TAG],
-        properties={**stamp.metadata(), CLAIM_DIGEST: digest, CLAIM_OWNER: owner, CLAIM_TARGET: target,
-                    CLAIM_EXPIRES: stamp.expires_at})
+    name = f"snapbuild-claim-{digest[:16]}-{target}"
+    # Interrupted in flight, the create may still be carried out after a first look (a CI run left a claim so, and
+    # a live claim of a dead apply holds back the next apply until it expires): swept until it settles.
+    record = create_once(
+        "claim", name,
+        lambda: cloud.create_image_record(
+            name=name, disk_format="raw", tags=[marks.TAG, CLAIM_TAG],
+            properties={**stamp.metadata(), CLAIM_DIGEST: digest, CLAIM_OWNER: owner, CLAIM_TARGET: target,
+                        CLAIM_EXPIRES: stamp.expires_at}),
+        lambda: [c.id for c in claims_for(cloud, digest, target) if c.owner == owner], cloud.delete_image,
+        settle_s=RECORD_SETTLE_S, unsettled=faults.may_still_be_made)
     try:
         sleep(settle_s)
         claims = claims_for(cloud, digest, target)

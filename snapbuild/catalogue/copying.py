@@ -23,8 +23,9 @@ from datetime import timedelta
 from snapbuild.catalogue.model import COPIED_FROM_PROPERTY
 from snapbuild.errors import CloudError
 from snapbuild.ledger import installation_id
-from snapbuild.openstack import marks, properties
-from snapbuild.openstack.cloud import Cloud, ImageData
+from snapbuild.openstack import faults, marks, properties
+from snapbuild.openstack.cloud import RECORD_SETTLE_S, Cloud, ImageData
+from snapbuild.run.context import create_once
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,20 @@ def stream_copy(source: Cloud, image: ImageData, dest: Cloud, *, build_id: str, 
                             recipe=image.properties.get("snapbuild_recipe", "copy"), host=socket.gethostname(),
                             lifetime=timedelta(seconds=timeout * 2))
     wanted = {**image.properties, **dict(extra or {}), COPIED_FROM_PROPERTY: image.id}
-    record = dest.create_image_record(name=image.name, disk_format=image.disk_format or "qcow2",
-                                      container_format=image.container_format or "bare",
-                                      properties={**wanted, **stamp.metadata(),
-                                                  marks.PREFIX + "build_id": wanted.get(marks.PREFIX + "build_id",
-                                                                                        build_id)},
-                                      tags=sorted({*image.tags, marks.TAG}), min_disk=image.min_disk,
-                                      min_ram=image.min_ram)
+    # A partial copy of this source on `dest` is this copy's (claims keep two applies from copying one digest to
+    # one target at once): what an interrupted create still makes is swept until it settles.
+    record = create_once(
+        "image", f"copy of {image.id}",
+        lambda: dest.create_image_record(name=image.name, disk_format=image.disk_format or "qcow2",
+                                         container_format=image.container_format or "bare",
+                                         properties={**wanted, **stamp.metadata(),
+                                                     marks.PREFIX + "build_id": wanted.get(marks.PREFIX + "build_id",
+                                                                                           build_id)},
+                                         tags=sorted({*image.tags, marks.TAG}), min_disk=image.min_disk,
+                                         min_ram=image.min_ram),
+        lambda: [i.id for i in dest.images_with(**{COPIED_FROM_PROPERTY: image.id})
+                 if marks.PREFIX + "expires_at" in i.properties],
+        dest.delete_image, settle_s=RECORD_SETTLE_S, unsettled=faults.may_still_be_made)
     try:
         hashing = _Hashing(image.hash_algo)
         dest.upload_image_stream(record.id, hashing.through(source.download_image(image.id)), image.size)

@@ -465,7 +465,6 @@ class VM:
             time.sleep(0.25)  # polling the serial log file; bounded by the deadline
         return False
 
-
     def wait_for_init(self, deadline: float) -> None:
         """Until the console shows init's own lines (INIT_MARKERS), QEMU exits, the boot fails, or `deadline`."""
         while time.monotonic() < deadline and self.alive() and boot_failure(self.serial_recent()) is None:

@@ -42,6 +42,8 @@ from snapbuild.openstack.model import (
 
 log = logging.getLogger(__name__)
 
+RECORD_SETTLE_S = 10.0   # how long an interrupted POST /images may still make its record (Glance under load)
+
 T = TypeVar("T")
 
 MIN_POLL = 1.0   # never hammer the API faster than this

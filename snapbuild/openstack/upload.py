@@ -27,7 +27,7 @@ from snapbuild.host import commands
 from snapbuild.host.images import image_info
 from snapbuild.ledger import installation_id, new_build_id, now_iso
 from snapbuild.openstack import faults, marks, properties
-from snapbuild.openstack.cloud import Cloud, ImageData
+from snapbuild.openstack.cloud import RECORD_SETTLE_S, Cloud, ImageData
 from snapbuild.run.context import BuildContext, Reporter, Undo, new_context, running_build
 from snapbuild.run.progress import progress
 
@@ -306,7 +306,7 @@ def _one_attempt(ctx: BuildContext, cloud: Cloud, settings: UploadSettings, disk
         lambda: cloud.create_image_record(name=name, disk_format=disk_format, properties=props, tags=[marks.TAG],
                                           min_disk=settings.min_disk_gb, min_ram=settings.min_ram_mb),
         lambda: _half_made(cloud, name, upload_marks.build_id), cloud.delete_image,
-        description=f"partial image of {name}")
+        description=f"partial image of {name}", settle_s=RECORD_SETTLE_S, unsettled=faults.may_still_be_made)
     ctx.monitor.line(f"image {record.id} ({disk_format}, {size / 1e6:,.1f} MB)")
 
     with progress(ctx.monitor, "import staging" if settings.use_import else "upload", total=size,

@@ -89,6 +89,41 @@ class Undo:
                 self.ctx.monitor.resource("removed", *self.forget)
 
 
+def sweep_after_failed_create(kind: str, label: str, failure: BaseException, sweep: Callable[[], list[str]],
+                              delete: Callable[[str], None], *, settle_s: float = 0.0,
+                              unsettled: Callable[[BaseException], bool] = lambda exc: True) -> None:
+    """A create that failed mid-air may still have made the thing: `sweep` finds it by its label and it is deleted;
+    again every SETTLE_POLL_S until `settle_s` when `unsettled(failure)` (the service may still be carrying out a
+    request the client gave up on; its own refusal made nothing, so one look is enough)."""
+    window = settle_s if settle_s > 0 and unsettled(failure) else 0.0
+    deadline = time.monotonic() + window
+    if window > 0:
+        log.info("looking for a half-made %s %s for up to %.0f s", kind, label, window)
+    while True:
+        for rid in sweep():
+            log.warning("the failed create of %s %s still made %s: deleting it", kind, label, rid)
+            delete(rid)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(SETTLE_POLL_S, left))   # the service may still be making it
+
+
+def create_once(kind: str, label: str, create: Callable[[], T], sweep: Callable[[], list[str]],
+                delete: Callable[[str], None], *, settle_s: float = 0.0,
+                unsettled: Callable[[BaseException], bool] = lambda exc: True) -> T:
+    """Create once outside a build's ledger (a catalogue's claim, a copy's record): what a failed create still made
+    is swept as `BuildContext.track` sweeps it; the caller undoes what it gets."""
+    try:
+        return create()
+    except BaseException as failure:
+        try:
+            sweep_after_failed_create(kind, label, failure, sweep, delete, settle_s=settle_s, unsettled=unsettled)
+        except Exception as exc:  # noqa: BLE001 - the create's error is the one to show
+            log.error("could not check for a half-made %s %s: %s (snapbuild cleanup removes it)", kind, label, exc)
+        raise
+
+
 @dataclass
 class BuildContext:
     """Everything one build shares: its id, ledger, undo stack, monitor and timings."""
@@ -205,19 +240,8 @@ class BuildContext:
             made = create()
         except BaseException as failure:
             try:
-                if settle_s > 0 and not unsettled(failure):
-                    settle_s = 0.0
-                deadline = time.monotonic() + settle_s
-                if settle_s > 0:
-                    log.info("looking for a half-made %s %s for up to %.0f s", kind, label, settle_s)
-                while True:
-                    for rid in sweep():
-                        log.warning("the failed create of %s %s still made %s: deleting it", kind, label, rid)
-                        delete(rid)
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    time.sleep(min(SETTLE_POLL_S, left))   # the service may still be making it
+                sweep_after_failed_create(kind, label, failure, sweep, delete, settle_s=settle_s,
+                                          unsettled=unsettled)
                 self.ledger.forget(kind, pending)
             except Exception as exc:  # noqa: BLE001 - the create's error is the one to show
                 log.error("could not check for a half-made %s %s: %s (the ledger keeps it)", kind, label, exc)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from snapbuild.catalogue import claims
 
 NOW = datetime(2026, 11, 1, 0, 10, tzinfo=UTC)
@@ -62,3 +64,32 @@ def test_a_claim_carries_snapbuilds_marks_so_cleanup_finds_it(regions):
     (claim,) = live_claims(regions)
     assert claim["status"] == "queued" and "snapbuild" in claim["tags"]
     assert claim["snapbuild_expires_at"] == claim["snapbuild_claim_expires_at"] == "2026-11-01T01:10:00+00:00"
+
+
+def late_landing(monkeypatch, create):
+    """`create` interrupted in flight, its record made by Glance only after the client's first look (as a CI run
+    left a claim): returns the interrupted stand-in and the list the late record lands in."""
+    clock, asked, landed = [0.0], [], []
+    monkeypatch.setattr("snapbuild.run.context.time.monotonic", lambda: clock[0])
+
+    def sleep(seconds):
+        clock[0] += seconds
+        if asked and not landed:
+            landed.append(create(**asked[0]))
+
+    monkeypatch.setattr("snapbuild.run.context.time.sleep", sleep)
+
+    def interrupted(**kwargs):
+        asked.append(kwargs)
+        raise KeyboardInterrupt
+
+    return interrupted, landed
+
+
+def test_a_claim_whose_create_was_interrupted_is_swept_when_glance_makes_it_late(regions, monkeypatch):
+    cloud = regions.cloud("RegionOne")
+    cloud.create_image_record, landed = late_landing(monkeypatch, cloud.create_image_record)
+    with pytest.raises(KeyboardInterrupt):
+        take(cloud, "apply-a")
+    assert len(landed) == 1                     # it was made, after the first look
+    assert live_claims(regions) == []           # and deleted: the next apply is not held back until it expires

@@ -101,3 +101,14 @@ def test_glance_copy_image_adds_the_store_and_keeps_the_id(shared):
     import_call = next(r for r in shared.m.request_history if r.path.endswith("/import"))
     assert import_call.json()["method"] == {"name": "copy-image"} and import_call.json()["stores"] == ["ceph-two"]
     assert shared.count("PUT", "/file") == 0
+
+
+def test_a_copy_whose_record_create_was_interrupted_is_swept_when_glance_makes_it_late(regions, monkeypatch):
+    from test_catalogue_claims import late_landing
+
+    image = source_image(regions)
+    dest = regions.cloud("RegionTwo")
+    dest.create_image_record, landed = late_landing(monkeypatch, dest.create_image_record)
+    with pytest.raises(KeyboardInterrupt):
+        stream_copy(regions.cloud("RegionOne"), image, dest, build_id="a", visibility="private")
+    assert len(landed) == 1 and regions.glances["RegionTwo"].images == {}

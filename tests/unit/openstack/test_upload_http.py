@@ -208,11 +208,26 @@ def test_transient_failure_starts_afresh_with_a_new_image_and_stream(cloud: Clou
     assert api.stored[result.image_id] == qcow2.read_bytes()
 
 
-def test_a_refused_create_is_not_retried(cloud: Cloud, api: GlanceUpload, qcow2: Path, isolated_state: Path) -> None:
+def test_a_refused_create_is_not_retried(cloud: Cloud, api: GlanceUpload, qcow2: Path, isolated_state: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("snapbuild.run.context.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("snapbuild.run.context.time.sleep", lambda s: clock.__setitem__(0, clock[0] + s))
     api.fault("POST", r"image\.example\.com/v2/images$", status=503)
     with pytest.raises(CloudError, match="503"):
         upload_image(_settings(qcow2, attempts=1), Reporter(io.StringIO()), cloud=cloud)
     assert len(api.calls("POST", r"/v2/images$")) == 1 and api.calls("PUT") == []
+    # A gateway's 503 may still have made the record: after the name check before the create, looked for until
+    # it settles (at 0, 2, 4, 6, 8 and 10 s).
+    assert len(api.calls("GET", r"/v2/images$")) == 1 + 6
+
+
+def test_a_create_glance_refused_is_looked_for_once(cloud: Cloud, api: GlanceUpload, qcow2: Path,
+                                                    isolated_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api.fault("POST", r"image\.example\.com/v2/images$", status=400)
+    with pytest.raises(CloudError, match="400"):
+        upload_image(_settings(qcow2, attempts=1), Reporter(io.StringIO()), cloud=cloud)
+    assert len(api.calls("GET", r"/v2/images$")) == 1 + 1     # the name check, then one look
 
 
 def test_import_path_stages_then_imports(cloud: Cloud, api: GlanceUpload, qcow2: Path, isolated_state: Path) -> None:
