@@ -147,8 +147,7 @@ def test_first_boot_behaves_like_ubuntu_s(trixie_image: Path, tmp_path: Path) ->
     run(["xorriso", "-as", "mkisofs", "-quiet", "-V", "cidata", "-J", "-r", "-o", str(seed), str(tmp_path / "seed")])
     serial = tmp_path / "serial.log"
     argv = [shutil.which("qemu-system-x86_64") or "qemu-system-x86_64", "-accel", "tcg,tb-size=256",
-            # Two vCPUs, a thread each under TCG: cloud-init finishes in about 0.6 of the time of one.
-            "-m", "1024", "-smp", "2", "-nographic", "-monitor", "none", "-serial", f"file:{serial}",
+            "-m", "1024", "-smp", "1", "-nographic", "-monitor", "none", "-serial", f"file:{serial}",
             "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
             "-drive", f"file={overlay},if=virtio,format=qcow2",
             "-drive", f"file={seed},if=virtio,format=raw,readonly=on"]

@@ -43,7 +43,7 @@ class QemuSettings:
     run_dir: Path  # the cloud's pid files: stop kills what is recorded here
     guestfwds: tuple[GuestForward, ...] = ()
     max_memory_mb: int = 1536  # two guests beside the services on a shared machine
-    max_cpus: int = 2
+    max_cpus: int = 1
 
 
 def parse_guestfwds(text: str) -> tuple[GuestForward, ...]:

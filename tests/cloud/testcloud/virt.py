@@ -40,7 +40,7 @@ CONF.register_opts([
     cfg.StrOpt("run_dir", help="the test cloud's pid files (qemu backend)"),
     cfg.StrOpt("guestfwd", default="", help="GUEST_IP:PORT=HOST_IP:PORT,... reachable from guests (qemu)"),
     cfg.IntOpt("max_memory_mb", default=1536, help="cap on a guest's memory (qemu)"),
-    cfg.IntOpt("max_cpus", default=2, help="cap on a guest's vCPUs (qemu)"),
+    cfg.IntOpt("max_cpus", default=1, help="cap on a guest's vCPUs (qemu)"),
 ], group="testcloud")
 
 LOG = logging.getLogger(__name__)
